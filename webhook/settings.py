@@ -1,0 +1,58 @@
+"""Configuration, read once at the CLI edge into a frozen object.
+
+Nothing else in the package reads the environment or the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+
+def _frozen(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+DEFAULT_DNS_PEERS: tuple[Mapping[str, Any], ...] = (
+    {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    },
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a NetworkPolicy small (checked at admission)."""
+
+    max_rules: int = 50  # ingress or egress entries, each direction
+    max_cidrs_per_rule: int = 50
+    max_except_per_cidr: int = 50
+    max_ports_per_rule: int = 50
+    max_peers_per_rule: int = 50  # custom rules: from/to entries
+    max_label_selector_terms: int = 50
+    max_annotation_bytes: int = 64 * 1024  # the override annotation's JSON
+
+
+@dataclass(frozen=True)
+class Settings:
+    # The AgentCube control plane that must reach every sandbox pod.
+    agentcube_namespace: str = "agentcube"
+    router_labels: Mapping[str, str] = field(
+        default_factory=lambda: _frozen({"app": "agentcube-router"})
+    )
+    workload_manager_labels: Mapping[str, str] = field(
+        default_factory=lambda: _frozen({"app": "workloadmanager"})
+    )
+    # Restricted mode's DNS rule: these peers on port 53 UDP+TCP. When
+    # ``dns_to_anywhere`` is set the rule has no peers (any destination), as
+    # agentcube PR #291 did; port 53 to anywhere is an exfiltration channel.
+    dns_peers: tuple[Mapping[str, Any], ...] = DEFAULT_DNS_PEERS
+    dns_to_anywhere: bool = False
+    # Who may set, change or remove the override annotation and a pod's
+    # sandbox-name label.
+    privileged_groups: tuple[str, ...] = ("system:serviceaccounts:agentcube",)
+    privileged_users: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
