@@ -42,33 +42,48 @@ def _json_object(text: str) -> dict[str, Any]:
 def _add_policy_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("policy")
     group.add_argument(
-        "--agentcube-namespace", default="agentcube",
+        "--agentcube-namespace",
+        default="agentcube",
         help="namespace of the AgentCube router and workload manager (default: %(default)s)",
     )
     group.add_argument(
-        "--router-label", type=_label, action="append", metavar="KEY=VALUE",
+        "--router-label",
+        type=_label,
+        action="append",
+        metavar="KEY=VALUE",
         help="label of the router pods (repeatable; default: app=agentcube-router)",
     )
     group.add_argument(
-        "--workload-manager-label", type=_label, action="append", metavar="KEY=VALUE",
+        "--workload-manager-label",
+        type=_label,
+        action="append",
+        metavar="KEY=VALUE",
         help="label of the workload manager pods (repeatable; default: app=workloadmanager)",
     )
     group.add_argument(
-        "--dns-peer", type=_json_object, action="append", metavar="JSON",
+        "--dns-peer",
+        type=_json_object,
+        action="append",
+        metavar="JSON",
         help="a NetworkPolicyPeer allowed on port 53 in Restricted mode (repeatable; "
         "default: kube-dns pods in kube-system)",
     )
     group.add_argument(
-        "--dns-to-anywhere", action="store_true",
+        "--dns-to-anywhere",
+        action="store_true",
         help="allow port 53 to any destination (an exfiltration channel: not the default)",
     )
     group.add_argument(
-        "--privileged-group", action="append", metavar="GROUP",
+        "--privileged-group",
+        action="append",
+        metavar="GROUP",
         help="group allowed to set the override annotation and sandbox-name labels "
         "(repeatable; default: system:serviceaccounts:agentcube)",
     )
     group.add_argument(
-        "--privileged-user", action="append", metavar="USER",
+        "--privileged-user",
+        action="append",
+        metavar="USER",
         help="user allowed to set the override annotation and sandbox-name labels (repeatable)",
     )
 
@@ -81,9 +96,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         workload_manager_labels=dict(args.workload_manager_label or [("app", "workloadmanager")]),
         dns_peers=tuple(args.dns_peer) if args.dns_peer else DEFAULT_DNS_PEERS,
         dns_to_anywhere=args.dns_to_anywhere,
-        privileged_groups=tuple(
-            args.privileged_group or [f"system:serviceaccounts:{namespace}"]
-        ),
+        privileged_groups=tuple(args.privileged_group or [f"system:serviceaccounts:{namespace}"]),
         privileged_users=tuple(args.privileged_user or ()),
     )
 
@@ -94,26 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Network isolation for AgentCube sandboxes.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTPS admission server")
-    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
+    )
     serve.add_argument("--port", type=int, default=9443, help="port (default: %(default)s)")
     serve.add_argument(
-        "--cert-dir", type=Path, default=Path("certs"),
+        "--cert-dir",
+        type=Path,
+        default=Path("certs"),
         help="tls.crt/tls.key (generated with a CA when absent) (default: %(default)s)",
     )
     serve.add_argument(
-        "--dns-name", action="append", default=[], metavar="NAME",
+        "--dns-name",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="extra DNS name for a generated serving certificate (repeatable)",
     )
     serve.add_argument(
-        "--service-name", default="agentcube-netpol-webhook",
+        "--service-name",
+        default="agentcube-netpol-webhook",
         help="in-cluster Service name for a generated certificate (default: %(default)s)",
     )
     serve.add_argument(
-        "--service-namespace", default="agentcube-netpol-system",
+        "--service-namespace",
+        default="agentcube-netpol-system",
         help="in-cluster Service namespace for a generated certificate (default: %(default)s)",
     )
     _add_policy_options(serve)
@@ -130,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="a local playground on a real control plane")
     dev.add_argument(
-        "--kubeconfig", type=Path, default=Path("certs/dev.kubeconfig"),
+        "--kubeconfig",
+        type=Path,
+        default=Path("certs/dev.kubeconfig"),
         help="where to write the admin kubeconfig (default: %(default)s)",
     )
     dev.add_argument("--port", type=int, default=0, help="webhook port (default: a free one)")
@@ -153,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from webhook.server import serve
 
         return serve(
-            settings=settings, host=args.host, port=args.port, cert_dir=args.cert_dir,
+            settings=settings,
+            host=args.host,
+            port=args.port,
+            cert_dir=args.cert_dir,
             dns_names=[
                 *args.dns_name,
                 args.service_name,
@@ -170,8 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from webhook.offline import render
 
         return render(
-            args.file, sandbox=args.sandbox, namespace=args.namespace, settings=settings,
-            stdout=sys.stdout, stderr=sys.stderr,
+            args.file,
+            sandbox=args.sandbox,
+            namespace=args.namespace,
+            settings=settings,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
         )
     if args.command == "dev":
         from webhook.devenv import run_dev

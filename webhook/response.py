@@ -19,7 +19,11 @@ def allowed(uid: str, *, warnings: Sequence[str] = ()) -> AdmissionResponse:
 
 
 def denied(
-    uid: str, message: str, *, code: int = 403, reason: str = "Forbidden",
+    uid: str,
+    message: str,
+    *,
+    code: int = 403,
+    reason: str = "Forbidden",
     warnings: Sequence[str] = (),
 ) -> AdmissionResponse:
     response: AdmissionResponse = {
