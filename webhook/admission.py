@@ -1,29 +1,45 @@
 """The admission decision: pure functions from an AdmissionRequest to a response.
 
 No HTTP, no Kubernetes client and no I/O here; the HTTP layer (``webhook.app``)
-decodes, calls ``validate`` or ``mutate``, and encodes.
+decodes, calls ``validate`` or ``mutate``, and encodes. A dry-run request takes
+the same path: nothing here has side effects.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from webhook import response
+import jsonpatch
+import orjson
+
+from webhook import kinds, response
+from webhook.fielderrors import FieldError, join, show_value, type_name
 from webhook.settings import Settings
-from webhook.wire import AdmissionRequest, AdmissionResponse
+from webhook.validation import Findings, validate_network_policy
+from webhook.wire import AdmissionRequest, AdmissionResponse, UserInfo
+
+OVERRIDE_PATH = f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]"
+SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"
+
+_TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER)}
+_OVERRIDE_KINDS = {(k.group, k.kind) for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)}
+_POD = (kinds.POD.group, kinds.POD.kind)
+_CLAIM = (kinds.SANDBOX_CLAIM.group, kinds.SANDBOX_CLAIM.kind)
 
 
 class ClaimLookup(Protocol):
     """Read access to SandboxClaims, served from memory (a watch cache)."""
 
-    def claim_by_uid(self, namespace: str, uid: str) -> dict[str, Any] | None: ...
+    def claim_by_uid(self, namespace: str, uid: str) -> Mapping[str, Any] | None: ...
 
 
 class NoClaims:
     """A lookup that knows no claims: pod mutation then changes nothing."""
 
-    def claim_by_uid(self, namespace: str, uid: str) -> dict[str, Any] | None:
+    def claim_by_uid(self, namespace: str, uid: str) -> Mapping[str, Any] | None:
         return None
 
 
@@ -35,21 +51,247 @@ class Verdict:
     warnings: list[str] = field(default_factory=list)
 
 
-def validate_object(obj: dict[str, Any], *, settings: Settings) -> Verdict:
-    """Validate one stored object as admission would on CREATE (used by ``check``)."""
-    # TODO(core): filled in by the validation work.
-    return Verdict()
+# --- validation -------------------------------------------------------------
+
+
+def validate_object(obj: Mapping[str, Any], *, settings: Settings) -> Verdict:
+    """Validate one object as admission would on CREATE by an allowed user (``check``)."""
+    group, _, _version = str(obj.get("apiVersion", "")).rpartition("/")
+    key = (group, str(obj.get("kind", "")))
+    if key in _TEMPLATE_KINDS:
+        found = validate_template(obj, kind=key[1], settings=settings)
+    elif key in _OVERRIDE_KINDS:
+        found = validate_override(_annotation(obj), settings=settings)
+    else:
+        found = Findings()
+    return Verdict([str(e) for e in found.errors], found.warnings)
+
+
+def validate_template(obj: Mapping[str, Any], *, kind: str, settings: Settings) -> Findings:
+    """The ``networkPolicy`` of an AgentRuntime or CodeInterpreter."""
+    path = kinds.TEMPLATE_POLICY_PATH[kind]
+    value = _get(obj, path)
+    return validate_network_policy(value, ".".join(path), limits=settings.limits)
+
+
+def validate_override(value: str | None, *, settings: Settings) -> Findings:
+    """The per-session override annotation: the JSON of a ``networkPolicy``."""
+    if value is None:
+        return Findings()
+    limit = settings.limits.max_annotation_bytes
+    if len(value) > limit:
+        return Findings(
+            [FieldError(OVERRIDE_PATH, f"must be at most {limit} bytes, not {len(value)}")]
+        )
+    try:
+        policy = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Findings(
+            [
+                FieldError(
+                    OVERRIDE_PATH, f"must be the JSON of a networkPolicy object ({exc})", value
+                )
+            ]
+        )
+    if not isinstance(policy, dict):
+        return Findings(
+            [FieldError(OVERRIDE_PATH, f"must be a JSON object, not {type_name(policy)}", policy)]
+        )
+    return validate_network_policy(policy, OVERRIDE_PATH, limits=settings.limits)
 
 
 def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionResponse:
     """The validating webhook."""
-    # TODO(core): filled in by the validation work.
-    return response.allowed(request.get("uid", ""))
+    uid = request.get("uid", "")
+    operation = request.get("operation")
+    if operation not in ("CREATE", "UPDATE") or request.get("subResource"):
+        return response.allowed(uid)
+    gvk = request.get("kind") or {}
+    key = (gvk.get("group", ""), gvk.get("kind", ""))
+    obj = request.get("object") or {}
+    old = (request.get("oldObject") or {}) if operation == "UPDATE" else {}
+    user = request.get("userInfo") or {}
+
+    if key in _TEMPLATE_KINDS:
+        path = kinds.TEMPLATE_POLICY_PATH[key[1]]
+        if old and _get(old, path) == _get(obj, path):
+            return response.allowed(uid)  # unchanged: an older invalid value does not block updates
+        found = validate_template(obj, kind=key[1], settings=settings)
+        return _verdict(uid, key[1], request, found)
+
+    if key in _OVERRIDE_KINDS:
+        new_value, old_value = _annotation(obj), _annotation(old)
+        if new_value == old_value:
+            return response.allowed(uid)
+        if not is_privileged(user, settings):
+            return response.denied(
+                uid,
+                f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', user, settings)}",
+            )
+        return _verdict(uid, key[1], request, validate_override(new_value, settings=settings))
+
+    if key == _POD and operation == "UPDATE":
+        old_name = _labels(old).get(kinds.LABEL_SANDBOX_NAME)
+        new_name = _labels(obj).get(kinds.LABEL_SANDBOX_NAME)
+        if old_name is not None and new_name != old_name and not is_privileged(user, settings):
+            action = "remove" if new_name is None else "change"
+            return response.denied(
+                uid,
+                f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', user, settings)}: {show_value(old_name)}",
+            )
+    return response.allowed(uid)
+
+
+def _verdict(uid: str, kind: str, request: AdmissionRequest, found: Findings) -> AdmissionResponse:
+    if not found.errors:
+        return response.allowed(uid, warnings=found.warnings)
+    name = (request.get("object") or {}).get("metadata", {}).get("name") or request.get("name", "")
+    return response.denied(
+        uid,
+        invalid_message(kind, name, found.errors),
+        code=422,
+        reason="Invalid",
+        warnings=found.warnings,
+    )
+
+
+def invalid_message(kind: str, name: str, errors: Sequence[FieldError]) -> str:
+    """``CodeInterpreter "ci" is invalid: <error>; <error>`` (every error at once)."""
+    return f'{kind} "{name}" is invalid: ' + "; ".join(str(e) for e in errors)
+
+
+def is_privileged(user: UserInfo, settings: Settings) -> bool:
+    return user.get("username") in settings.privileged_users or any(
+        group in settings.privileged_groups for group in user.get("groups") or ()
+    )
+
+
+def _privilege_problem(action: str, user: UserInfo, settings: Settings) -> str:
+    allowed = [f"group {g}" for g in settings.privileged_groups] + [
+        f"user {u}" for u in settings.privileged_users
+    ]
+    return f"only {' or '.join(allowed) or 'nobody'} may {action}; {user.get('username', 'this user')!s} may not"
+
+
+# --- mutation ---------------------------------------------------------------
 
 
 def mutate(
     request: AdmissionRequest, *, settings: Settings, claims: ClaimLookup
 ) -> AdmissionResponse:
-    """The mutating webhook."""
-    # TODO(core): filled in by the mutation work.
-    return response.allowed(request.get("uid", ""))
+    """The mutating webhook: label what a NetworkPolicy must select."""
+    uid = request.get("uid", "")
+    if request.get("subResource"):
+        return response.allowed(uid)
+    gvk = request.get("kind") or {}
+    key = (gvk.get("group", ""), gvk.get("kind", ""))
+    operation = request.get("operation")
+    obj = request.get("object") or {}
+
+    if key == _CLAIM and operation == "CREATE":
+        name = _labels(obj).get(kinds.LABEL_SANDBOX_NAME) or (obj.get("metadata") or {}).get("name")
+        if not name:
+            return response.allowed(uid)  # generateName: nothing to select on yet
+        return response.patched(
+            uid,
+            patch_labels(
+                obj, ("spec", "additionalPodMetadata", "labels"), {kinds.LABEL_SANDBOX_NAME: name}
+            ),
+        )
+
+    if key == _POD and operation in ("CREATE", "UPDATE"):
+        claim_uid = _labels(obj).get(kinds.LABEL_CLAIM_UID)
+        if not claim_uid:
+            return response.allowed(uid)
+        namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
+        claim = claims.claim_by_uid(namespace, claim_uid)
+        if claim is None:
+            return response.allowed(uid)  # the reconciler labels it once the claim is known
+        return response.patched(
+            uid, patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
+        )
+
+    return response.allowed(uid)
+
+
+def pod_labels_for_claim(claim: Mapping[str, Any]) -> dict[str, str]:
+    """The labels a pod adopted by ``claim`` must carry."""
+    labels = _labels(claim)
+    wanted = {
+        kinds.LABEL_SANDBOX_NAME: labels.get(kinds.LABEL_SANDBOX_NAME) or claim["metadata"]["name"]
+    }
+    session = labels.get(kinds.LABEL_SESSION_ID)
+    if session:
+        wanted[kinds.LABEL_SESSION_ID] = session
+    return wanted
+
+
+def patch_labels(
+    obj: Mapping[str, Any], path: Sequence[str], wanted: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The JSON Patch that sets ``wanted`` in the map at ``path`` of ``obj``.
+
+    Only the subtree along ``path`` is copied and diffed: it has the same shape
+    as in the full object, so the patch's paths are those of the full object,
+    and a 14 KB pod costs no more than its labels. No change, no patch.
+    """
+    current = _get(obj, path)
+    if isinstance(current, Mapping) and all(current.get(k) == v for k, v in wanted.items()):
+        return []
+    original = _subtree(obj, path)
+    mutated = copy.deepcopy(original)
+    node = mutated
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    leaf = node.get(path[-1])
+    if not isinstance(leaf, dict):
+        leaf = node[path[-1]] = {}
+    leaf.update(wanted)
+    patch: list[dict[str, Any]] = jsonpatch.make_patch(original, mutated).patch
+    return patch
+
+
+def _subtree(obj: Mapping[str, Any], path: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``obj`` holding only what lies along ``path`` (the leaf deep-copied)."""
+    root: dict[str, Any] = {}
+    source: Any = obj
+    target = root
+    for index, key in enumerate(path):
+        if not isinstance(source, Mapping) or key not in source:
+            break
+        if index == len(path) - 1 or not isinstance(source[key], Mapping):
+            target[key] = copy.deepcopy(source[key])
+            break
+        target[key] = {}
+        target, source = target[key], source[key]
+    return root
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _get(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    labels = _get(obj, ("metadata", "labels"))
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _annotation(obj: Mapping[str, Any]) -> str | None:
+    annotations = _get(obj, ("metadata", "annotations"))
+    if not isinstance(annotations, Mapping):
+        return None
+    value = annotations.get(kinds.ANNOTATION_NETWORK_POLICY)
+    return value if isinstance(value, str) else None
+
+
+__all__ = ["ClaimLookup", "NoClaims", "Verdict", "join", "mutate", "validate", "validate_object"]

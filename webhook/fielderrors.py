@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +61,30 @@ def type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def suggest(value: str, choices: Iterable[str]) -> str | None:
+    """The choice a near miss meant: same letters in another case, or a close spelling."""
+    options = list(choices)
+    for choice in options:
+        if choice.lower() == value.strip().lower():
+            return choice
+    close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(detail: str, value: object, choices: Iterable[str]) -> str:
+    if isinstance(value, str):
+        guess = suggest(value, choices)
+        if guess is not None:
+            return f'{detail} (did you mean "{guess}"?)'
+    return detail
+
+
+def unknown_fields(obj: Mapping[str, Any], known: tuple[str, ...], path: str) -> list[FieldError]:
+    errors = []
+    for key in obj:
+        if key not in known:
+            detail = did_you_mean(f"unknown field; allowed: {', '.join(known)}", key, known)
+            errors.append(FieldError(join(path, key), detail))
+    return errors

@@ -1,0 +1,346 @@
+"""Validation of the ``networkPolicy`` object (DESIGN.md sections 3 and 5).
+
+``validate_network_policy`` is pure: a value and its field path in, every error
+and warning out. Admission, ``check`` and the override annotation all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook import k8srules
+from webhook.cidr import CidrProblem, Network, cidr_errors, except_errors, parse_cidr, reaches
+from webhook.fielderrors import (
+    FieldError,
+    did_you_mean,
+    join,
+    show_value,
+    type_name,
+    unknown_fields,
+)
+from webhook.settings import Limits
+
+MODE_NONE = "None"
+MODE_RESTRICTED = "Restricted"
+MODE_CUSTOM = "Custom"
+MODES = (MODE_NONE, MODE_RESTRICTED, MODE_CUSTOM)
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_PORT = 65535
+DNS_PORT = 53
+
+METADATA_ADDRESSES = ("169.254.169.254", "fd00:ec2::254")
+
+_POLICY_FIELDS = ("mode", "ingress", "egress", "custom")
+_RULE_FIELDS = ("cidrs", "except", "ports")
+_PORT_FIELDS = ("protocol", "port", "endPort")
+_CUSTOM_FIELDS = ("ingress", "egress")
+
+
+@dataclass
+class Findings:
+    errors: list[FieldError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def extend(self, other: Findings) -> None:
+        self.errors.extend(other.errors)
+        self.warnings.extend(other.warnings)
+
+
+def effective_mode(policy: object) -> str:
+    """The mode a stored policy means: absent field or absent mode is None."""
+    if isinstance(policy, Mapping):
+        mode = policy.get("mode")
+        if mode in MODES:
+            return str(mode)
+    return MODE_NONE
+
+
+def validate_network_policy(policy: object, path: str, *, limits: Limits) -> Findings:
+    """Every error and warning of a ``networkPolicy`` value found at ``path``."""
+    found = Findings()
+    if policy is None:
+        return found
+    if not isinstance(policy, Mapping):
+        found.errors.append(FieldError(path, f"must be an object, not {type_name(policy)}", policy))
+        return found
+    found.errors.extend(unknown_fields(policy, _POLICY_FIELDS, path))
+
+    mode = policy.get("mode", MODE_NONE)
+    mode_path = join(path, "mode")
+    if mode is None:
+        mode = MODE_NONE
+    if mode not in MODES:
+        detail = did_you_mean(f"must be one of {', '.join(MODES)}", mode, MODES)
+        found.errors.append(FieldError(mode_path, detail, mode))
+        return found  # which fields belong cannot be told
+
+    for key, owner in (
+        ("ingress", MODE_RESTRICTED),
+        ("egress", MODE_RESTRICTED),
+        ("custom", MODE_CUSTOM),
+    ):
+        if key in policy and mode != owner:
+            found.errors.append(
+                FieldError(join(path, key), f"only allowed when mode is {owner}, not {mode}")
+            )
+
+    if mode == MODE_RESTRICTED:
+        for direction in ("ingress", "egress"):
+            if direction in policy:
+                found.extend(
+                    _validate_simple_rules(
+                        policy[direction], join(path, direction), direction, limits
+                    )
+                )
+    elif mode == MODE_CUSTOM:
+        found.extend(_validate_custom(policy.get("custom"), join(path, "custom"), limits))
+    return found
+
+
+def _validate_simple_rules(rules: object, path: str, direction: str, limits: Limits) -> Findings:
+    found = Findings()
+    if not isinstance(rules, list):
+        found.errors.append(
+            FieldError(path, f"must be a list of rules, not {type_name(rules)}", rules)
+        )
+        return found
+    if len(rules) > limits.max_rules:
+        found.errors.append(
+            FieldError(path, f"must have at most {limits.max_rules} rules, not {len(rules)}")
+        )
+        return found
+    for index, rule in enumerate(rules):
+        found.extend(_validate_simple_rule(rule, join(path, index), direction, limits))
+    return found
+
+
+def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limits) -> Findings:
+    found = Findings()
+    if not isinstance(rule, Mapping):
+        found.errors.append(FieldError(path, f"must be an object, not {type_name(rule)}", rule))
+        return found
+    found.errors.extend(unknown_fields(rule, _RULE_FIELDS, path))
+
+    cidrs_path = join(path, "cidrs")
+    cidrs = rule.get("cidrs")
+    networks: list[Network] = []
+    if cidrs is None:
+        found.errors.append(FieldError(cidrs_path, "required: at least one CIDR"))
+    elif not isinstance(cidrs, list):
+        found.errors.append(
+            FieldError(cidrs_path, f"must be a list of CIDRs, not {type_name(cidrs)}", cidrs)
+        )
+    elif not cidrs:
+        found.errors.append(FieldError(cidrs_path, "must have at least one CIDR", cidrs))
+    elif len(cidrs) > limits.max_cidrs_per_rule:
+        found.errors.append(
+            FieldError(
+                cidrs_path, f"must have at most {limits.max_cidrs_per_rule} CIDRs, not {len(cidrs)}"
+            )
+        )
+    else:
+        for index, cidr in enumerate(cidrs):
+            found.errors.extend(cidr_errors(cidr, join(cidrs_path, index)))
+        networks = [n for n in map(parse_cidr, cidrs) if not isinstance(n, CidrProblem)]
+
+    excepts = rule.get("except")
+    except_path = join(path, "except")
+    if isinstance(excepts, list) and len(excepts) > limits.max_except_per_cidr * max(
+        1, len(networks)
+    ):
+        found.errors.append(
+            FieldError(
+                except_path,
+                f"must have at most {limits.max_except_per_cidr} entries per CIDR, not {len(excepts)}",
+            )
+        )
+    else:
+        found.errors.extend(
+            except_errors(cidrs if isinstance(cidrs, list) else [], excepts, except_path)
+        )
+
+    if "ports" in rule:
+        found.errors.extend(_validate_simple_ports(rule["ports"], join(path, "ports"), limits))
+
+    if direction == "egress" and networks:
+        excluded = [
+            n
+            for n in map(parse_cidr, excepts if isinstance(excepts, list) else [])
+            if not isinstance(n, CidrProblem)
+        ]
+        found.warnings.extend(_egress_warnings(networks, excluded, path))
+    return found
+
+
+def _egress_warnings(networks: list[Network], excluded: list[Network], path: str) -> list[str]:
+    warnings = []
+    for network in networks:
+        if network.prefixlen == 0:
+            warnings.append(
+                f"{path}: egress to all {'IPv4' if network.version == 4 else 'IPv6'} addresses ({network})"
+            )
+    for address in METADATA_ADDRESSES:
+        if any(reaches(n, excluded, address) for n in networks):
+            warnings.append(
+                f"{path}: egress reaches the cloud metadata address {address}; add it to except"
+            )
+    return warnings
+
+
+def _validate_simple_ports(ports: object, path: str, limits: Limits) -> list[FieldError]:
+    if not isinstance(ports, list):
+        return [FieldError(path, f"must be a list of ports, not {type_name(ports)}", ports)]
+    if len(ports) > limits.max_ports_per_rule:
+        return [
+            FieldError(
+                path, f"must have at most {limits.max_ports_per_rule} ports, not {len(ports)}"
+            )
+        ]
+    errors: list[FieldError] = []
+    for index, port in enumerate(ports):
+        port_path = join(path, index)
+        if not isinstance(port, Mapping):
+            errors.append(FieldError(port_path, f"must be an object, not {type_name(port)}", port))
+            continue
+        errors.extend(unknown_fields(port, _PORT_FIELDS, port_path))
+        protocol = port.get("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            errors.append(
+                FieldError(
+                    join(port_path, "protocol"),
+                    did_you_mean(f"must be one of {', '.join(PROTOCOLS)}", protocol, PROTOCOLS),
+                    protocol,
+                )
+            )
+        number = port.get("port")
+        number_ok = False
+        if number is None:
+            errors.append(FieldError(join(port_path, "port"), "required: a port number 1-65535"))
+        elif not is_integer(number):
+            detail = "must be an integer 1-65535"
+            if isinstance(number, str):
+                detail += " (named ports are allowed only in custom rules)"
+            errors.append(FieldError(join(port_path, "port"), detail, number))
+        elif not 1 <= number <= MAX_PORT:
+            errors.append(FieldError(join(port_path, "port"), "must be 1-65535", number))
+        else:
+            number_ok = True
+        if "endPort" in port:
+            end = port["endPort"]
+            end_path = join(port_path, "endPort")
+            if not is_integer(end):
+                errors.append(FieldError(end_path, "must be an integer", end))
+            elif end > MAX_PORT:
+                errors.append(FieldError(end_path, "must be at most 65535", end))
+            elif number_ok and end < number:
+                errors.append(FieldError(end_path, f"must be at least port ({number})", end))
+    return errors
+
+
+def is_integer(value: object) -> bool:
+    """A JSON integer (booleans are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_custom(custom: object, path: str, limits: Limits) -> Findings:
+    found = Findings()
+    if custom is None:
+        # Custom with nothing: the control plane may reach the pod, nothing else;
+        # egress is denied entirely, DNS included.
+        found.warnings.append(
+            f"{path}.egress: Custom egress allows no DNS (port 53); names will not resolve"
+        )
+        return found
+    if not isinstance(custom, Mapping):
+        found.errors.append(FieldError(path, f"must be an object, not {type_name(custom)}", custom))
+        return found
+    found.errors.extend(unknown_fields(custom, _CUSTOM_FIELDS, path))
+    for direction, validate_rule in (
+        ("ingress", k8srules.validate_ingress_rule),
+        ("egress", k8srules.validate_egress_rule),
+    ):
+        rules = custom.get(direction)
+        rules_path = join(path, direction)
+        if rules is None:
+            continue
+        if not isinstance(rules, list):
+            found.errors.append(
+                FieldError(rules_path, f"must be a list of rules, not {type_name(rules)}", rules)
+            )
+            continue
+        if len(rules) > limits.max_rules:
+            found.errors.append(
+                FieldError(
+                    rules_path, f"must have at most {limits.max_rules} rules, not {len(rules)}"
+                )
+            )
+            continue
+        for index, rule in enumerate(rules):
+            found.errors.extend(validate_rule(rule, join(rules_path, index), limits=limits))
+    egress = custom.get("egress")
+    if isinstance(egress, list) and not found.errors:
+        found.warnings.extend(_custom_egress_warnings(egress, join(path, "egress")))
+    elif egress is None:
+        found.warnings.append(
+            f"{path}.egress: Custom egress allows no DNS (port 53); names will not resolve"
+        )
+    return found
+
+
+def _custom_egress_warnings(rules: list[Any], path: str) -> list[str]:
+    warnings = []
+    allows_dns = False
+    for index, rule in enumerate(rules):
+        rule_path = join(path, index)
+        peers = rule.get("to") or []
+        ports = rule.get("ports") or []
+        if not ports or any(_port_allows(p, DNS_PORT) for p in ports):
+            allows_dns = True
+        if not peers:
+            warnings.append(
+                f"{rule_path}: egress to all destinations, cloud metadata {METADATA_ADDRESSES[0]} too"
+            )
+            continue
+        for peer_index, peer in enumerate(peers):
+            block = peer.get("ipBlock")
+            if not block:
+                continue
+            network = parse_cidr(block.get("cidr"))
+            if isinstance(network, CidrProblem):
+                continue
+            excluded = [
+                n
+                for n in map(parse_cidr, block.get("except") or [])
+                if not isinstance(n, CidrProblem)
+            ]
+            peer_path = join(join(rule_path, "to"), peer_index)
+            warnings.extend(_egress_warnings([network], excluded, peer_path))
+    if not allows_dns:
+        warnings.append(f"{path}: Custom egress allows no DNS (port 53); names will not resolve")
+    return warnings
+
+
+def _port_allows(port: Mapping[str, Any], number: int) -> bool:
+    value = port.get("port")
+    if value is None:
+        return True  # all ports of the protocol
+    if isinstance(value, str):
+        return value in ("domain", "dns", "dns-tcp")
+    end = port.get("endPort", value)
+    return bool(value <= number <= end)
+
+
+def describe(errors: Iterable[FieldError]) -> str:
+    return "; ".join(str(e) for e in errors)
+
+
+__all__ = [
+    "MODES",
+    "Findings",
+    "effective_mode",
+    "show_value",
+    "validate_network_policy",
+]
