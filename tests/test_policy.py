@@ -1,0 +1,400 @@
+"""The NetworkPolicy a sandbox gets (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import yaml
+
+from webhook.policy import (
+    FAIL_CLOSED_POLICY,
+    PolicyShapeError,
+    build_network_policy,
+    effective_mode,
+    effective_policy,
+    template_policy,
+)
+from webhook.settings import Settings
+
+SETTINGS = Settings()
+
+ROUTER_PEER = {
+    "podSelector": {"matchLabels": {"app": "agentcube-router"}},
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agentcube"}},
+}
+WORKLOAD_MANAGER_PEER = {
+    "podSelector": {"matchLabels": {"app": "workloadmanager"}},
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agentcube"}},
+}
+CONTROL_PLANE_RULE = {"from": [ROUTER_PEER, WORKLOAD_MANAGER_PEER]}
+DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+KUBE_DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+DNS_RULE = {"ports": DNS_PORTS, "to": [KUBE_DNS_PEER]}
+
+
+def build(policy: Any, settings: Settings = SETTINGS, **kwargs: Any) -> dict[str, Any] | None:
+    return build_network_policy(
+        policy,
+        sandbox=kwargs.pop("sandbox", "ci-1-abcd1234"),
+        namespace=kwargs.pop("namespace", "team-a"),
+        settings=settings,
+        **kwargs,
+    )
+
+
+def spec(policy: Any, settings: Settings = SETTINGS) -> dict[str, Any]:
+    built = build(policy, settings)
+    assert built is not None
+    result: dict[str, Any] = built["spec"]
+    return result
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [None, {}, {"mode": None}, {"mode": "None"}],
+    ids=["absent field", "absent mode", "null mode", "mode None"],
+)
+def test_mode_none_gets_no_network_policy(policy: Any) -> None:
+    assert build(policy) is None
+    assert effective_mode(policy) == "None"
+
+
+def test_restricted_with_nothing_lets_in_the_control_plane_and_out_dns_only() -> None:
+    assert build({"mode": "Restricted"}) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": "ci-1-abcd1234",
+            "namespace": "team-a",
+            "labels": {
+                "app.kubernetes.io/managed-by": "agentcube-netpol",
+                "runtime.agentcube.io/sandbox-name": "ci-1-abcd1234",
+            },
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {"runtime.agentcube.io/sandbox-name": "ci-1-abcd1234"}},
+            "ingress": [CONTROL_PLANE_RULE],
+            "egress": [DNS_RULE],
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+
+
+def test_control_plane_rule_has_no_ports_so_readiness_dials_reach_every_port() -> None:
+    for policy in ({"mode": "Restricted"}, {"mode": "Custom"}):
+        assert "ports" not in spec(policy)["ingress"][0]
+
+
+def test_restricted_rules_become_one_rule_each_with_one_ip_block_per_cidr() -> None:
+    policy = {
+        "mode": "Restricted",
+        "ingress": [
+            {"cidrs": ["10.8.0.0/16"], "ports": [{"protocol": "TCP", "port": 8080}]},
+            {"cidrs": ["192.168.0.0/24", "2001:db8::/64"]},
+        ],
+        "egress": [
+            {
+                "cidrs": ["0.0.0.0/0"],
+                "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"],
+                "ports": [{"port": 443}, {"protocol": "UDP", "port": 8000, "endPort": 8100}],
+            }
+        ],
+    }
+    result = spec(policy)
+    assert result["ingress"] == [
+        CONTROL_PLANE_RULE,
+        {
+            "ports": [{"protocol": "TCP", "port": 8080}],
+            "from": [{"ipBlock": {"cidr": "10.8.0.0/16"}}],
+        },
+        {"from": [{"ipBlock": {"cidr": "192.168.0.0/24"}}, {"ipBlock": {"cidr": "2001:db8::/64"}}]},
+    ]
+    assert result["egress"] == [
+        DNS_RULE,
+        {
+            "ports": [
+                {"protocol": "TCP", "port": 443},  # protocol defaults to TCP, written out
+                {"protocol": "UDP", "port": 8000, "endPort": 8100},
+            ],
+            "to": [
+                {
+                    "ipBlock": {
+                        "cidr": "0.0.0.0/0",
+                        "except": [
+                            "10.0.0.0/8",
+                            "172.16.0.0/12",
+                            "192.168.0.0/16",
+                            "169.254.0.0/16",
+                        ],
+                    }
+                }
+            ],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "excepts", "expected_blocks"),
+    [
+        pytest.param(
+            ["10.0.0.0/8", "192.168.0.0/16"],
+            ["192.168.1.0/24", "10.1.0.0/16", "10.2.0.0/16"],
+            [
+                {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.0.0/16"]},
+                {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]},
+            ],
+            id="IPv4: each except goes to the cidr it lies in",
+        ),
+        pytest.param(
+            ["0.0.0.0/0", "::/0"],
+            ["169.254.169.254/32", "fd00:ec2::254/128"],
+            [
+                {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]},
+                {"cidr": "::/0", "except": ["fd00:ec2::254/128"]},
+            ],
+            id="both families: excepts stay in their family",
+        ),
+        pytest.param(
+            ["2001:db8::/32", "2001:db9::/32"],
+            ["2001:db9:1::/48"],
+            [{"cidr": "2001:db8::/32"}, {"cidr": "2001:db9::/32", "except": ["2001:db9:1::/48"]}],
+            id="IPv6: a cidr with no except has no except field",
+        ),
+    ],
+)
+def test_excepts_are_placed_in_the_ip_block_of_the_cidr_that_contains_them(
+    cidrs: list[str], excepts: list[str], expected_blocks: list[dict[str, Any]]
+) -> None:
+    policy = {"mode": "Restricted", "egress": [{"cidrs": cidrs, "except": excepts}]}
+    rule = spec(policy)["egress"][1]
+    assert rule == {"to": [{"ipBlock": block} for block in expected_blocks]}
+
+
+def test_empty_ports_list_means_all_ports() -> None:
+    policy = {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.0/8"], "ports": []}]}
+    assert spec(policy)["egress"][1] == {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}
+
+
+CUSTOM_INGRESS = [
+    {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "http"}]}
+]
+CUSTOM_EGRESS = [
+    {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]},
+    {"ports": [{"protocol": "UDP", "port": 53}]},
+]
+
+
+@pytest.mark.parametrize("kind", ["AgentRuntime", "CodeInterpreter"])
+def test_custom_copies_the_users_rules_verbatim_after_the_control_plane(kind: str) -> None:
+    policy = {"mode": "Custom", "custom": {"ingress": CUSTOM_INGRESS, "egress": CUSTOM_EGRESS}}
+    obj = template(kind, policy)
+    result = spec(template_policy(obj))
+    assert result["ingress"] == [CONTROL_PLANE_RULE, *CUSTOM_INGRESS]
+    assert result["egress"] == CUSTOM_EGRESS  # no DNS rule added: the user owns egress
+
+
+def test_custom_rules_are_copies_not_shared_with_the_template() -> None:
+    policy = {"mode": "Custom", "custom": {"ingress": CUSTOM_INGRESS, "egress": CUSTOM_EGRESS}}
+    before = copy.deepcopy(policy)
+    built = build(policy)
+    assert built is not None
+    built["spec"]["egress"][0]["to"][0]["ipBlock"]["except"].append("10.2.0.0/16")
+    built["spec"]["ingress"][1]["ports"].clear()
+    assert policy == before
+
+
+@pytest.mark.parametrize(
+    "custom",
+    [None, {}, {"ingress": []}, {"egress": []}],
+    ids=["custom absent", "custom empty", "only ingress", "egress empty"],
+)
+def test_custom_without_egress_denies_all_egress(custom: Any) -> None:
+    policy: dict[str, Any] = {"mode": "Custom"}
+    if custom is not None:
+        policy["custom"] = custom
+    result = spec(policy)
+    assert result["egress"] == []
+    assert result["policyTypes"] == ["Ingress", "Egress"]
+    assert result["ingress"] == [CONTROL_PLANE_RULE]
+
+
+def test_settings_move_the_control_plane_and_its_labels() -> None:
+    settings = Settings(
+        agentcube_namespace="acube",
+        router_labels=MappingProxyType({"app.kubernetes.io/name": "router", "tier": "edge"}),
+        workload_manager_labels=MappingProxyType({"app.kubernetes.io/name": "wm"}),
+    )
+    namespace = {"matchLabels": {"kubernetes.io/metadata.name": "acube"}}
+    assert spec({"mode": "Restricted"}, settings)["ingress"][0] == {
+        "from": [
+            {
+                "podSelector": {
+                    "matchLabels": {"app.kubernetes.io/name": "router", "tier": "edge"}
+                },
+                "namespaceSelector": namespace,
+            },
+            {
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "wm"}},
+                "namespaceSelector": namespace,
+            },
+        ]
+    }
+
+
+def test_dns_peers_are_configurable_for_example_nodelocal_dns() -> None:
+    node_local = {"ipBlock": {"cidr": "169.254.20.10/32"}}
+    settings = Settings(dns_peers=(node_local, KUBE_DNS_PEER))
+    assert spec({"mode": "Restricted"}, settings)["egress"][0] == {
+        "ports": DNS_PORTS,
+        "to": [node_local, KUBE_DNS_PEER],
+    }
+
+
+def test_dns_to_anywhere_drops_the_peers() -> None:
+    settings = Settings(dns_to_anywhere=True)
+    assert spec({"mode": "Restricted"}, settings)["egress"][0] == {"ports": DNS_PORTS}
+
+
+def test_dns_settings_do_not_touch_custom_egress() -> None:
+    settings = Settings(dns_to_anywhere=True)
+    assert spec({"mode": "Custom"}, settings)["egress"] == []
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [
+        {
+            "apiVersion": "agents.x-k8s.io/v1alpha1",
+            "kind": "Sandbox",
+            "name": "ci-1-abcd1234",
+            "uid": "u-1",
+        },
+        {
+            "apiVersion": "agents.x-k8s.io/v1alpha1",
+            "kind": "Sandbox",
+            "metadata": {"name": "ci-1-abcd1234", "uid": "u-1", "namespace": "team-a"},
+            "spec": {},
+        },
+    ],
+    ids=["flat reference", "whole object"],
+)
+def test_owner_becomes_a_blocking_controller_reference(owner: dict[str, Any]) -> None:
+    built = build({"mode": "Restricted"}, owner=owner)
+    assert built is not None
+    assert built["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "agents.x-k8s.io/v1alpha1",
+            "kind": "Sandbox",
+            "name": "ci-1-abcd1234",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def test_claim_owner_on_the_warm_path() -> None:
+    claim = {
+        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
+        "kind": "SandboxClaim",
+        "metadata": {"name": "ci-1-abcd1234", "uid": "claim-uid"},
+    }
+    built = build({"mode": "Custom"}, owner=claim)
+    assert built is not None
+    (reference,) = built["metadata"]["ownerReferences"]
+    assert (reference["kind"], reference["uid"]) == ("SandboxClaim", "claim-uid")
+
+
+def test_no_owner_no_owner_references() -> None:
+    built = build({"mode": "Restricted"})
+    assert built is not None
+    assert "ownerReferences" not in built["metadata"]
+
+
+def test_same_input_gives_byte_identical_yaml() -> None:
+    policy = {
+        "mode": "Restricted",
+        "egress": [{"cidrs": ["0.0.0.0/0", "::/0"], "except": ["fd00::/8", "10.0.0.0/8"]}],
+    }
+    first = yaml.safe_dump(build(policy), sort_keys=False)
+    again = yaml.safe_dump(build(json.loads(json.dumps(policy))), sort_keys=False)
+    assert first == again
+    # Settings hold read-only mappings; the result must still be plain data.
+    assert yaml.safe_dump(build(policy, Settings(dns_peers=(MappingProxyType(KUBE_DNS_PEER),))))
+
+
+def test_invalid_mode_raises_rather_than_opening_the_sandbox() -> None:
+    with pytest.raises(PolicyShapeError, match="Restrcited"):
+        build({"mode": "Restrcited"})
+
+
+def template(kind: str, policy: Any) -> dict[str, Any]:
+    if kind == "AgentRuntime":
+        return {
+            "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": "agent"},
+            "spec": {"podTemplate": {"spec": {"containers": []}, "networkPolicy": policy}},
+        }
+    return {
+        "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "ci"},
+        "spec": {"template": {"image": "python:3.12", "networkPolicy": policy}},
+    }
+
+
+@pytest.mark.parametrize("kind", ["AgentRuntime", "CodeInterpreter"])
+def test_template_policy_reads_the_field_of_each_kind(kind: str) -> None:
+    policy = {"mode": "Restricted"}
+    assert template_policy(template(kind, policy)) == policy
+
+
+def test_template_policy_absent_or_other_kind() -> None:
+    runtime = template("AgentRuntime", None)
+    del runtime["spec"]["podTemplate"]["networkPolicy"]
+    assert template_policy(runtime) is None
+    assert template_policy({"kind": "CodeInterpreter", "spec": None}) is None
+    # A CodeInterpreter's policy is not read from an AgentRuntime's path.
+    wrong_place = template("CodeInterpreter", None)
+    wrong_place["spec"]["podTemplate"] = {"networkPolicy": {"mode": "Restricted"}}
+    assert template_policy(wrong_place) is None
+    assert (
+        template_policy({"kind": "Deployment", "spec": {"template": {"networkPolicy": {}}}}) is None
+    )
+
+
+def test_override_replaces_the_template_policy_whole() -> None:
+    template_value = {"mode": "Restricted", "egress": [{"cidrs": ["0.0.0.0/0"]}]}
+    override = {"mode": "Restricted", "ingress": [{"cidrs": ["10.0.0.0/8"]}]}
+    policy, error = effective_policy(template_value, json.dumps(override))
+    assert (policy, error) == (override, None)
+    assert "egress" not in policy  # no merging
+
+
+def test_override_can_turn_isolation_off_or_on() -> None:
+    assert effective_policy({"mode": "Restricted"}, '{"mode": "None"}') == ({"mode": "None"}, None)
+    assert effective_policy(None, '{"mode": "Custom"}') == ({"mode": "Custom"}, None)
+
+
+def test_no_override_keeps_the_template_policy() -> None:
+    assert effective_policy({"mode": "Custom"}, None) == ({"mode": "Custom"}, None)
+    assert effective_policy(None, None) == (None, None)
+
+
+@pytest.mark.parametrize("text", ["{mode: Restricted}", "", '"Restricted"', "[]", "null"])
+def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
+    policy, error = effective_policy(None, text)
+    assert policy == FAIL_CLOSED_POLICY
+    assert error is not None and "override annotation" in error
+    built = build(policy)
+    assert built is not None
+    assert built["spec"]["egress"] == [DNS_RULE]
+    assert built["spec"]["ingress"] == [CONTROL_PLANE_RULE]

@@ -1,0 +1,251 @@
+"""The NetworkPolicy a sandbox gets (DESIGN.md section 4), as a pure function.
+
+``render``, the reconciler and the tests all call ``build_network_policy``. It
+expects a policy that admission validation accepted; it does no I/O and its
+output depends on its arguments alone, in a fixed key order, so the same input
+gives byte-identical YAML and the reconciler can compare desired with actual.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from webhook.cidr import CidrProblem, Network, parse_cidr, strictly_inside
+from webhook.kinds import (
+    LABEL_SANDBOX_NAME,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    NETWORK_POLICY,
+    TEMPLATE_POLICY_PATH,
+)
+from webhook.settings import Settings
+from webhook.validation import MODE_NONE, MODE_RESTRICTED, MODES
+
+DEFAULT_PROTOCOL = "TCP"
+DNS_PORT = 53
+# The label every namespace carries with its own name (Kubernetes >= 1.22).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# What a sandbox gets when its override annotation cannot be read: the tightest
+# policy there is (control plane in, DNS out, nothing else), never no policy.
+FAIL_CLOSED_POLICY: Mapping[str, Any] = {"mode": MODE_RESTRICTED}
+
+
+class PolicyShapeError(ValueError):
+    """The policy is not one admission validation would have accepted."""
+
+
+def effective_mode(policy: Mapping[str, Any] | None) -> str:
+    """None, Restricted or Custom; an absent policy or absent mode is None.
+
+    Unlike ``validation.effective_mode`` an unknown mode raises: building no
+    policy for a mode we cannot read would open the sandbox up.
+    """
+    if policy is None:
+        return MODE_NONE
+    mode = policy.get("mode")
+    if mode is None:
+        return MODE_NONE
+    if mode not in MODES:
+        raise PolicyShapeError(f"networkPolicy.mode must be one of {', '.join(MODES)}: {mode!r}")
+    return str(mode)
+
+
+def template_policy(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``networkPolicy`` of an AgentRuntime or CodeInterpreter, if it has one."""
+    path = TEMPLATE_POLICY_PATH.get(str(obj.get("kind")))
+    if path is None:
+        return None
+    node: object = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, Mapping) else None
+
+
+def effective_policy(
+    template: Mapping[str, Any] | None, override_json: str | None
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The policy a sandbox gets and, when the override is unreadable, why.
+
+    The override annotation (JSON of a ``networkPolicy`` object) replaces the
+    template's policy whole, with no merging. Admission refuses an unreadable
+    override, but one can still be stored while the webhook is down; then this
+    returns ``FAIL_CLOSED_POLICY`` with the error, so the sandbox is isolated
+    rather than opened up, and the caller reports the error (an Event).
+    """
+    if override_json is None:
+        return template, None
+    try:
+        override = json.loads(override_json)
+    except ValueError as exc:
+        return FAIL_CLOSED_POLICY, f"override annotation is not JSON: {exc}"
+    if not isinstance(override, dict):
+        kind = type(override).__name__
+        return FAIL_CLOSED_POLICY, f"override annotation must be a JSON object, not {kind}"
+    return override, None
+
+
+def build_network_policy(
+    policy: Mapping[str, Any] | None,
+    *,
+    sandbox: str,
+    namespace: str,
+    settings: Settings,
+    owner: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """The NetworkPolicy for one sandbox, or None when its effective mode is None.
+
+    ``owner`` is the Sandbox (direct path) or SandboxClaim (warm path) as an
+    object (``apiVersion``, ``kind``, ``metadata.name``, ``metadata.uid``) or as
+    a flat ``{apiVersion, kind, name, uid}``; it becomes the controller
+    ownerReference so the garbage collector removes the policy with it.
+    """
+    mode = effective_mode(policy)
+    if mode == MODE_NONE or policy is None:
+        return None
+
+    ingress: list[dict[str, Any]] = [control_plane_rule(settings)]
+    egress: list[dict[str, Any]]
+    if mode == MODE_RESTRICTED:
+        ingress += [_simple_rule(rule, "from") for rule in _list(policy.get("ingress"))]
+        egress = [dns_rule(settings)]
+        egress += [_simple_rule(rule, "to") for rule in _list(policy.get("egress"))]
+    else:
+        custom = policy.get("custom") or {}
+        if not isinstance(custom, Mapping):
+            raise PolicyShapeError("networkPolicy.custom must be an object")
+        ingress += [_plain(rule) for rule in _list(custom.get("ingress"))]
+        egress = [_plain(rule) for rule in _list(custom.get("egress"))]
+
+    metadata: dict[str, Any] = {
+        "name": sandbox,
+        "namespace": namespace,
+        "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, LABEL_SANDBOX_NAME: sandbox},
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [owner_reference(owner)]
+    return {
+        "apiVersion": NETWORK_POLICY.api_version,
+        "kind": NETWORK_POLICY.kind,
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_SANDBOX_NAME: sandbox}},
+            "ingress": ingress,
+            "egress": egress,
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+
+
+def control_plane_rule(settings: Settings) -> dict[str, Any]:
+    """Ingress rule 0: the AgentCube router and workload manager, on every port.
+
+    The workload manager TCP-dials each of the sandbox's ports to check
+    readiness, so this rule has no ``ports``. Each peer carries both selectors,
+    so it matches those pods in the AgentCube namespace only.
+    """
+    namespace_selector = {"matchLabels": {NAMESPACE_NAME_LABEL: settings.agentcube_namespace}}
+    return {
+        "from": [
+            {
+                "podSelector": {"matchLabels": dict(labels)},
+                "namespaceSelector": copy.deepcopy(namespace_selector),
+            }
+            for labels in (settings.router_labels, settings.workload_manager_labels)
+        ]
+    }
+
+
+def dns_rule(settings: Settings) -> dict[str, Any]:
+    """Restricted egress rule 0: DNS on UDP and TCP 53, to the configured peers."""
+    rule: dict[str, Any] = {
+        "ports": [
+            {"protocol": "UDP", "port": DNS_PORT},
+            {"protocol": "TCP", "port": DNS_PORT},
+        ]
+    }
+    if not settings.dns_to_anywhere:
+        rule["to"] = [_plain(peer) for peer in settings.dns_peers]
+    return rule
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = owner.get("metadata")
+    source = metadata if isinstance(metadata, Mapping) else owner
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": source["name"],
+        "uid": source["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _simple_rule(rule: object, peers_field: str) -> dict[str, Any]:
+    """A Restricted ``ingress``/``egress`` entry as a NetworkPolicy rule.
+
+    One ipBlock per cidr, carrying the ``except`` entries that lie inside it;
+    ``ports`` absent (or empty) means all ports, so the rule has none.
+    """
+    if not isinstance(rule, Mapping):
+        raise PolicyShapeError(f"a simple rule must be an object, not {type(rule).__name__}")
+    cidrs = [str(c) for c in _list(rule.get("cidrs"))]
+    excepts = [str(e) for e in _list(rule.get("except"))]
+    parsed_excepts = [(text, _network(text)) for text in excepts]
+    blocks: list[dict[str, Any]] = []
+    for cidr in cidrs:
+        network = _network(cidr)
+        block: dict[str, Any] = {"cidr": cidr}
+        inside = [text for text, net in parsed_excepts if strictly_inside(net, network)]
+        if inside:
+            block["except"] = inside
+        blocks.append({"ipBlock": block})
+
+    result: dict[str, Any] = {}
+    ports = [_simple_port(port) for port in _list(rule.get("ports"))]
+    if ports:
+        result["ports"] = ports
+    result[peers_field] = blocks
+    return result
+
+
+def _simple_port(port: object) -> dict[str, Any]:
+    if not isinstance(port, Mapping):
+        raise PolicyShapeError(f"a port must be an object, not {type(port).__name__}")
+    result: dict[str, Any] = {
+        "protocol": port.get("protocol") or DEFAULT_PROTOCOL,
+        "port": port["port"],
+    }
+    if port.get("endPort") is not None:
+        result["endPort"] = port["endPort"]
+    return result
+
+
+def _network(text: str) -> Network:
+    parsed = parse_cidr(text)
+    if isinstance(parsed, CidrProblem):
+        raise PolicyShapeError(f"{text!r}: {parsed.message()}")
+    return parsed
+
+
+def _list(value: object) -> Sequence[object]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise PolicyShapeError(f"expected a list, not {type(value).__name__}")
+    return value
+
+
+def _plain(value: object) -> Any:
+    """A deep copy made of plain dicts and lists (settings hold read-only mappings)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return copy.deepcopy(value)
