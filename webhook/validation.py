@@ -184,9 +184,7 @@ def _egress_warnings(networks: list[Network], excluded: list[Network], path: str
             )
     for address in METADATA_ADDRESSES:
         if any(reaches(n, excluded, address) for n in networks):
-            warnings.append(
-                f"{path}: egress reaches the cloud metadata address {address}; add it to except"
-            )
+            warnings.append(f"{path}: reaches cloud metadata {address}; add it to except")
     return warnings
 
 
@@ -250,9 +248,7 @@ def _validate_custom(custom: object, path: str, limits: Limits) -> Findings:
     if custom is None:
         # Custom with nothing: the control plane may reach the pod, nothing else;
         # egress is denied entirely, DNS included.
-        found.warnings.append(
-            f"{path}.egress: Custom egress allows no DNS (port 53); names will not resolve"
-        )
+        found.warnings.append(f"{path}.egress: no DNS (port 53) allowed; names will not resolve")
         return found
     if not isinstance(custom, Mapping):
         found.errors.append(FieldError(path, f"must be an object, not {type_name(custom)}", custom))
@@ -284,9 +280,7 @@ def _validate_custom(custom: object, path: str, limits: Limits) -> Findings:
     if isinstance(egress, list) and not found.errors:
         found.warnings.extend(_custom_egress_warnings(egress, join(path, "egress")))
     elif egress is None:
-        found.warnings.append(
-            f"{path}.egress: Custom egress allows no DNS (port 53); names will not resolve"
-        )
+        found.warnings.append(f"{path}.egress: no DNS (port 53) allowed; names will not resolve")
     return found
 
 
@@ -319,7 +313,7 @@ def _custom_egress_warnings(rules: list[Any], path: str) -> list[str]:
             peer_path = join(join(rule_path, "to"), peer_index)
             warnings.extend(_egress_warnings([network], excluded, peer_path))
     if not allows_dns:
-        warnings.append(f"{path}: Custom egress allows no DNS (port 53); names will not resolve")
+        warnings.append(f"{path}: no DNS (port 53) allowed; names will not resolve")
     return warnings
 
 
