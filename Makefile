@@ -1,0 +1,50 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install serve dev lint fmt test test-fast controlplane bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## serve: the HTTPS admission server on :9443, certificates generated into certs/
+serve: install
+	$(PY) -m webhook serve
+
+## dev: a local playground: real kube-apiserver + etcd + the webhook (Ctrl-C stops all)
+dev: install controlplane
+	$(PY) -m webhook dev
+
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl and etcd (cached)
+controlplane:
+	tests/controlplane/build.sh >/dev/null
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## test-fast: unit and HTTP tiers only (no control plane)
+test-fast: install
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+## test: lint, types, and every tier, end-to-end against a real kube-apiserver included
+test: lint controlplane
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/admission.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
