@@ -1,0 +1,322 @@
+"""``check`` and ``render``: the admission code, run on files instead of requests.
+
+``check FILE...`` validates every object of YAML/JSON files (multi-document
+YAML, a JSON object, a ``List``, ``-`` for standard input) the way the webhook
+would on CREATE. ``render FILE --sandbox NAME`` prints the NetworkPolicy a
+sandbox of one AgentRuntime or CodeInterpreter would get.
+
+Exit codes: 0 all valid, 1 some object invalid, 2 unreadable input or usage
+error. Bad input gets a message naming the file (and line), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from webhook.admission import Verdict, validate_object
+from webhook.k8srules import dns1123_subdomain_problems, label_value_problems
+from webhook.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
+from webhook.policy import PolicyShapeError, build_network_policy, template_policy
+from webhook.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+STDIN_PATH = "-"
+STDIN_NAME = "<stdin>"
+DEFAULT_NAMESPACE = "default"
+
+# The kinds admission validates on CREATE; any other object passes unchecked.
+CHECKED_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM)
+TEMPLATE_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER)
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_LABEL_MAX_CHARS = 63
+
+
+class InputError(Exception):
+    """Input we cannot read as Kubernetes objects; the message names where."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    source: str  # the file name as the user wrote it, or <stdin>
+    document: int  # 1-based, counting the documents of the file
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj.get("kind"))
+
+    @property
+    def label(self) -> str:
+        """``Kind/name``, for messages."""
+        metadata = self.obj.get("metadata")
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        if not isinstance(name, str) or not name:
+            name = f"(unnamed, document {self.document})"
+        return f"{self.kind}/{name}"
+
+    def is_one_of(self, kinds: Sequence[Kind]) -> bool:
+        api_version = self.obj.get("apiVersion")
+        group = api_version.rpartition("/")[0] if isinstance(api_version, str) else None
+        return any(k.kind == self.kind and k.group == group for k in kinds)
+
+
+def check(
+    paths: Sequence[str],
+    *,
+    settings: Settings,
+    stdout: TextIO,
+    stderr: TextIO,
+    stdin: TextIO | None = None,
+) -> int:
+    """Validate each object of each file; report errors and a summary."""
+    unreadable = 0
+    valid = invalid = skipped = 0
+    for path in paths:
+        try:
+            objects = load_objects(path, stdin=stdin)
+        except InputError as exc:
+            print(f"error: {exc}", file=stderr)
+            unreadable += 1
+            continue
+        for item in objects:
+            if not item.is_one_of(CHECKED_KINDS):
+                skipped += 1
+                continue
+            verdict = _validate(item, settings=settings, stderr=stderr)
+            if verdict is None:
+                unreadable += 1
+                continue
+            for warning in verdict.warnings:
+                print(f"Warning: {item.source}: {item.label}: {warning}", file=stderr)
+            for error in verdict.errors:
+                print(f"{item.source}: {item.label}: {error}", file=stdout)
+            if verdict.errors:
+                invalid += 1
+            else:
+                valid += 1
+
+    summary = f"{valid + invalid} {_plural(valid + invalid, 'object')} checked: "
+    summary += f"{valid} valid, {invalid} invalid"
+    if skipped:
+        summary += f"; {skipped} of other kinds not checked"
+    if unreadable:
+        summary += f"; {unreadable} {_plural(unreadable, 'input')} could not be read"
+    print(summary, file=stdout)
+    if unreadable:
+        return EXIT_USAGE
+    return EXIT_INVALID if invalid else EXIT_OK
+
+
+def render(
+    path: str,
+    *,
+    sandbox: str,
+    namespace: str | None,
+    settings: Settings,
+    stdout: TextIO,
+    stderr: TextIO,
+    stdin: TextIO | None = None,
+) -> int:
+    """Print the NetworkPolicy YAML a sandbox of the template in ``path`` would get."""
+    usage_problems = [f"--sandbox {p}" for p in sandbox_name_problems(sandbox)]
+    if namespace is not None:
+        usage_problems += [f"--namespace {p}" for p in namespace_problems(namespace)]
+    if usage_problems:
+        for problem in usage_problems:
+            print(f"error: {problem}", file=stderr)
+        return EXIT_USAGE
+
+    try:
+        objects = load_objects(path, stdin=stdin)
+    except InputError as exc:
+        print(f"error: {exc}", file=stderr)
+        return EXIT_USAGE
+    templates = [item for item in objects if item.is_one_of(TEMPLATE_KINDS)]
+    if len(templates) != 1:
+        found = ", ".join(item.label for item in templates) or "none"
+        print(
+            f"error: {_name(path)}: expected exactly one AgentRuntime or CodeInterpreter "
+            f"({AGENT_RUNTIME.group}), found {found}",
+            file=stderr,
+        )
+        return EXIT_USAGE
+    template = templates[0]
+
+    verdict = _validate(template, settings=settings, stderr=stderr)
+    if verdict is None:
+        return EXIT_USAGE
+    for warning in verdict.warnings:
+        print(f"Warning: {template.source}: {template.label}: {warning}", file=stderr)
+    if verdict.errors:
+        for error in verdict.errors:
+            print(f"{template.source}: {template.label}: {error}", file=stderr)
+        return EXIT_INVALID
+
+    if namespace is None:
+        metadata = template.obj.get("metadata")
+        own = metadata.get("namespace") if isinstance(metadata, dict) else None
+        namespace = own if isinstance(own, str) and own else DEFAULT_NAMESPACE
+    try:
+        network_policy = build_network_policy(
+            template_policy(template.obj), sandbox=sandbox, namespace=namespace, settings=settings
+        )
+    except PolicyShapeError as exc:
+        print(f"{template.source}: {template.label}: {exc}", file=stderr)
+        return EXIT_INVALID
+    if network_policy is None:
+        print(
+            f"{template.source}: {template.label}: networkPolicy mode is None: "
+            "its sandboxes get no NetworkPolicy",
+            file=stderr,
+        )
+        return EXIT_OK
+    stdout.write(dump_yaml(network_policy))
+    return EXIT_OK
+
+
+def dump_yaml(obj: Any) -> str:
+    """Block-style YAML in the object's own key order: the same object, the same bytes."""
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def sandbox_name_problems(name: str) -> list[str]:
+    """A sandbox name is a NetworkPolicy name and a label value: both rules apply."""
+    problems = dns1123_subdomain_problems(name)
+    problems += [p for p in label_value_problems(name) if p not in problems]
+    return [f"{p}: {name!r}" for p in problems]
+
+
+def namespace_problems(name: str) -> list[str]:
+    if len(name) <= DNS1123_LABEL_MAX_CHARS and _DNS1123_LABEL.fullmatch(name):
+        return []
+    return [
+        f"must be a lowercase RFC 1123 label of at most {DNS1123_LABEL_MAX_CHARS} characters "
+        f"(lower case alphanumeric characters or '-', starting and ending with an "
+        f"alphanumeric character): {name!r}"
+    ]
+
+
+def load_objects(path: str, *, stdin: TextIO | None = None) -> list[SourceObject]:
+    """Every object in a file (or ``-``), Lists expanded; InputError when unreadable."""
+    name = _name(path)
+    text = _read(path, stdin=stdin)
+    documents = _parse(text, name)
+    objects: list[SourceObject] = []
+    for number, document in enumerate(documents, start=1):
+        if document is None:  # an empty document, e.g. after a trailing ---
+            continue
+        if not isinstance(document, dict):
+            raise InputError(
+                f"{name}: document {number} is not an object (a {type(document).__name__})"
+            )
+        if document.get("kind") == "List" and "items" in document:
+            items = document["items"]
+            if not isinstance(items, list):
+                raise InputError(f"{name}: document {number}: List items must be a list")
+            for index, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise InputError(f"{name}: document {number}: items[{index}] is not an object")
+                objects.append(_object(name, number, item, where=f"items[{index}]"))
+        else:
+            objects.append(_object(name, number, document, where=""))
+    return objects
+
+
+def _object(name: str, number: int, obj: dict[str, Any], *, where: str) -> SourceObject:
+    kind = obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        at = f"document {number}" + (f" {where}" if where else "")
+        raise InputError(f"{name}: {at}: object has no kind")
+    return SourceObject(name, number, obj)
+
+
+def _name(path: str) -> str:
+    return STDIN_NAME if path == STDIN_PATH else path
+
+
+def _read(path: str, *, stdin: TextIO | None) -> str:
+    if path == STDIN_PATH:
+        try:
+            return (stdin or sys.stdin).read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{STDIN_NAME}: cannot read: {exc}") from None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _parse(text: str, name: str) -> list[Any]:
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            return [json.loads(text)]
+        except ValueError:
+            pass  # YAML flow style also starts with { or [: let YAML have a go
+    try:
+        return list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InputError(f"{name}: {where}not valid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{name}: not valid YAML: {exc}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys.
+
+    With a duplicate, plain YAML keeps the last value silently: a second
+    ``egress:`` would replace the first. kubectl (strict field validation)
+    refuses it; so do we.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _validate(item: SourceObject, *, settings: Settings, stderr: TextIO) -> Verdict | None:
+    """The admission verdict, or None (reported) if the validator itself failed."""
+    try:
+        return validate_object(item.obj, settings=settings)
+    except Exception as exc:  # a validator bug must not become a traceback
+        # The stack goes to the debug log (--log-level DEBUG), not in the user's face.
+        logger.debug("validating %s from %s failed", item.label, item.source, exc_info=True)
+        print(f"error: {item.source}: {item.label}: could not validate: {exc}", file=stderr)
+        return None
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
