@@ -403,3 +403,26 @@ def test_render_refuses_names_kubernetes_would_refuse(
 def test_render_without_sandbox_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "x.yaml"]) == 2
     assert "--sandbox" in capsys.readouterr().err
+
+
+# --- the documented examples ----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_documented_examples_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in EXAMPLES.glob("*.yaml"))
+    assert len(files) >= 4
+    code, out, _ = run(capsys, "check", *files)
+    assert (code, out) == (0, f"{len(files)} objects checked: {len(files)} valid, 0 invalid\n")
+
+
+def test_examples_readme_shows_what_render_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    command = re.search(r"^\$ python -m webhook (render .*)$", readme, flags=re.MULTILINE)
+    assert command is not None
+    argv = command.group(1).replace("examples/", f"{EXAMPLES}/").split()
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    shown = readme[command.end() + 1 :].split("```", 1)[0]
+    assert shown == out
