@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="agentcube-netpol-system",
         help="in-cluster Service namespace for a generated certificate (default: %(default)s)",
     )
+    serve.add_argument(
+        "--cert-check-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often to look for a renewed or replaced certificate (default: %(default)s)",
+    )
     _add_policy_options(serve)
 
     check = commands.add_parser("check", help="validate objects in YAML/JSON files offline")
@@ -190,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.service_name}.{args.service_namespace}.svc",
                 f"{args.service_name}.{args.service_namespace}.svc.cluster.local",
             ],
+            cert_check_interval_seconds=args.cert_check_interval,
         )
     if args.command == "check":
         from webhook.offline import check
