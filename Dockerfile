@@ -1,0 +1,42 @@
+# agentcube-netpol: the admission webhook server (and reconciler).
+#
+#   docker build -t agentcube-netpol:0.1.0 .
+#
+# Two stages: the first builds our wheel and installs it with its dependencies into a
+# virtualenv; the second copies only that virtualenv onto a fresh copy of the same base,
+# so no compiler, pip cache or source tree ships. The base is pinned to an exact
+# Python patch release (override with --build-arg PYTHON_IMAGE=...@sha256:... to pin a
+# digest). The runtime needs no shell: ENTRYPOINT and CMD are exec form.
+
+ARG PYTHON_IMAGE=python:3.11.15-slim-trixie
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY webhook ./webhook
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install /wheels/*.whl \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
+ && /opt/venv/bin/agentcube-netpol --version
+
+FROM ${PYTHON_IMAGE}
+# Bytecode was compiled at build time: nothing is written next to the code, so the
+# root filesystem can be read-only. HOME points at /tmp (a volume in deploy/) since
+# UID 65532 has no home directory.
+ENV PATH=/opt/venv/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+COPY --from=build /opt/venv /opt/venv
+# The cert dir exists and belongs to the runtime user, so `docker run` without a volume
+# still works (the server generates a CA and serving certificate there).
+RUN mkdir -m 0700 /certs && chown 65532:65532 /certs
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 9443
+ENTRYPOINT ["agentcube-netpol"]
+CMD ["serve", "--cert-dir", "/certs"]
