@@ -398,3 +398,34 @@ def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
     assert built is not None
     assert built["spec"]["egress"] == [DNS_RULE]
     assert built["spec"]["ingress"] == [CONTROL_PLANE_RULE]
+
+
+def test_invalid_override_fails_closed_and_names_the_field() -> None:
+    override = json.dumps({"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]})
+    policy, error = effective_policy({"mode": "None"}, override)
+    assert policy == FAIL_CLOSED_POLICY
+    assert error == (
+        "override annotation is invalid: "
+        "metadata.annotations[runtime.agentcube.io/network-policy].egress[0].cidrs[0]: "
+        'must be a canonical CIDR with no host bits set (did you mean "10.0.0.0/8"?): "10.0.0.1/8"'
+    )
+
+
+def test_invalid_template_policy_stored_while_the_webhook_was_down_fails_closed() -> None:
+    policy, error = effective_policy({"mode": "Nne"}, None)
+    assert policy == FAIL_CLOSED_POLICY
+    assert error is not None
+    assert error.startswith("template networkPolicy is invalid: networkPolicy.mode: must be one of")
+
+
+def test_whatever_effective_policy_returns_can_be_built() -> None:
+    cases: list[tuple[Any, str | None]] = [
+        ({"mode": "Custom", "custom": {"egress": [{"to": [{}]}]}}, None),
+        (None, '{"mode": "Restricted", "ingress": [{"cidrs": [], "ports": [{}]}]}'),
+        ({"mode": "Restricted", "egress": "everything"}, None),
+        ({"mode": "Restricted"}, '{"mode": "Custom", "custom": []}'),
+    ]
+    for template_value, override in cases:
+        policy, error = effective_policy(template_value, override)
+        assert error is not None
+        assert build(policy) is not None

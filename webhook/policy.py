@@ -14,15 +14,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from webhook.cidr import CidrProblem, Network, parse_cidr, strictly_inside
+from webhook.fielderrors import type_name
 from webhook.kinds import (
+    ANNOTATION_NETWORK_POLICY,
     LABEL_SANDBOX_NAME,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     NETWORK_POLICY,
     TEMPLATE_POLICY_PATH,
 )
-from webhook.settings import Settings
-from webhook.validation import MODE_NONE, MODE_RESTRICTED, MODES
+from webhook.settings import Limits, Settings
+from webhook.validation import (
+    MODE_NONE,
+    MODE_RESTRICTED,
+    MODES,
+    describe,
+    validate_network_policy,
+)
 
 DEFAULT_PROTOCOL = "TCP"
 DNS_PORT = 53
@@ -32,6 +40,7 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # What a sandbox gets when its override annotation cannot be read: the tightest
 # policy there is (control plane in, DNS out, nothing else), never no policy.
 FAIL_CLOSED_POLICY: Mapping[str, Any] = {"mode": MODE_RESTRICTED}
+OVERRIDE_PATH = f"metadata.annotations[{ANNOTATION_NETWORK_POLICY}]"
 
 
 class PolicyShapeError(ValueError):
@@ -68,26 +77,37 @@ def template_policy(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def effective_policy(
-    template: Mapping[str, Any] | None, override_json: str | None
+    template: Mapping[str, Any] | None,
+    override_json: str | None,
+    *,
+    limits: Limits | None = None,
 ) -> tuple[Mapping[str, Any] | None, str | None]:
-    """The policy a sandbox gets and, when the override is unreadable, why.
+    """The policy a sandbox gets and, when the one it should get is broken, why.
 
     The override annotation (JSON of a ``networkPolicy`` object) replaces the
-    template's policy whole, with no merging. Admission refuses an unreadable
-    override, but one can still be stored while the webhook is down; then this
-    returns ``FAIL_CLOSED_POLICY`` with the error, so the sandbox is isolated
-    rather than opened up, and the caller reports the error (an Event).
+    template's policy whole, with no merging. Admission refuses a broken policy,
+    but one can still be stored while the webhook is down (or was stored before
+    it was installed); then this returns ``FAIL_CLOSED_POLICY`` with the reason,
+    so the sandbox is isolated rather than opened up, and the caller reports the
+    reason (an Event). What this returns, ``build_network_policy`` can build.
     """
     if override_json is None:
-        return template, None
-    try:
-        override = json.loads(override_json)
-    except ValueError as exc:
-        return FAIL_CLOSED_POLICY, f"override annotation is not JSON: {exc}"
-    if not isinstance(override, dict):
-        kind = type(override).__name__
-        return FAIL_CLOSED_POLICY, f"override annotation must be a JSON object, not {kind}"
-    return override, None
+        chosen: object = template
+        where = "template networkPolicy"
+        path = "networkPolicy"
+    else:
+        where = "override annotation"
+        path = OVERRIDE_PATH
+        try:
+            chosen = json.loads(override_json)
+        except ValueError as exc:
+            return FAIL_CLOSED_POLICY, f"{where} is not JSON: {exc}"
+        if not isinstance(chosen, dict):
+            return FAIL_CLOSED_POLICY, f"{where} must be a JSON object, not {type_name(chosen)}"
+    errors = validate_network_policy(chosen, path, limits=limits or Limits()).errors
+    if errors:
+        return FAIL_CLOSED_POLICY, f"{where} is invalid: {describe(errors)}"
+    return (chosen if isinstance(chosen, Mapping) else None), None
 
 
 def build_network_policy(
@@ -218,6 +238,8 @@ def _simple_rule(rule: object, peers_field: str) -> dict[str, Any]:
 def _simple_port(port: object) -> dict[str, Any]:
     if not isinstance(port, Mapping):
         raise PolicyShapeError(f"a port must be an object, not {type(port).__name__}")
+    if port.get("port") is None:
+        raise PolicyShapeError("a simple rule's port needs a port number")
     result: dict[str, Any] = {
         "protocol": port.get("protocol") or DEFAULT_PROTOCOL,
         "port": port["port"],
