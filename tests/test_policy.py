@@ -429,3 +429,11 @@ def test_whatever_effective_policy_returns_can_be_built() -> None:
         policy, error = effective_policy(template_value, override)
         assert error is not None
         assert build(policy) is not None
+
+
+def test_a_template_policy_of_the_wrong_type_fails_closed_not_open() -> None:
+    obj = template("CodeInterpreter", "Restricted")
+    assert template_policy(obj) == "Restricted"
+    policy, error = effective_policy(template_policy(obj), None)
+    assert policy == FAIL_CLOSED_POLICY
+    assert error is not None and "networkPolicy: must be an object" in error

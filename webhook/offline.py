@@ -25,7 +25,12 @@ import yaml
 from webhook.admission import Verdict, validate_object
 from webhook.k8srules import dns1123_subdomain_problems, label_value_problems
 from webhook.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
-from webhook.policy import PolicyShapeError, build_network_policy, template_policy
+from webhook.policy import (
+    PolicyShapeError,
+    build_network_policy,
+    effective_policy,
+    template_policy,
+)
 from webhook.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -171,13 +176,18 @@ def render(
         metadata = template.obj.get("metadata")
         own = metadata.get("namespace") if isinstance(metadata, dict) else None
         namespace = own if isinstance(own, str) and own else DEFAULT_NAMESPACE
+    # The reconciler's own path: effective policy (no override here), then the builder.
+    policy, broken = effective_policy(template_policy(template.obj), None, limits=settings.limits)
+    if broken is not None:  # validation above said valid: only a validator bug gets here
+        print(f"error: {template.source}: {template.label}: {broken}", file=stderr)
+        return EXIT_USAGE
     try:
         network_policy = build_network_policy(
-            template_policy(template.obj), sandbox=sandbox, namespace=namespace, settings=settings
+            policy, sandbox=sandbox, namespace=namespace, settings=settings
         )
     except PolicyShapeError as exc:
-        print(f"{template.source}: {template.label}: {exc}", file=stderr)
-        return EXIT_INVALID
+        print(f"error: {template.source}: {template.label}: {exc}", file=stderr)
+        return EXIT_USAGE
     if network_policy is None:
         print(
             f"{template.source}: {template.label}: networkPolicy mode is None: "

@@ -63,8 +63,12 @@ def effective_mode(policy: Mapping[str, Any] | None) -> str:
     return str(mode)
 
 
-def template_policy(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The ``networkPolicy`` of an AgentRuntime or CodeInterpreter, if it has one."""
+def template_policy(obj: Mapping[str, Any]) -> object:
+    """The ``networkPolicy`` value of an AgentRuntime or CodeInterpreter; None if absent.
+
+    The value is returned as stored, whatever its type: ``effective_policy``
+    checks it, so a broken one fails closed instead of reading as "no policy".
+    """
     path = TEMPLATE_POLICY_PATH.get(str(obj.get("kind")))
     if path is None:
         return None
@@ -73,11 +77,11 @@ def template_policy(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
         if not isinstance(node, Mapping):
             return None
         node = node.get(key)
-    return node if isinstance(node, Mapping) else None
+    return node
 
 
 def effective_policy(
-    template: Mapping[str, Any] | None,
+    template: object,
     override_json: str | None,
     *,
     limits: Limits | None = None,
