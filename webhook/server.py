@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -49,6 +51,7 @@ def serve(
     claims: ClaimLookup | None = None,
     ready: Callable[[], bool] | None = None,
     cert_check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS,
+    http_implementation: str = HTTP_IMPLEMENTATION,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
 
@@ -75,21 +78,9 @@ def serve(
     app = create_app(
         settings=settings, claims=claims if claims is not None else NoClaims(), ready=is_ready
     )
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=HTTP_IMPLEMENTATION,
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_SECONDS,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+    config = uvicorn_config(
+        app, host=host, port=port, ssl_context=reloader.context, http=http_implementation
     )
-    config.load()
-    # The context the listening socket uses is the one the reloader refreshes.
-    config.ssl = reloader.context
     server = _Server(config)
     try:
         asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds))
@@ -99,6 +90,36 @@ def serve(
         return EXIT_FAILED
     logger.info("stopped")
     return EXIT_OK
+
+
+def uvicorn_config(
+    app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext, http: str = HTTP_IMPLEMENTATION
+) -> uvicorn.Config:
+    """The server settings ``serve`` uses (the benchmark's bare endpoint uses them too)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=http,
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_SECONDS,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    config.load()
+    # Replaces the context uvicorn would build from files: the listening socket
+    # then uses the one the certificate watcher reloads in place.
+    config.ssl = ssl_context
+    return config
+
+
+def run_server(config: uvicorn.Config) -> bool:
+    """Run until SIGTERM/SIGINT; whether it started (uvicorn exits 1 when it cannot bind)."""
+    server = _Server(config)
+    asyncio.run(server.serve())
+    return bool(server.started)
 
 
 async def _serve_and_watch(
