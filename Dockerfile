@@ -4,9 +4,11 @@
 #
 # Two stages: the first builds our wheel and installs it with its dependencies into a
 # virtualenv; the second copies only that virtualenv onto a fresh copy of the same base,
-# so no compiler, pip cache or source tree ships. The base is pinned to an exact
-# Python patch release (override with --build-arg PYTHON_IMAGE=...@sha256:... to pin a
-# digest). The runtime needs no shell: ENTRYPOINT and CMD are exec form.
+# so neither the source tree nor the wheel build's tools ship, and the virtualenv has
+# no pip. Pinned: the base to an exact Python patch release (override with
+# --build-arg PYTHON_IMAGE=...@sha256:... to pin a digest), the dependencies to
+# deploy/image/constraints.txt. The runtime needs no shell: ENTRYPOINT and CMD are
+# exec form.
 
 ARG PYTHON_IMAGE=python:3.11.15-slim-trixie
 
@@ -16,10 +18,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/image/constraints.txt ./
 COPY webhook ./webhook
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install /wheels/*.whl \
+ && /opt/venv/bin/pip install --constraint constraints.txt /wheels/*.whl \
+ && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
  && /opt/venv/bin/agentcube-netpol --version
 

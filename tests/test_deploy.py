@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from typing import Any
 import jsonpatch
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from webhook import kinds
 
@@ -688,3 +692,31 @@ def test_dockerfile_pins_its_base_image() -> None:
     for image in images:
         reference = image.split("=", 1)[1]
         assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", reference), image
+
+
+def test_image_pins_every_runtime_dependency_to_a_version_it_accepts() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins: dict[str, Version] = {}
+    for line in (DEPLOY / "image" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = Version(version)
+    for dependency in pyproject["project"]["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not pinned in deploy/image/constraints.txt"
+        assert pins[name] in requirement.specifier, (dependency, str(pins[name]))
+
+
+def test_dockerfile_copies_only_files_the_build_context_sends() -> None:
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    copies = [arg for op, arg in dockerfile_instructions() if op == "COPY" and "--from" not in arg]
+    assert copies
+    for arg in copies:
+        for source in arg.split()[:-1]:
+            assert (REPO / source).exists(), source
+            assert source.rstrip("/") in allowed, f"{source} is left out by .dockerignore"
