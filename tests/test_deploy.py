@@ -35,6 +35,7 @@ CERT_MANAGER = DEPLOY / "overlays" / "cert-manager"
 
 NAMESPACE = "agentcube-netpol-system"
 SERVICE = "agentcube-netpol-webhook"
+CA_SECRET = "agentcube-netpol-ca"  # the replicas' shared CA (webhook/cabundle.py)
 SERVER_PORT = 9443
 CERT_DIR = "/certs"
 NONROOT_UID = 65532
@@ -387,8 +388,10 @@ NEEDED_CLUSTER_WIDE = [
 ]
 
 NEVER = [
-    ("", "secrets", "get"),
     ("", "secrets", "list"),
+    ("", "secrets", "watch"),
+    ("", "secrets", "update"),
+    ("", "secrets", "delete"),
     ("", "pods", "delete"),
     ("", "pods", "update"),
     ("", "pods", "create"),
@@ -419,7 +422,7 @@ def test_service_account_is_bound_to_what_the_reconciler_needs(install: list[Doc
     ]
     for group, resource, verb in NEEDED_CLUSTER_WIDE:
         assert allows(cluster_rules, group, resource, verb), (group, resource, verb)
-    role = only(install, "Role")
+    role = only(install, "Role", "agentcube-netpol-leader-election")
     assert ("Role", role["metadata"]["name"]) in bound_roles
     assert role["metadata"]["namespace"] == NAMESPACE
     for verb in ("get", "create", "update"):
@@ -431,10 +434,18 @@ def test_rbac_is_least_privilege(install: list[Doc]) -> None:
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), rule
-        assert not any("secrets" in r for r in rule.get("resources", [])), rule
         assert "nonResourceURLs" not in rule, rule
     for group, resource, verb in NEVER:
         assert not allows(rules, group, resource, verb), (group, resource, verb)
+    # Secrets: at most the shared CA, in our namespace: read by name, or created.
+    for doc, rule in rbac_rules(install):
+        if any("secrets" in resource for resource in rule.get("resources", [])):
+            assert doc["kind"] == "Role", rule
+            assert doc["metadata"]["namespace"] == NAMESPACE
+            assert rule["resources"] == ["secrets"], rule
+            assert set(rule["verbs"]) <= {"get", "create"}, rule
+            if "get" in rule["verbs"]:
+                assert rule["resourceNames"] == [CA_SECRET], rule
     # Leases only in our own namespace, never cluster-wide.
     for doc, rule in rbac_rules(install):
         if doc["kind"] == "ClusterRole":
@@ -444,7 +455,7 @@ def test_rbac_is_least_privilege(install: list[Doc]) -> None:
             assert rule["resourceNames"] == ["agentcube-netpol"], rule
 
 
-def test_base_may_write_only_its_own_webhook_configurations_ca(base: list[Doc]) -> None:
+def test_base_lets_the_server_keep_its_own_ca(base: list[Doc]) -> None:
     configurations = {
         doc["metadata"]["name"] for doc in base if doc["kind"].endswith("WebhookConfiguration")
     }
@@ -454,6 +465,9 @@ def test_base_may_write_only_its_own_webhook_configurations_ca(base: list[Doc]) 
         assert allows(rules, "admissionregistration.k8s.io", resource, "patch")
         assert not allows(rules, "admissionregistration.k8s.io", resource, "create")
         assert not allows(rules, "admissionregistration.k8s.io", resource, "list")
+    secret_role = only(base, "Role", "agentcube-netpol-ca-secret")
+    assert allows(secret_role["rules"], "", "secrets", "get")
+    assert allows(secret_role["rules"], "", "secrets", "create")
 
 
 # --- cert-manager overlay ---------------------------------------------------------
@@ -481,9 +495,11 @@ def test_cert_manager_injects_the_ca_into_both_configurations(cert_manager: list
         namespace, name = annotations["cert-manager.io/inject-ca-from"].split("/")
         certificate = only(cert_manager, "Certificate", name)
         assert certificate["metadata"]["namespace"] == namespace
-    # cainjector writes the caBundle, so the server gets no access to the configurations.
+    # cainjector writes the caBundle and cert-manager keeps the CA, so the server gets
+    # no access to the configurations and none to Secrets.
     for _, rule in rbac_rules(cert_manager):
         assert "admissionregistration.k8s.io" not in rule.get("apiGroups", [])
+        assert "secrets" not in rule.get("resources", [])
 
 
 def test_base_leaves_the_ca_bundle_to_the_server(base: list[Doc]) -> None:
