@@ -403,6 +403,109 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[index]
 
 
+# --- where the time goes, in process (no TLS, no sockets) -------------------------------
+
+
+async def call_asgi(app: Any, path: str, body: bytes) -> None:
+    """One POST through an ASGI app, as uvicorn would make it."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    scope = {
+        "type": "http", "method": "POST", "path": path, "query_string": b"",
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    await app(scope, receive, send)
+
+
+def microseconds_per_call(function: Any, count: int) -> float:
+    for _ in range(count // 10):
+        function()
+    started = time.perf_counter()
+    for _ in range(count):
+        function()
+    return (time.perf_counter() - started) / count * 1e6
+
+
+def breakdown(count: int, profile: bool) -> None:
+    """Microseconds per request for each layer, and optionally a pyinstrument profile."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from webhook import admission
+    from webhook.app import create_app
+    from webhook.settings import Settings
+
+    logging.basicConfig(level="INFO", filename=os.devnull)  # log lines formatted, then dropped
+    settings = Settings()
+    claims = BenchClaims()
+    app = create_app(settings=settings, claims=claims)
+
+    async def bare(request: Request) -> Response:
+        await request.body()
+        return Response(BARE_ANSWER, media_type="application/json")
+
+    bare_app = Starlette(routes=[Route("/bare", bare, methods=["POST"])])
+    loop = asyncio.new_event_loop()
+    bodies = {"validate": code_interpreter_create(), "mutate": claimed_pod_update()}
+    decisions = {
+        "validate": lambda request: admission.validate(request, settings=settings),
+        "mutate": lambda request: admission.mutate(request, settings=settings, claims=claims),
+    }
+    print(f"{'endpoint':9} {'bare app':>9} {'decode':>7} {'decision':>9} {'our app':>8} "
+          f"{'our app, decision stubbed':>26}   (microseconds per request, in process)")  # fmt: skip
+    for name, body in bodies.items():
+        _breakdown_row(name, body, app, bare_app, decisions[name], loop, count, profile)
+    loop.close()
+
+
+def _breakdown_row(  # noqa: PLR0917
+    name: str, body: bytes, app: Any, bare_app: Any, decide: Any,
+    loop: asyncio.AbstractEventLoop, count: int, profile: bool,
+) -> None:  # fmt: skip
+    from webhook import admission, response
+
+    request = orjson.loads(body)["request"]
+    path = f"/{name}"
+
+    def through(target: Any, route: str) -> Any:
+        return lambda: loop.run_until_complete(call_asgi(target, route, body))
+
+    bare_us = microseconds_per_call(through(bare_app, "/bare"), count)
+    decode_us = microseconds_per_call(lambda: orjson.loads(body), count)
+    decision_us = microseconds_per_call(lambda: decide(request), count)
+    full_us = microseconds_per_call(through(app, path), count)
+    real = getattr(admission, name)
+    setattr(admission, name, lambda request, **_: response.allowed(request["uid"]))
+    try:
+        stubbed_us = microseconds_per_call(through(app, path), count)
+    finally:
+        setattr(admission, name, real)
+    print(f"{name:9} {bare_us:9.0f} {decode_us:7.0f} {decision_us:9.0f} {full_us:8.0f} "
+          f"{stubbed_us:26.0f}")  # fmt: skip
+    if not profile:
+        return
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        print("--profile needs pyinstrument: pip install pyinstrument", file=sys.stderr)
+        return
+    profiler = Profiler(interval=0.0001)
+    profiler.start()
+    run = through(app, path)
+    for _ in range(count):
+        run()
+    profiler.stop()
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
 # --- the run ----------------------------------------------------------------------------
 
 
@@ -616,6 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="uvicorn HTTP implementations to compare",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="only time each layer in process (no TLS, no wrk): where the time goes",
+    )  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="with --breakdown: pyinstrument")
     parser.add_argument("--serve", choices=["webhook", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cert-dir", type=Path, help=argparse.SUPPRESS)
@@ -626,6 +734,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve == "bare":
         return run_bare(args.port, args.cert_dir, args.http[0])
 
+    if args.breakdown:
+        breakdown(count=2000, profile=args.profile)
+        return 0
     if shutil.which("wrk") is None:
         print("bench/admission.py needs wrk (HTTP load generator): "
               "apt-get update && apt-get install -y wrk", file=sys.stderr)  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from starlette.applications import Starlette
@@ -188,7 +188,7 @@ def decode_review(body: bytes) -> tuple[str, AdmissionRequest]:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise BadRequestError(400, "AdmissionReview request has no uid")
-    return api_version, request  # type: ignore[return-value]
+    return api_version, cast(AdmissionRequest, request)
 
 
 def encode_review(api_version: str, answer: AdmissionResponse) -> bytes:
