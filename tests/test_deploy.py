@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from webhook import kinds
+from webhook.controlplane import KUBECTL, ControlPlaneError, find_binaries
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -49,11 +50,17 @@ Doc = dict[str, Any]
 
 
 def kubectl() -> str:
-    path = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    """``$KUBECTL``, else the one `make controlplane` built, else ``kubectl`` on PATH."""
+    path = os.environ.get("KUBECTL")
+    if not path:
+        try:
+            path = str(find_binaries(os.environ).path(KUBECTL))
+        except ControlPlaneError:
+            path = shutil.which("kubectl")
     if not path:
         pytest.fail(
-            "kubectl not found: set KUBECTL to a kubectl binary or put one on PATH "
-            "(.ci/run builds one)"
+            "kubectl not found: set KUBECTL to a kubectl binary, build one with "
+            "`make controlplane`, or put one on PATH"
         )
     return path
 
