@@ -437,3 +437,24 @@ def test_a_template_policy_of_the_wrong_type_fails_closed_not_open() -> None:
     policy, error = effective_policy(template_policy(obj), None)
     assert policy == FAIL_CLOSED_POLICY
     assert error is not None and "networkPolicy: must be an object" in error
+
+
+def test_restricted_cidrs_come_out_in_the_form_kube_apiserver_does_not_warn_about() -> None:
+    policy = {
+        "mode": "Restricted",
+        "egress": [
+            {
+                "cidrs": ["2001:0DB8:0001:0000:0000:0000:0000:0000/48", "64:ff9b::10.0.0.0/120"],
+                "except": ["2001:db8:1:0:0:0:0:0/64"],
+            }
+        ],
+    }
+    assert spec(policy)["egress"][1]["to"] == [
+        {"ipBlock": {"cidr": "2001:db8:1::/48", "except": ["2001:db8:1::/64"]}},
+        {"ipBlock": {"cidr": "64:ff9b::a00:0/120"}},
+    ]
+
+
+def test_custom_cidrs_stay_as_written() -> None:
+    rule = {"to": [{"ipBlock": {"cidr": "2001:0db8::/32"}}]}
+    assert spec({"mode": "Custom", "custom": {"egress": [rule]}})["egress"] == [rule]

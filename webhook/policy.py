@@ -214,19 +214,20 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
 def _simple_rule(rule: object, peers_field: str) -> dict[str, Any]:
     """A Restricted ``ingress``/``egress`` entry as a NetworkPolicy rule.
 
-    One ipBlock per cidr, carrying the ``except`` entries that lie inside it;
-    ``ports`` absent (or empty) means all ports, so the rule has none.
+    One ipBlock per cidr, carrying the ``except`` entries that lie inside it,
+    each CIDR in its RFC 5952 text form; ``ports`` absent (or empty) means all
+    ports, so the rule has none. Custom rules, by contrast, are copied verbatim.
     """
     if not isinstance(rule, Mapping):
         raise PolicyShapeError(f"a simple rule must be an object, not {type(rule).__name__}")
-    cidrs = [str(c) for c in _list(rule.get("cidrs"))]
-    excepts = [str(e) for e in _list(rule.get("except"))]
-    parsed_excepts = [(text, _network(text)) for text in excepts]
+    networks = [_network(c) for c in _list(rule.get("cidrs"))]
+    excepts = [_network(e) for e in _list(rule.get("except"))]
     blocks: list[dict[str, Any]] = []
-    for cidr in cidrs:
-        network = _network(cidr)
-        block: dict[str, Any] = {"cidr": cidr}
-        inside = [text for text, net in parsed_excepts if strictly_inside(net, network)]
+    for network in networks:
+        # str() is the RFC 5952 form kube-apiserver prefers: it warns on any other
+        # IPv6 spelling (such as 2001:0db8::/32) at every create and update.
+        block: dict[str, Any] = {"cidr": str(network)}
+        inside = [str(e) for e in excepts if strictly_inside(e, network)]
         if inside:
             block["except"] = inside
         blocks.append({"ipBlock": block})
@@ -253,7 +254,7 @@ def _simple_port(port: object) -> dict[str, Any]:
     return result
 
 
-def _network(text: str) -> Network:
+def _network(text: object) -> Network:
     parsed = parse_cidr(text)
     if isinstance(parsed, CidrProblem):
         raise PolicyShapeError(f"{text!r}: {parsed.message()}")
