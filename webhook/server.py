@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import ssl
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ import uvicorn
 
 from webhook.admission import ClaimLookup, NoClaims
 from webhook.app import create_app
+from webhook.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
 from webhook.certs import (
     CERT_CHECK_INTERVAL_SECONDS,
     CertificateError,
@@ -52,13 +54,18 @@ def serve(
     ready: Callable[[], bool] | None = None,
     cert_check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS,
     http_implementation: str = HTTP_IMPLEMENTATION,
+    trust: ClusterTrust | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
 
     ``claims`` is the SandboxClaim lookup for pod mutation (the reconciler's
     watch cache plugs in here); ``ready`` adds a readiness condition (caches
-    synced) to "certificates loaded".
+    synced) to "certificates loaded". ``trust``, in a cluster without
+    cert-manager, keeps the shared CA and the webhooks' caBundle (first at
+    start, then every few minutes).
     """
+    if trust is not None and not _first_sync(trust):
+        return EXIT_FAILED
     reloader = CertificateReloader(cert_dir, dns_names=dns_names)
     try:
         reloader.check(at=datetime.now(UTC))
@@ -83,7 +90,7 @@ def serve(
     )
     server = _Server(config)
     try:
-        asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds))
+        asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds, trust))
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         return int(exc.code) if isinstance(exc.code, int) else EXIT_FAILED
     if not server.started:
@@ -123,15 +130,55 @@ def run_server(config: uvicorn.Config) -> bool:
 
 
 async def _serve_and_watch(
-    server: uvicorn.Server, reloader: CertificateReloader, interval_seconds: float
+    server: uvicorn.Server,
+    reloader: CertificateReloader,
+    interval_seconds: float,
+    trust: ClusterTrust | None,
 ) -> None:
-    watcher = asyncio.create_task(watch_certificates(reloader, interval_seconds))
+    watchers = [asyncio.create_task(watch_certificates(reloader, interval_seconds))]
+    if trust is not None:
+        watchers.append(asyncio.create_task(keep_trust(trust, SYNC_INTERVAL_SECONDS)))
     try:
         await server.serve()
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for watcher in watchers:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+# How long a starting server waits for the API server before it gives up (and
+# the kubelet restarts it with its own backoff).
+TRUST_START_ATTEMPTS = 6
+TRUST_START_BACKOFF_SECONDS = 1.0
+
+
+def _first_sync(trust: ClusterTrust) -> bool:
+    delay = TRUST_START_BACKOFF_SECONDS
+    for attempt in range(1, TRUST_START_ATTEMPTS + 1):
+        try:
+            trust.sync(at=datetime.now(UTC))
+            return True
+        except Exception as exc:  # API errors, network errors, a broken Secret
+            if attempt == TRUST_START_ATTEMPTS:
+                logger.error("cannot set up the shared CA and caBundle: %s", exc)
+                return False
+            logger.warning(
+                "shared CA and caBundle not set up yet (%s); retrying in %.0fs", exc, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 16.0)
+    return False
+
+
+async def keep_trust(trust: ClusterTrust, interval_seconds: float) -> None:
+    """Repair the shared CA files and the caBundle every ``interval_seconds``."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await asyncio.to_thread(trust.sync, at=datetime.now(UTC))
+        except Exception:  # the API server may be away; the next round tries again
+            logger.exception("shared CA / caBundle sync failed")
 
 
 async def watch_certificates(reloader: CertificateReloader, interval_seconds: float) -> None:
