@@ -361,7 +361,7 @@ def stop_process_group(
     popen.wait()
 
 
-def _tls_context(*, ca_file: Path | None, client: tuple[Path, Path] | None) -> ssl.SSLContext:
+def tls_context(*, ca_file: Path | None, client: tuple[Path, Path] | None) -> ssl.SSLContext:
     if ca_file is None:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -373,11 +373,11 @@ def _tls_context(*, ca_file: Path | None, client: tuple[Path, Path] | None) -> s
     return context
 
 
-def _healthy(url: str, context: ssl.SSLContext) -> bool:
+def is_healthy(url: str, context: ssl.SSLContext) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=HEALTH_REQUEST_TIMEOUT_S, context=context) as r:
             return int(r.status) == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, ssl.SSLError):
         return False
 
 
@@ -535,6 +535,9 @@ class ControlPlane:
                 # would only make pod creation racy. The webhooks stay on (default plugins).
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
+                # The kubernetes Service's endpoint would be the loopback address, which the
+                # endpoint reconciler refuses; nothing here reaches the API server through it.
+                "--endpoint-reconciler-type=none",
                 "--profiling=false",
             ],
         )
@@ -543,7 +546,7 @@ class ControlPlane:
         self._wait_healthy(
             KUBE_APISERVER,
             f"{self.url}/readyz",
-            _tls_context(ca_file=self.ca_file, client=client),
+            tls_context(ca_file=self.ca_file, client=client),
         )
         if self.with_controller_manager:
             self._spawn(
@@ -564,7 +567,7 @@ class ControlPlane:
             self._wait_healthy(
                 KUBE_CONTROLLER_MANAGER,
                 f"https://{LOOPBACK}:{kcm_port}/healthz",
-                _tls_context(ca_file=None, client=None),
+                tls_context(ca_file=None, client=None),
             )
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
@@ -581,7 +584,7 @@ class ControlPlane:
                         f"{process.name} exited with code {code} while waiting for {name}; "
                         f"{self._describe_logs()}"
                     )
-            if _healthy(url, context):
+            if is_healthy(url, context):
                 return
             time.sleep(POLL_INTERVAL_S)
         raise ControlPlaneError(

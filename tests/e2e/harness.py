@@ -1,0 +1,135 @@
+"""Helpers for the end-to-end tier: the webhook server as a subprocess, and kubectl results.
+
+The control plane itself is ``webhook.controlplane`` (``python -m webhook dev`` uses it too).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from webhook.controlplane import (
+    LOOPBACK,
+    ControlPlane,
+    free_loopback_ports,
+    is_healthy,
+    log_tail,
+    stop_process_group,
+    tls_context,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOY_DIR = REPO_ROOT / "deploy"
+CRD_DIR = DEPLOY_DIR / "crds"
+
+SERVER_START_TIMEOUT_S = 30.0
+SERVER_STOP_GRACE_S = 15.0
+POLL_INTERVAL_S = 0.1
+
+
+class WebhookServer:
+    """``python -m webhook serve`` on a loopback port; stoppable and restartable on the same
+    port and certificates, so the webhook configurations stay valid across a restart."""
+
+    def __init__(self, *, cert_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.cert_dir = cert_dir
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.port = free_loopback_ports(1)[0]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.cert_dir / "ca.crt"
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_file.read_bytes()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "webhook",
+            "serve",
+            f"--host={LOOPBACK}",
+            f"--port={self.port}",
+            f"--cert-dir={self.cert_dir}",
+            *self.extra_args,
+        ]
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO_ROOT,
+            )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                raise RuntimeError(
+                    f"webhook server exited with code {code}:\n{log_tail(self.log_path)}"
+                )
+            if self.ca_file.is_file() and self._ready():
+                return
+            time.sleep(POLL_INTERVAL_S)
+        self.stop()
+        raise RuntimeError(
+            f"webhook server not ready at {self.url}/readyz after {SERVER_START_TIMEOUT_S:.0f}s:"
+            f"\n{log_tail(self.log_path)}"
+        )
+
+    def _ready(self) -> bool:
+        return is_healthy(f"{self.url}/readyz", tls_context(ca_file=self.ca_file, client=None))
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        stop_process_group(process, name="webhook server", grace_s=SERVER_STOP_GRACE_S)
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """Runs the built kubectl against the test control plane; never raises on a non-zero exit:
+    tests assert on ``returncode``, ``stdout`` and ``stderr`` as a user would read them."""
+
+    control_plane: ControlPlane
+
+    def __call__(
+        self, *args: str, user: Path | None = None, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.control_plane.kubectl(*args, kubeconfig=user, input=input, check=False)
+
+    def ok(self, *args: str, user: Path | None = None, input: str | None = None) -> str:
+        """stdout of a command that must succeed (its stderr in the assertion message)."""
+        result = self(*args, user=user, input=input)
+        assert result.returncode == 0, f"kubectl {' '.join(args)} failed: {result.stderr}"
+        return result.stdout
+
+    def get(self, *args: str, user: Path | None = None) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.ok("get", *args, "-o", "json", user=user))
+        return value
+
+
+def as_json(*objects: dict[str, Any]) -> str:
+    """Input for ``kubectl apply -f -``: one object, or a List of several."""
+    if len(objects) == 1:
+        return json.dumps(objects[0])
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})

@@ -1,0 +1,113 @@
+"""The control plane itself: the built release answers, RBAC is real, the controller manager
+collects garbage and deletes namespaces, and stopping leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Kubectl
+from webhook.controlplane import (
+    VERSIONS_FILE,
+    Binaries,
+    ControlPlane,
+    is_healthy,
+    read_versions,
+    tls_context,
+)
+
+CONTROLLER_WAIT_S = 60.0
+POLL_INTERVAL_S = 0.5
+
+
+def wait_until_gone(kubectl: Kubectl, *args: str) -> float:
+    """Seconds until ``kubectl get ARGS`` says NotFound; fails after CONTROLLER_WAIT_S."""
+    started = time.monotonic()
+    while time.monotonic() - started < CONTROLLER_WAIT_S:
+        result = kubectl("get", *args)
+        if result.returncode != 0 and "NotFound" in result.stderr:
+            return time.monotonic() - started
+        time.sleep(POLL_INTERVAL_S)
+    pytest.fail(f"{' '.join(args)} still there after {CONTROLLER_WAIT_S:.0f}s")
+
+
+def test_server_and_kubectl_are_the_release_build_sh_built(kubectl: Kubectl) -> None:
+    expected = read_versions(VERSIONS_FILE)["K8S_VERSION"]
+    versions = json.loads(kubectl.ok("version", "-o", "json"))
+    assert versions["serverVersion"]["gitVersion"] == expected
+    assert versions["clientVersion"]["gitVersion"] == expected
+
+
+def test_minted_user_gets_only_what_rbac_grants(
+    control_plane: ControlPlane, kubectl: Kubectl, namespace: str
+) -> None:
+    carol = control_plane.mint_user("carol", groups=["tenants"])
+
+    denied = kubectl("get", "configmaps", "-n", namespace, user=carol)
+    assert denied.returncode != 0
+    assert 'User "carol" cannot list resource "configmaps"' in denied.stderr
+
+    kubectl.ok("create", "role", "read-cm", "--verb=list", "--resource=configmaps", "-n", namespace)
+    kubectl.ok(
+        "create", "rolebinding", "tenants-read-cm", "--role=read-cm", "--group=tenants",
+        "-n", namespace,
+    )  # fmt: skip
+    assert kubectl("get", "configmaps", "-n", namespace, user=carol).returncode == 0
+    # Granted in that namespace only, and only to list.
+    assert kubectl("get", "configmaps", "-n", "default", user=carol).returncode != 0
+    assert kubectl("create", "configmap", "x", "-n", namespace, user=carol).returncode != 0
+
+
+def test_garbage_collector_deletes_dependents_of_a_deleted_owner(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.ok("create", "configmap", "owner", "-n", namespace)
+    owner_uid = kubectl.get("configmap", "owner", "-n", namespace)["metadata"]["uid"]
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "namespace": namespace,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner_uid}
+            ],
+        },
+    }
+    kubectl.ok("apply", "-f", "-", input=json.dumps(dependent))
+
+    kubectl.ok("delete", "configmap", "owner", "-n", namespace)
+
+    wait_until_gone(kubectl, "configmap", "dependent", "-n", namespace)
+
+
+def test_namespace_deletion_completes(kubectl: Kubectl) -> None:
+    kubectl.ok("create", "namespace", "e2e-doomed")
+    kubectl.ok("create", "configmap", "content", "-n", "e2e-doomed")
+    kubectl.ok("delete", "namespace", "e2e-doomed", "--wait=false")
+    wait_until_gone(kubectl, "namespace", "e2e-doomed")
+
+
+def test_stop_leaves_no_process_and_no_work_dir(binaries: Binaries) -> None:
+    control_plane = ControlPlane(binaries=binaries)
+    with control_plane:
+        pids = control_plane.pids
+        assert len(pids) == 2  # etcd, kube-apiserver
+        assert is_healthy(
+            f"{control_plane.url}/readyz",
+            tls_context(
+                ca_file=control_plane.ca_file,
+                client=(
+                    control_plane.work_dir / "pki" / "admin.crt",
+                    control_plane.work_dir / "pki" / "admin.key",
+                ),
+            ),
+        )
+        work_dir = control_plane.work_dir
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} still there"
+    assert not work_dir.exists()
+    assert control_plane.pids == []
