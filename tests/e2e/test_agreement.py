@@ -1,0 +1,160 @@
+"""Our checks against the real API server's: what we let through, it accepts.
+
+- Every NetworkPolicy ``python -m webhook render`` builds from a corpus of valid templates is
+  accepted by kube-apiserver (server-side dry-run create): a template we admit never yields a
+  NetworkPolicy the reconciler cannot create.
+- Every CIDR kube-apiserver refuses in a NetworkPolicy ipBlock, ``webhook.cidr`` refuses too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import REPO_ROOT, Kubectl, as_json
+from tests.e2e.objects import agent_runtime, code_interpreter
+from webhook.cidr import CidrProblem, parse_cidr
+
+RENDER_TIMEOUT_S = 30
+
+PORTS = [{"protocol": "TCP", "port": 443}, {"protocol": "UDP", "port": 5000, "endPort": 5100}]
+SELECTOR = {
+    "matchLabels": {"app.kubernetes.io/name": "db"},
+    "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["a", "b"]},
+        {"key": "canary", "operator": "DoesNotExist"},
+    ],
+}
+VALID_POLICIES: dict[str, dict[str, Any]] = {
+    "restricted-bare": {"mode": "Restricted"},
+    "restricted-full": {
+        "mode": "Restricted",
+        "ingress": [{"cidrs": ["10.8.0.0/16", "fd00:8::/64"], "ports": PORTS}],
+        "egress": [
+            {
+                "cidrs": ["0.0.0.0/0"],
+                "except": ["10.0.0.0/8", "169.254.169.254/32"],
+                "ports": [{"port": 443}, {"protocol": "SCTP", "port": 9000, "endPort": 65535}],
+            },
+            {"cidrs": ["::/0"], "except": ["fd00:ec2::254/128"]},
+            {"cidrs": ["192.168.1.7/32", "2001:db8::/32"]},
+        ],
+    },
+    "restricted-ipv6-forms": {
+        "mode": "Restricted",
+        "egress": [{"cidrs": ["2001:db8:0:0:0:0:0:0/64", "fe80::/10", "2001:DB8::/48"]}],
+    },
+    "custom-empty": {"mode": "Custom", "custom": {}},
+    "custom-deny-all-egress": {"mode": "Custom", "custom": {"ingress": [], "egress": []}},
+    "custom-full": {
+        "mode": "Custom",
+        "custom": {
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": SELECTOR},
+                        {"namespaceSelector": SELECTOR, "podSelector": {}},
+                        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                    ],
+                    "ports": [{"protocol": "TCP", "port": "http-alt"}, {"port": 8080}],
+                },
+                {},
+            ],
+            "egress": [
+                {
+                    "to": [{"namespaceSelector": {}}],
+                    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+                },
+                {"to": [{"ipBlock": {"cidr": "::/0"}}], "ports": [{"port": 1, "endPort": 2}]},
+            ],
+        },
+    },
+}
+
+# CIDR spellings, canonical and not. The API server's verdict on each is the reference.
+CIDRS = [
+    "10.0.0.0/8", "10.0.0.1/8", "10.0.0.0/08", "010.0.0.0/8", "10.0.0.0/+8", "10.0.0.0/-1",
+    "10.0.0.0/33", "10.0.0.0", "10.0.0/8", "10.0.0.0.0/8", "10.0.0.256/32", " 10.0.0.0/8",
+    "10.0.0.0/8 ", "10.0.0.0 /8", "0.0.0.0/0", "255.255.255.255/32", "1.2.3.4/32",
+    "192.168.0.0/16", "192.168.0.0/0", "10.0.0.0/", "/8", "", "a.b.c.d/8", "1e1.0.0.0/8",
+    "0x0a.0.0.0/8", "10.0.0.0/8/8", "::/0", "::/128", "::1/128", "2001:db8::/32",
+    "2001:DB8::/32", "2001:db8::1/32", "2001:0db8::/32", "2001:db8:0:0:0:0:0:0/32",
+    "2001:db8::/129", "2001:db8::/032", "::ffff:10.0.0.0/104", "::ffff:0:0/96",
+    "::ffff:10.0.0.1/128", "fe80::/10", "fe80::1%eth0/64", "fd00:ec2::254/128",
+    "2001:db8:::/32", "2001:db8::g/32", "[2001:db8::]/32", "10.0.0.0/8\n", "\uff110.0.0.0/8",  # a fullwidth digit
+]  # fmt: skip
+
+
+def render(template: dict[str, Any], *, sandbox: str, namespace: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "render", "-", "--sandbox", sandbox,
+         "--namespace", namespace],
+        input=json.dumps(template), capture_output=True, text=True, cwd=REPO_ROOT,
+        timeout=RENDER_TIMEOUT_S, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"render refused a valid template: {result.stderr}"
+    return result.stdout
+
+
+@pytest.mark.parametrize("policy_name", sorted(VALID_POLICIES))
+@pytest.mark.parametrize("make", [code_interpreter, agent_runtime], ids=lambda f: f.__name__)
+def test_rendered_network_policy_is_accepted_by_the_api_server(
+    kubectl: Kubectl, namespace: str, make: Any, policy_name: str
+) -> None:
+    template = make("tpl", namespace, VALID_POLICIES[policy_name])
+
+    rendered = render(template, sandbox=f"{policy_name}-x7k2p9qa", namespace=namespace)
+
+    network_policy = yaml.safe_load(rendered)
+    assert network_policy["kind"] == "NetworkPolicy"
+    result = kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=rendered)
+    assert result.returncode == 0, f"kube-apiserver refused:\n{rendered}\n{result.stderr}"
+    # Nothing of what we built was dropped or defaulted away.
+    accepted = json.loads(result.stdout)
+    assert accepted["spec"]["podSelector"] == network_policy["spec"]["podSelector"]
+    assert len(accepted["spec"].get("egress") or []) == len(
+        network_policy["spec"].get("egress") or []
+    )
+    assert len(accepted["spec"].get("ingress") or []) == len(
+        network_policy["spec"].get("ingress") or []
+    )
+
+
+def ip_block_policy(cidr: str, namespace: str, index: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"cidr-{index}", "namespace": namespace},
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": cidr}}]}],
+        },
+    }
+
+
+def test_every_cidr_the_api_server_refuses_we_refuse_too(kubectl: Kubectl, namespace: str) -> None:
+    refused_by_server = []
+    for index, cidr in enumerate(CIDRS):
+        result = kubectl(
+            "create", "--dry-run=server", "-f", "-",
+            input=as_json(ip_block_policy(cidr, namespace, index)),
+        )  # fmt: skip
+        if result.returncode != 0:
+            assert "spec.egress[0].to[0].ipBlock.cidr" in result.stderr, result.stderr
+            refused_by_server.append(cidr)
+
+    let_through = [
+        cidr for cidr in refused_by_server if not isinstance(parse_cidr(cidr), CidrProblem)
+    ]
+    assert let_through == [], (
+        f"kube-apiserver refuses these, webhook.cidr accepts them: {let_through}"
+    )
+    # The corpus has teeth: the server refuses a good part of it and accepts the rest.
+    assert len(refused_by_server) >= len(CIDRS) // 3
+    assert len(refused_by_server) < len(CIDRS)
