@@ -23,6 +23,7 @@ import yaml
 
 from webhook.controlplane import ControlPlane, ControlPlaneError, find_binaries
 from webhook.k8srules import (
+    dns1123_label_problems,
     label_key_problems,
     label_value_problems,
     port_name_problems,
@@ -650,3 +651,12 @@ def test_kube_apiserver_agrees_on_random_rules(apiserver: DryRun, seed: int) -> 
     valid += sum(not validate_egress_rule(r, "r", limits=LIMITS) for d, r in cases if d == "egress")
     assert 0.2 * len(cases) < valid < 0.8 * len(cases), "the draw must mix good and bad rules"
     assert disagreements(apiserver, cases) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [("agentcube", True), ("a", True), ("a-1", True), ("x" * 63, True), ("x" * 64, False),
+     ("A", False), ("a.b", False), ("-a", False), ("a_b", False), ("", False)],
+)  # fmt: skip
+def test_namespace_names(name: str, ok: bool) -> None:
+    assert (dns1123_label_problems(name) == []) is ok

@@ -426,3 +426,20 @@ def test_examples_readme_shows_what_render_prints(capsys: pytest.CaptureFixture[
     assert code == 0
     shown = readme[command.end() + 1 :].split("```", 1)[0]
     assert shown == out
+
+
+def test_render_refuses_options_that_make_an_invalid_network_policy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = FIXTURES / "valid" / "codeinterpreter-restricted-nothing.yaml"
+    code, out, err = run(
+        capsys, "render", str(path), "--sandbox", "s1", "--router-label", "my app=x",
+        "--dns-peer", '{"ipBlock": {"cidr": "169.254.20.10/24"}}',
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "error: --router-label: name part must consist of alphanumeric characters, '-', '_' or "
+        "'.', and must start and end with an alphanumeric character: \"my app=x\"",
+        "error: --dns-peer[0].ipBlock.cidr: must be a canonical CIDR with no host bits set "
+        '(did you mean "169.254.20.0/24"?): "169.254.20.10/24"',
+    ]

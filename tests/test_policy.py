@@ -16,6 +16,7 @@ from webhook.policy import (
     build_network_policy,
     effective_mode,
     effective_policy,
+    settings_errors,
     template_policy,
 )
 from webhook.settings import Settings
@@ -458,3 +459,26 @@ def test_restricted_cidrs_come_out_in_the_form_kube_apiserver_does_not_warn_abou
 def test_custom_cidrs_stay_as_written() -> None:
     rule = {"to": [{"ipBlock": {"cidr": "2001:0db8::/32"}}]}
     assert spec({"mode": "Custom", "custom": {"egress": [rule]}})["egress"] == [rule]
+
+
+def test_default_settings_make_valid_network_policies() -> None:
+    assert settings_errors(SETTINGS) == []
+
+
+def test_settings_that_kube_apiserver_would_refuse_are_named_by_option() -> None:
+    settings = Settings(
+        agentcube_namespace="AgentCube",
+        router_labels=MappingProxyType({"app": "router", "my app": "x"}),
+        workload_manager_labels=MappingProxyType({"app": "-wm"}),
+        dns_peers=({"ipBlock": {"cidr": "169.254.20.10/24"}}, {"podSelector": {"matchLabels": []}}),
+    )
+    assert [(e.path, e.value) for e in settings_errors(settings)] == [
+        ("--agentcube-namespace", "AgentCube"),
+        ("--router-label", "my app=x"),
+        ("--workload-manager-label", "app=-wm"),
+        ("--dns-peer[0].ipBlock.cidr", "169.254.20.10/24"),
+        ("--dns-peer[1].podSelector.matchLabels", []),
+    ]
+    # With DNS to anywhere, the peers are not used, so not checked.
+    anywhere = Settings(dns_peers=settings.dns_peers, dns_to_anywhere=True)
+    assert settings_errors(anywhere) == []

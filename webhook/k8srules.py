@@ -55,6 +55,9 @@ LABEL_VALUE_MAX_CHARS = 63
 # util/validation: dns1123SubdomainFmt, DNS1123SubdomainMaxLength.
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 DNS1123_SUBDOMAIN_MAX_CHARS = 253
+# util/validation: dns1123LabelFmt, DNS1123LabelMaxLength (namespace names).
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_LABEL_MAX_CHARS = 63
 # util/validation: IsValidPortName (an IANA_SVC_NAME, RFC 6335).
 _PORT_NAME_CHARS = re.compile(r"[-a-z0-9]+")
 PORT_NAME_MAX_CHARS = 15
@@ -381,6 +384,19 @@ def dns1123_subdomain_problems(value: str) -> list[str]:
         problems.append(f"must be no more than {DNS1123_SUBDOMAIN_MAX_CHARS} characters")
     if not _DNS1123_SUBDOMAIN.fullmatch(value):
         problems.append(_DNS1123_RULE)
+    return problems
+
+
+def dns1123_label_problems(value: str) -> list[str]:
+    """What is wrong with a DNS-1123 label, e.g. a namespace name (IsDNS1123Label)."""
+    problems: list[str] = []
+    if len(value) > DNS1123_LABEL_MAX_CHARS:
+        problems.append(f"must be no more than {DNS1123_LABEL_MAX_CHARS} characters")
+    if not _DNS1123_LABEL.fullmatch(value):
+        problems.append(
+            "must be a lowercase RFC 1123 label: lower case alphanumeric characters or '-', "
+            "starting and ending with an alphanumeric character"
+        )
     return problems
 
 

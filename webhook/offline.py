@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,17 @@ from typing import Any, TextIO
 import yaml
 
 from webhook.admission import Verdict, validate_object
-from webhook.k8srules import dns1123_subdomain_problems, label_value_problems
+from webhook.k8srules import (
+    dns1123_label_problems,
+    dns1123_subdomain_problems,
+    label_value_problems,
+)
 from webhook.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
 from webhook.policy import (
     PolicyShapeError,
     build_network_policy,
     effective_policy,
+    settings_errors,
     template_policy,
 )
 from webhook.settings import Settings
@@ -46,9 +50,6 @@ DEFAULT_NAMESPACE = "default"
 # The kinds admission validates on CREATE; any other object passes unchecked.
 CHECKED_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM)
 TEMPLATE_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER)
-
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-DNS1123_LABEL_MAX_CHARS = 63
 
 
 class InputError(Exception):
@@ -141,6 +142,8 @@ def render(
     usage_problems = [f"--sandbox {p}" for p in sandbox_name_problems(sandbox)]
     if namespace is not None:
         usage_problems += [f"--namespace {p}" for p in namespace_problems(namespace)]
+    # Options that would make a NetworkPolicy kube-apiserver refuses.
+    usage_problems += [str(e) for e in settings_errors(settings)]
     if usage_problems:
         for problem in usage_problems:
             print(f"error: {problem}", file=stderr)
@@ -212,13 +215,7 @@ def sandbox_name_problems(name: str) -> list[str]:
 
 
 def namespace_problems(name: str) -> list[str]:
-    if len(name) <= DNS1123_LABEL_MAX_CHARS and _DNS1123_LABEL.fullmatch(name):
-        return []
-    return [
-        f"must be a lowercase RFC 1123 label of at most {DNS1123_LABEL_MAX_CHARS} characters "
-        f"(lower case alphanumeric characters or '-', starting and ending with an "
-        f"alphanumeric character): {name!r}"
-    ]
+    return [f"{p}: {name!r}" for p in dns1123_label_problems(name)]
 
 
 def load_objects(path: str, *, stdin: TextIO | None = None) -> list[SourceObject]:

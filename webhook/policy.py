@@ -14,7 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from webhook.cidr import CidrProblem, Network, parse_cidr, strictly_inside
-from webhook.fielderrors import type_name
+from webhook.fielderrors import FieldError, type_name
+from webhook.k8srules import (
+    dns1123_label_problems,
+    label_key_problems,
+    label_value_problems,
+    validate_peer,
+)
 from webhook.kinds import (
     ANNOTATION_NETWORK_POLICY,
     LABEL_SANDBOX_NAME,
@@ -196,6 +202,31 @@ def dns_rule(settings: Settings) -> dict[str, Any]:
     if not settings.dns_to_anywhere:
         rule["to"] = [_plain(peer) for peer in settings.dns_peers]
     return rule
+
+
+def settings_errors(settings: Settings) -> list[FieldError]:
+    """What in the policy options would make NetworkPolicies kube-apiserver refuses.
+
+    The control-plane labels and namespace and the DNS peers go into every
+    NetworkPolicy; a bad one (``--router-label "my app=x"``) must stop the
+    command at startup, not fail every sandbox later. Paths name the option.
+    """
+    errors = [
+        FieldError("--agentcube-namespace", problem, settings.agentcube_namespace)
+        for problem in dns1123_label_problems(settings.agentcube_namespace)
+    ]
+    for option, labels in (
+        ("--router-label", settings.router_labels),
+        ("--workload-manager-label", settings.workload_manager_labels),
+    ):
+        for key, value in labels.items():
+            shown = f"{key}={value}"
+            errors += [FieldError(option, p, shown) for p in label_key_problems(key)]
+            errors += [FieldError(option, p, shown) for p in label_value_problems(value)]
+    if not settings.dns_to_anywhere:
+        for index, peer in enumerate(settings.dns_peers):
+            errors += validate_peer(_plain(peer), f"--dns-peer[{index}]", limits=settings.limits)
+    return errors
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
