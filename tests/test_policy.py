@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from webhook.cidr import Network
+from webhook.k8srules import validate_egress_rule, validate_ingress_rule
 from webhook.policy import (
     FAIL_CLOSED_POLICY,
     PolicyShapeError,
@@ -20,6 +25,7 @@ from webhook.policy import (
     template_policy,
 )
 from webhook.settings import Settings
+from webhook.validation import validate_network_policy
 
 SETTINGS = Settings()
 
@@ -482,3 +488,88 @@ def test_settings_that_kube_apiserver_would_refuse_are_named_by_option() -> None
     # With DNS to anywhere, the peers are not used, so not checked.
     anywhere = Settings(dns_peers=settings.dns_peers, dns_to_anywhere=True)
     assert settings_errors(anywhere) == []
+
+
+# --- properties over random valid Restricted policies ----------------------------------------
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> Network:
+    version = draw(st.sampled_from([4, 6]))
+    bits = 32 if version == 4 else 128
+    prefix = draw(st.integers(min_value=0, max_value=bits))
+    address = draw(st.integers(min_value=0, max_value=2**bits - 1))
+    return ipaddress.ip_network((address, prefix), strict=False)
+
+
+@st.composite
+def simple_rules(draw: st.DrawFn) -> dict[str, Any]:
+    cidrs = draw(st.lists(networks(), min_size=1, max_size=4))
+    excepts = []
+    for parent in draw(st.lists(st.sampled_from(cidrs), max_size=4)):
+        if parent.prefixlen == parent.max_prefixlen:
+            continue
+        prefix = draw(st.integers(min_value=parent.prefixlen + 1, max_value=parent.max_prefixlen))
+        excepts.append(draw(st.sampled_from(list(_first_subnets(parent, prefix)))))
+    rule: dict[str, Any] = {"cidrs": [str(c) for c in cidrs]}
+    if excepts:
+        rule["except"] = [str(e) for e in excepts]
+    ports = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {"port": st.integers(1, 65535)},
+                optional={"protocol": st.sampled_from(["TCP", "UDP", "SCTP"])},
+            ),
+            max_size=3,
+        )
+    )
+    if ports:
+        rule["ports"] = ports
+    return rule
+
+
+def _first_subnets(parent: Network, prefix: int) -> list[Network]:
+    """A few subnets of ``parent`` (first, last, one inside), without listing them all."""
+    size = 1 << (parent.max_prefixlen - prefix)
+    count = 1 << (prefix - parent.prefixlen)
+    base = int(parent.network_address)
+    return [
+        ipaddress.ip_network((base + index * size, prefix))
+        for index in sorted({0, count // 2, count - 1})
+    ]
+
+
+@given(
+    ingress=st.lists(simple_rules(), max_size=3),
+    egress=st.lists(simple_rules(), max_size=3),
+)
+@settings(max_examples=150, deadline=None)
+def test_any_valid_restricted_policy_builds_rules_kube_apiserver_accepts(
+    ingress: list[dict[str, Any]], egress: list[dict[str, Any]]
+) -> None:
+    policy = {"mode": "Restricted", "ingress": ingress, "egress": egress}
+    assume(not validate_network_policy(policy, "p", limits=SETTINGS.limits).errors)
+    built = build(policy)
+    assert built is not None
+    result = built["spec"]
+    assert len(result["ingress"]) == 1 + len(ingress)
+    assert len(result["egress"]) == 1 + len(egress)
+    for index, rule in enumerate(result["ingress"]):
+        assert validate_ingress_rule(rule, f"ingress[{index}]", limits=SETTINGS.limits) == []
+    for index, rule in enumerate(result["egress"]):
+        assert validate_egress_rule(rule, f"egress[{index}]", limits=SETTINGS.limits) == []
+    pairs = [
+        *zip(ingress, result["ingress"][1:], strict=True),
+        *zip(egress, result["egress"][1:], strict=True),
+    ]
+    for source, rule in pairs:
+        blocks = [peer["ipBlock"] for peer in rule.get("from", rule.get("to"))]
+        assert [b["cidr"] for b in blocks] == source["cidrs"]
+        placed = sorted(e for b in blocks for e in b.get("except", []))
+        assert placed == sorted(source.get("except", []))  # each except once, none lost
+        for block in blocks:
+            cidr = ipaddress.ip_network(block["cidr"])
+            for entry in block.get("except", []):
+                inner = ipaddress.ip_network(entry)
+                assert inner.version == cidr.version and inner.subnet_of(cidr)  # type: ignore[arg-type]
+    assert yaml.safe_dump(build(policy), sort_keys=False) == yaml.safe_dump(built, sort_keys=False)
