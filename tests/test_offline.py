@@ -220,11 +220,32 @@ def test_check_missing_file_does_not_stop_the_others(
 ) -> None:
     bad = write(tmp_path, "bad.yaml", CODE_INTERPRETER.format(name="bad", cidr="10.0.0.1/8"))
     missing = str(tmp_path / "nope.yaml")
-    code, out, err = run(capsys, "check", missing, bad, str(tmp_path))
+    code, out, err = run(capsys, "check", missing, bad)
     assert code == 2  # unreadable input wins over invalid objects
-    assert err == f"error: {missing}: no such file\nerror: {tmp_path}: is a directory\n"
+    assert err == f"error: {missing}: no such file\n"
     assert "CodeInterpreter/bad: spec.template.networkPolicy.egress[0].cidrs[0]" in out
-    assert out.endswith("1 object checked: 0 valid, 1 invalid; 2 inputs could not be read\n")
+    assert out.endswith("1 object checked: 0 valid, 1 invalid; 1 input could not be read\n")
+
+
+def test_check_a_directory_checks_its_manifest_files(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    write(tmp_path, "a.yaml", CODE_INTERPRETER.format(name="a", cidr="10.0.0.0/8"))
+    write(tmp_path, "b.yml", CODE_INTERPRETER.format(name="b", cidr="10.0.0.1/8"))
+    write(tmp_path, "notes.txt", "not a manifest: {")
+    (tmp_path / "nested").mkdir()
+    write(tmp_path / "nested", "c.yaml", "kind: [")
+    code, out, err = run(capsys, "check", str(tmp_path))
+    assert (code, err) == (1, "")
+    assert out.splitlines()[0].startswith(f"{tmp_path / 'b.yml'}: CodeInterpreter/b: ")
+    assert out.splitlines()[1] == "2 objects checked: 1 valid, 1 invalid"
+
+
+def test_render_of_a_directory_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = run(capsys, "render", str(tmp_path), "--sandbox", "s1")
+    assert (code, out, err) == (2, "", f"error: {tmp_path}: is a directory\n")
 
 
 def test_check_binary_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -89,10 +89,14 @@ def check(
     stderr: TextIO,
     stdin: TextIO | None = None,
 ) -> int:
-    """Validate each object of each file; report errors and a summary."""
+    """Validate each object of each file; report errors and a summary.
+
+    A directory stands for its ``.yaml``, ``.yml`` and ``.json`` files (not
+    recursive), as with ``kubectl apply -f DIR``.
+    """
     unreadable = 0
     valid = invalid = skipped = 0
-    for path in paths:
+    for path in expand_directories(paths):
         try:
             objects = load_objects(path, stdin=stdin)
         except InputError as exc:
@@ -216,6 +220,25 @@ def sandbox_name_problems(name: str) -> list[str]:
 
 def namespace_problems(name: str) -> list[str]:
     return [f"{p}: {name!r}" for p in dns1123_label_problems(name)]
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def expand_directories(paths: Sequence[str]) -> list[str]:
+    """Each path, a directory replaced by its manifest files in name order."""
+    expanded: list[str] = []
+    for path in paths:
+        directory = Path(path)
+        if path != STDIN_PATH and directory.is_dir():
+            expanded += sorted(
+                str(child)
+                for child in directory.iterdir()
+                if child.suffix in MANIFEST_SUFFIXES and child.is_file()
+            )
+        else:
+            expanded.append(path)
+    return expanded
 
 
 def load_objects(path: str, *, stdin: TextIO | None = None) -> list[SourceObject]:
