@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from webhook.devenv import run_dev
 
-        return run_dev(kubeconfig=args.kubeconfig, port=args.port, settings=settings)
+        return run_dev(
+            kubeconfig=args.kubeconfig, port=args.port, settings=settings, environ=os.environ
+        )
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE

@@ -1,0 +1,197 @@
+"""``python -m webhook dev``: a newcomer's playground on a real control plane.
+
+Starts etcd, kube-apiserver and kube-controller-manager (``webhook.controlplane``), installs
+deploy/'s CRDs, runs the admission server in this process and registers deploy/'s webhook
+configurations against it, writes the admin kubeconfig once all of that is ready, and runs
+until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
+a server that is gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from webhook.controlplane import (
+    KUBECTL,
+    LOOPBACK,
+    VERSIONS_FILE,
+    ControlPlane,
+    ControlPlaneError,
+    find_binaries,
+    free_loopback_ports,
+    install_crds,
+    install_webhooks,
+    is_healthy,
+    load_manifests,
+    read_versions,
+    tls_context,
+)
+from webhook.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+SERVER_READY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.1
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+EXAMPLE = """\
+apiVersion: runtime.agentcube.volcano.sh/v1alpha1
+kind: CodeInterpreter
+metadata: {name: demo, namespace: default}
+spec:
+  template:
+    image: python:3.12
+    networkPolicy:
+      mode: Restricted
+      egress: [{cidrs: ["10.0.0.1/8"]}]"""
+
+
+def banner(*, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str) -> str:
+    versions = read_versions(VERSIONS_FILE) if VERSIONS_FILE.is_file() else {}
+    kubectl = control_plane.binaries.path(KUBECTL)
+    return f"""
+agentcube-netpol dev is ready.
+  API server  {control_plane.url}  (kube-apiserver {versions.get("K8S_VERSION", "")})
+  webhook     {webhook_url}  (/validate, /mutate; its log is this terminal)
+  kubectl     {kubectl}  (same version as the server)
+No reconciler runs yet: NetworkPolicies are not created for sandboxes.
+
+Try:
+  export KUBECONFIG={kubeconfig.resolve()}
+  alias kubectl={kubectl}
+  kubectl get crds
+  kubectl apply -f - <<'EOF'
+{EXAMPLE}
+EOF
+  (refused: the CIDR has host bits set; fix it to 10.0.0.0/8 and apply again)
+
+Ctrl-C stops the control plane and removes {kubeconfig}.
+"""
+
+
+def run_dev(
+    *,
+    kubeconfig: Path,
+    port: int,
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO = sys.stdout,
+) -> int:
+    """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start.
+
+    ``environ`` is where ``KUBEBUILDER_ASSETS`` / ``AGENTCUBE_NETPOL_CACHE`` are read from
+    (the CLI passes ``os.environ``).
+    """
+    from webhook.server import serve  # uvicorn and starlette only when serving
+
+    try:
+        binaries = find_binaries(environ or {})
+    except ControlPlaneError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+    webhook_port = port or free_loopback_ports(1)[0]
+    webhook_url = f"https://{LOOPBACK}:{webhook_port}"
+    work_dir = Path(tempfile.mkdtemp(prefix="agentcube-netpol-dev-"))
+    cert_dir = work_dir / "webhook-certs"
+    stop_waiting = threading.Event()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with ControlPlane(
+            binaries=binaries, with_controller_manager=True, work_dir=work_dir / "control-plane"
+        ) as control_plane:
+            install_crds(control_plane, DEPLOY_DIR / "crds")
+            manifests = load_manifests(DEPLOY_DIR, control_plane=control_plane)
+            # The webhook configurations need the server's CA, which the server makes when it
+            # starts; a helper thread registers them once it answers, then hands over.
+            registrar = threading.Thread(
+                target=_register_when_ready,
+                kwargs={
+                    "control_plane": control_plane,
+                    "manifests": manifests,
+                    "webhook_url": webhook_url,
+                    "cert_dir": cert_dir,
+                    "kubeconfig": kubeconfig,
+                    "stop_waiting": stop_waiting,
+                    "stdout": stdout,
+                },
+                name="register-webhooks",
+                daemon=True,
+            )
+            registrar.start()
+            code = serve(
+                settings=settings,
+                host=LOOPBACK,
+                port=webhook_port,
+                cert_dir=cert_dir,
+                dns_names=["localhost"],
+            )
+            stop_waiting.set()
+            registrar.join()
+            return code
+    except ControlPlaneError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        stop_waiting.set()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        kubeconfig.unlink(missing_ok=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        logger.info("dev control plane stopped")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM before the server has taken over its signals: clean up as for Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def _register_when_ready(
+    *,
+    control_plane: ControlPlane,
+    manifests: list[dict[str, object]],
+    webhook_url: str,
+    cert_dir: Path,
+    kubeconfig: Path,
+    stop_waiting: threading.Event,
+    stdout: TextIO,
+) -> None:
+    ca_file = cert_dir / "ca.crt"
+    deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+    while not stop_waiting.is_set():
+        if time.monotonic() > deadline:
+            logger.error("the webhook server did not answer at %s/readyz", webhook_url)
+            return
+        if ca_file.is_file() and is_healthy(
+            f"{webhook_url}/readyz", tls_context(ca_file=ca_file, client=None)
+        ):
+            break
+        stop_waiting.wait(POLL_INTERVAL_S)
+    else:
+        return
+    try:
+        install_webhooks(
+            control_plane, manifests, base_url=webhook_url, ca_pem=ca_file.read_bytes()
+        )
+    except ControlPlaneError as exc:
+        logger.error("could not register the webhooks: %s", exc)
+        return
+    kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(control_plane.admin_kubeconfig, kubeconfig)
+    kubeconfig.chmod(0o600)
+    stdout.write(
+        banner(kubeconfig=kubeconfig, control_plane=control_plane, webhook_url=webhook_url)
+    )
+    stdout.flush()
