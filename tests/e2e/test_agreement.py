@@ -90,10 +90,12 @@ CIDRS = [
 ]  # fmt: skip
 
 
-def render(template: dict[str, Any], *, sandbox: str, namespace: str) -> str:
+def render(
+    template: dict[str, Any], *, sandbox: str, namespace: str, options: tuple[str, ...] = ()
+) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "webhook", "render", "-", "--sandbox", sandbox,
-         "--namespace", namespace],
+         "--namespace", namespace, *options],
         input=json.dumps(template), capture_output=True, text=True, cwd=REPO_ROOT,
         timeout=RENDER_TIMEOUT_S, check=False,
     )  # fmt: skip
@@ -123,6 +125,40 @@ def test_rendered_network_policy_is_accepted_by_the_api_server(
     assert len(accepted["spec"].get("ingress") or []) == len(
         network_policy["spec"].get("ingress") or []
     )
+
+
+# Settings that change what render builds: the DNS rule and the control-plane peers.
+RENDER_OPTIONS = {
+    "dns-to-anywhere": ("--dns-to-anywhere",),
+    "dns-peer-nodelocal": ("--dns-peer", '{"ipBlock": {"cidr": "169.254.20.10/32"}}'),
+    "dns-peer-selectors": (
+        "--dns-peer",
+        '{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}}}',
+        "--dns-peer",
+        '{"podSelector": {"matchExpressions": [{"key": "k8s-app", "operator": "Exists"}]}}',
+    ),
+    "other-control-plane": (
+        "--agentcube-namespace", "agentcube-system",
+        "--router-label", "app.kubernetes.io/name=router",
+        "--router-label", "app.kubernetes.io/part-of=agentcube",
+        "--workload-manager-label", "app.kubernetes.io/name=workload-manager",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("options_name", sorted(RENDER_OPTIONS))
+def test_rendered_network_policy_with_other_settings_is_accepted(
+    kubectl: Kubectl, namespace: str, options_name: str
+) -> None:
+    template = code_interpreter("tpl", namespace, VALID_POLICIES["restricted-full"])
+
+    rendered = render(
+        template, sandbox="tpl-x7k2p9qa", namespace=namespace,
+        options=RENDER_OPTIONS[options_name],
+    )  # fmt: skip
+
+    result = kubectl("create", "--dry-run=server", "-f", "-", input=rendered)
+    assert result.returncode == 0, f"kube-apiserver refused:\n{rendered}\n{result.stderr}"
 
 
 def ip_block_policy(cidr: str, namespace: str, index: int) -> dict[str, Any]:
