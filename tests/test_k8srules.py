@@ -31,7 +31,9 @@ from webhook.k8srules import (
     validate_ingress_rule,
     validate_label_selector,
 )
-from webhook.settings import Limits
+from webhook.offline import load_objects
+from webhook.policy import build_network_policy, effective_policy, template_policy
+from webhook.settings import Limits, Settings
 
 LIMITS = Limits()
 P = "spec.template.networkPolicy.custom.ingress[0]"
@@ -495,6 +497,18 @@ class DryRun:
             "?dryRun=All&fieldValidation=Strict"
         )
 
+    def create(self, policy: dict[str, Any]) -> dict[str, Any]:
+        """The NetworkPolicy as the server would store it; HTTPError if refused."""
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(policy).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
+            stored: dict[str, Any] = json.loads(response.read())
+            return stored
+
     def accepts(self, direction: str, rule: object) -> tuple[bool, str]:
         policy = {
             "apiVersion": "networking.k8s.io/v1",
@@ -502,19 +516,13 @@ class DryRun:
             "metadata": {"name": "agreement"},
             "spec": {"podSelector": {}, direction: [rule], "policyTypes": [direction.title()]},
         }
-        request = urllib.request.Request(
-            self.url,
-            data=json.dumps(policy).encode(),
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
         try:
-            with urllib.request.urlopen(request, context=self.context, timeout=30):
-                return True, ""
+            self.create(policy)
         except urllib.error.HTTPError as exc:
             if exc.code >= 500:
                 raise
             return False, str(json.loads(exc.read()).get("message", ""))
+        return True, ""
 
 
 @pytest.fixture(scope="module")
@@ -660,3 +668,40 @@ def test_kube_apiserver_agrees_on_random_rules(apiserver: DryRun, seed: int) -> 
 )  # fmt: skip
 def test_namespace_names(name: str, ok: bool) -> None:
     assert (dns1123_label_problems(name) == []) is ok
+
+
+@pytest.mark.e2e
+def test_kube_apiserver_stores_the_built_network_policy_unchanged(apiserver: DryRun) -> None:
+    """What the builder makes is what a GET returns, so the reconciler can compare with ==.
+
+    Custom policies from the random draw (valid ones only) and the fixture corpus, through a
+    dry-run create: the stored spec must equal the built spec, key order included.
+    """
+    draw = RuleDraw(7, bad_rate=0.0)
+    policies: list[dict[str, Any]] = []
+    while len(policies) < 100:
+        ingress, egress = draw.rule("from"), draw.rule("to")
+        if validate_ingress_rule(ingress, "r", limits=LIMITS) or validate_egress_rule(
+            egress, "r", limits=LIMITS
+        ):
+            continue
+        custom = {"ingress": [ingress], "egress": [egress] if len(policies) % 3 else []}
+        policies.append({"mode": "Custom", "custom": custom})
+    for path in sorted((Path(__file__).parent / "fixtures" / "valid").iterdir()):
+        for item in load_objects(str(path)):
+            policy, error = effective_policy(template_policy(item.obj), None)
+            assert error is None
+            policies.append(dict(policy or {}))
+    changed = []
+    for policy in policies:
+        built = build_network_policy(
+            policy, sandbox="sb-1-abcd1234", namespace="default", settings=Settings()
+        )
+        if built is None:
+            continue
+        stored = apiserver.create(built)
+        if json.dumps(stored["spec"]) != json.dumps(built["spec"]):
+            changed.append(
+                f"built {json.dumps(built['spec'])}\nstored {json.dumps(stored['spec'])}"
+            )
+    assert changed == []

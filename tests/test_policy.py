@@ -199,12 +199,68 @@ CUSTOM_EGRESS = [
 
 
 @pytest.mark.parametrize("kind", ["AgentRuntime", "CodeInterpreter"])
-def test_custom_copies_the_users_rules_verbatim_after_the_control_plane(kind: str) -> None:
+def test_custom_copies_the_users_rules_after_the_control_plane(kind: str) -> None:
     policy = {"mode": "Custom", "custom": {"ingress": CUSTOM_INGRESS, "egress": CUSTOM_EGRESS}}
     obj = template(kind, policy)
     result = spec(template_policy(obj))
-    assert result["ingress"] == [CONTROL_PLANE_RULE, *CUSTOM_INGRESS]
+    assert result["ingress"] == [
+        CONTROL_PLANE_RULE,
+        # As kube-apiserver stores it: the protocol defaulted to TCP.
+        {
+            "ports": [{"protocol": "TCP", "port": "http"}],
+            "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+        },
+    ]
     assert result["egress"] == CUSTOM_EGRESS  # no DNS rule added: the user owns egress
+
+
+def test_custom_rules_come_out_as_kube_apiserver_stores_them() -> None:
+    rule = {
+        "from": [
+            {
+                "podSelector": {"matchLabels": {}, "matchExpressions": []},
+                "namespaceSelector": None,
+                "ipBlock": None,
+            },
+            {"namespaceSelector": {"matchLabels": {"z": "1", "a": "2"}}},
+            {"ipBlock": {"except": [], "cidr": "10.0.0.0/8"}},
+            {
+                "podSelector": {
+                    "matchExpressions": [
+                        {"values": [], "operator": "Exists", "key": "k"},
+                        {"operator": "In", "key": "k", "values": ["v"]},
+                    ]
+                }
+            },
+        ],
+        "ports": [{"port": 80, "protocol": None, "endPort": None}, {"endPort": 90, "port": 85}],
+    }
+    stored = spec({"mode": "Custom", "custom": {"ingress": [rule, {"ports": [], "from": None}]}})
+    assert stored["ingress"][1:] == [
+        {
+            "ports": [
+                {"protocol": "TCP", "port": 80},
+                {"protocol": "TCP", "port": 85, "endPort": 90},
+            ],
+            "from": [
+                {"podSelector": {}},
+                {"namespaceSelector": {"matchLabels": {"a": "2", "z": "1"}}},
+                {"ipBlock": {"cidr": "10.0.0.0/8"}},
+                {
+                    "podSelector": {
+                        "matchExpressions": [
+                            {"key": "k", "operator": "Exists"},
+                            {"key": "k", "operator": "In", "values": ["v"]},
+                        ]
+                    }
+                },
+            ],
+        },
+        {},
+    ]
+    # Key order too (struct order, map keys sorted), so the YAML reads like kubectl get's.
+    assert list(stored["ingress"][1]) == ["ports", "from"]
+    assert list(stored["ingress"][1]["from"][1]["namespaceSelector"]["matchLabels"]) == ["a", "z"]
 
 
 def test_custom_rules_are_copies_not_shared_with_the_template() -> None:
@@ -227,7 +283,7 @@ def test_custom_without_egress_denies_all_egress(custom: Any) -> None:
     if custom is not None:
         policy["custom"] = custom
     result = spec(policy)
-    assert result["egress"] == []
+    assert "egress" not in result  # stored so; policyTypes Egress with no rule denies all
     assert result["policyTypes"] == ["Ingress", "Egress"]
     assert result["ingress"] == [CONTROL_PLANE_RULE]
 
@@ -271,7 +327,7 @@ def test_dns_to_anywhere_drops_the_peers() -> None:
 
 def test_dns_settings_do_not_touch_custom_egress() -> None:
     settings = Settings(dns_to_anywhere=True)
-    assert spec({"mode": "Custom"}, settings)["egress"] == []
+    assert "egress" not in spec({"mode": "Custom"}, settings)
 
 
 @pytest.mark.parametrize(

@@ -139,8 +139,9 @@ def build_network_policy(
     if mode == MODE_NONE or policy is None:
         return None
 
-    ingress: list[dict[str, Any]] = [control_plane_rule(settings)]
-    egress: list[dict[str, Any]]
+    # Rules as written (custom ones straight from the user); stored_rule() copies each.
+    ingress: list[object] = [control_plane_rule(settings)]
+    egress: list[object]
     if mode == MODE_RESTRICTED:
         ingress += [_simple_rule(rule, "from") for rule in _list(policy.get("ingress"))]
         egress = [dns_rule(settings)]
@@ -149,8 +150,8 @@ def build_network_policy(
         custom = policy.get("custom") or {}
         if not isinstance(custom, Mapping):
             raise PolicyShapeError("networkPolicy.custom must be an object")
-        ingress += [_plain(rule) for rule in _list(custom.get("ingress"))]
-        egress = [_plain(rule) for rule in _list(custom.get("egress"))]
+        ingress += _list(custom.get("ingress"))
+        egress = list(_list(custom.get("egress")))
 
     metadata: dict[str, Any] = {
         "name": sandbox,
@@ -163,13 +164,99 @@ def build_network_policy(
         "apiVersion": NETWORK_POLICY.api_version,
         "kind": NETWORK_POLICY.kind,
         "metadata": metadata,
-        "spec": {
-            "podSelector": {"matchLabels": {LABEL_SANDBOX_NAME: sandbox}},
-            "ingress": ingress,
-            "egress": egress,
-            "policyTypes": ["Ingress", "Egress"],
-        },
+        "spec": _omit_empty(
+            {
+                "podSelector": {"matchLabels": {LABEL_SANDBOX_NAME: sandbox}},
+                "ingress": [stored_rule(rule, "from") for rule in ingress],
+                # Empty (Custom without egress): absent, as stored; with policyTypes
+                # Egress it still means no egress at all.
+                "egress": [stored_rule(rule, "to") for rule in egress],
+                "policyTypes": ["Ingress", "Egress"],
+            }
+        ),
     }
+
+
+# --- the form kube-apiserver stores ----------------------------------------------------------
+#
+# The API server defaults a port's protocol to TCP (SetDefaults_NetworkPolicyPort), drops
+# null and empty optional fields (omitempty on every list, map and pointer of
+# networking/v1's types), and writes fields in struct order and map keys sorted. The builder
+# writes rules that way too, so the NetworkPolicy it makes is the one a GET returns and the
+# reconciler can compare desired with actual by ==. Custom rules are copied field by field,
+# their meaning untouched.
+
+
+def stored_rule(rule: object, peers_field: str) -> dict[str, Any]:
+    """A NetworkPolicy{Ingress,Egress}Rule in stored form: ports, then from/to."""
+    rule = _mapping(rule, "a rule")
+    return _omit_empty(
+        {
+            "ports": [_stored_port(port) for port in _list(rule.get("ports"))],
+            peers_field: [_stored_peer(peer) for peer in _list(rule.get(peers_field))],
+        }
+    )
+
+
+def _stored_port(port: object) -> dict[str, Any]:
+    port = _mapping(port, "a port")
+    return _omit_empty(
+        {
+            "protocol": port.get("protocol") or DEFAULT_PROTOCOL,
+            "port": port.get("port"),
+            "endPort": port.get("endPort"),
+        }
+    )
+
+
+def _stored_peer(peer: object) -> dict[str, Any]:
+    peer = _mapping(peer, "a peer")
+    stored: dict[str, Any] = {}
+    for name in ("podSelector", "namespaceSelector"):
+        if peer.get(name) is not None:
+            stored[name] = _stored_selector(peer[name])
+    block = peer.get("ipBlock")
+    if block is not None:
+        block = _mapping(block, "an ipBlock")
+        stored["ipBlock"] = _omit_empty(
+            {"cidr": block.get("cidr"), "except": list(_list(block.get("except")))}
+        )
+    return stored
+
+
+def _stored_selector(selector: object) -> dict[str, Any]:
+    selector = _mapping(selector, "a label selector")
+    labels = _mapping(selector.get("matchLabels") or {}, "matchLabels")
+    expressions = [
+        _omit_empty(
+            {
+                "key": expression.get("key"),
+                "operator": expression.get("operator"),
+                "values": list(_list(expression.get("values"))),
+            }
+        )
+        for expression in (
+            _mapping(e, "a selector requirement") for e in _list(selector.get("matchExpressions"))
+        )
+    ]
+    return _omit_empty(
+        {
+            "matchLabels": {key: labels[key] for key in sorted(labels)},
+            "matchExpressions": expressions,
+        }
+    )
+
+
+def _omit_empty(fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value for key, value in fields.items() if value is not None and value not in ([], {})
+    }
+
+
+def _mapping(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PolicyShapeError(f"{what} must be an object, not {type(value).__name__}")
+    return value
 
 
 def control_plane_rule(settings: Settings) -> dict[str, Any]:
