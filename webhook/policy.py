@@ -1,9 +1,13 @@
 """The NetworkPolicy a sandbox gets (DESIGN.md section 4), as a pure function.
 
 ``render``, the reconciler and the tests all call ``build_network_policy``. It
-expects a policy that admission validation accepted; it does no I/O and its
-output depends on its arguments alone, in a fixed key order, so the same input
-gives byte-identical YAML and the reconciler can compare desired with actual.
+expects a policy that admission validation accepted (``effective_policy``
+makes sure of that); it does no I/O and its output depends on its arguments
+alone, in a fixed key order, so the same input gives byte-identical YAML.
+
+Its output is in the form kube-apiserver stores (see ``stored_rule``): what a
+GET of the created NetworkPolicy returns equals what was built, so the
+reconciler can compare desired with actual using ``==`` on ``spec``.
 """
 
 from __future__ import annotations
