@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import ctypes
 import ipaddress
 import json
 import logging
@@ -27,6 +28,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -308,6 +310,17 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In a child before exec: the kernel sends it SIGKILL when the thread that started it
+    dies, so even a parent killed with SIGKILL (no atexit, no finally) leaves nothing behind.
+    Start control planes from a thread that outlives them (the main thread in practice)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class _Process:
     """One binary in its own process group, its output in a log file."""
 
@@ -321,6 +334,7 @@ class _Process:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (only a prctl call; see there)
             )
         logger.debug("started %s (pid %s), log %s", name, self.popen.pid, log_path)
 

@@ -16,6 +16,7 @@ from typing import Any
 from webhook.controlplane import (
     LOOPBACK,
     ControlPlane,
+    die_with_parent,
     free_loopback_ports,
     is_healthy,
     log_tail,
@@ -77,6 +78,7 @@ class WebhookServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (only a prctl call)
                 cwd=REPO_ROOT,
             )
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
