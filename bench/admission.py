@@ -284,16 +284,22 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    # The server's CPU time per request: what one core can serve, read from
+    # /proc, so it holds up when other work on the machine steals wall time.
+    server_cpu_us_per_request: float = 0.0
 
 
 def run_wrk(
-    url: str, body_file: Path, script: Path, *, connections: int, seconds: float
-) -> WrkResult:
+    url: str, body_file: Path, script: Path, *, connections: int, seconds: float,
+    server_pid: int | None = None,
+) -> WrkResult:  # fmt: skip
     command = [
         "wrk", "--threads", "1", "--connections", str(connections), "--duration", f"{max(1, round(seconds))}s",
         "--timeout", "5s", "--latency", "--script", str(script), url,
     ]  # fmt: skip
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    cpu_before = process_cpu_seconds(server_pid) if server_pid else 0.0
     output = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 30, check=True
     ).stdout
@@ -304,12 +310,23 @@ def run_wrk(
     )
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+    requests = int(_search(r"(\d+) requests in", output))
+    cpu_used = process_cpu_seconds(server_pid) - cpu_before if server_pid else 0.0
     return WrkResult(
+        requests=requests,
+        server_cpu_us_per_request=cpu_used / requests * 1e6 if requests else 0.0,
         requests_per_second=rps,
         p50_ms=_duration_ms(_search(r"\n\s+50%\s+(\S+)", output)),
         p99_ms=_duration_ms(_search(r"\n\s+99%\s+(\S+)", output)),
         errors=errors,
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _search(pattern: str, text: str, default: str | None = None) -> str:
@@ -424,12 +441,13 @@ async def call_asgi(app: Any, path: str, body: bytes) -> None:
 
 
 def microseconds_per_call(function: Any, count: int) -> float:
+    """CPU time per call: steadier than wall time on a machine others are using."""
     for _ in range(count // 10):
         function()
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(count):
         function()
-    return (time.perf_counter() - started) / count * 1e6
+    return (time.process_time() - started) / count * 1e6
 
 
 def breakdown(count: int, profile: bool) -> None:
@@ -460,7 +478,7 @@ def breakdown(count: int, profile: bool) -> None:
         "mutate": lambda request: admission.mutate(request, settings=settings, claims=claims),
     }
     print(f"{'endpoint':9} {'bare app':>9} {'decode':>7} {'decision':>9} {'our app':>8} "
-          f"{'our app, decision stubbed':>26}   (microseconds per request, in process)")  # fmt: skip
+          f"{'our app, decision stubbed':>26}   (CPU microseconds per request, in process)")  # fmt: skip
     for name, body in bodies.items():
         _breakdown_row(name, body, app, bare_app, decisions[name], loop, count, profile)
     loop.close()
@@ -515,11 +533,13 @@ class Target:
     port: int
     path: str
     body_file: Path
+    pid: int
 
 
 @contextlib.contextmanager
-def started_servers(work: Path, http: str, pin: bool) -> Iterator[dict[str, int]]:
-    ports: dict[str, int] = {}
+def started_servers(work: Path, http: str, pin: bool) -> Iterator[dict[str, tuple[int, int]]]:
+    """Role -> (port, pid) of each server."""
+    ports: dict[str, tuple[int, int]] = {}
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for role in ("webhook", "bare"):
@@ -533,7 +553,7 @@ def started_servers(work: Path, http: str, pin: bool) -> Iterator[dict[str, int]
             if pin:
                 os.sched_setaffinity(process.pid, {SERVER_CORE})
             processes.append(process)
-            ports[role] = port
+            ports[role] = (port, process.pid)
             _wait_for_port(port, process, work / f"{role}-{http}.log")
         yield ports
     finally:
@@ -607,42 +627,55 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
           f"bare {len(bodies['bare'])} B")  # fmt: skip
 
     report: dict[str, Any] = {"args": vars(args), "pinned": pin, "implementations": {}}
+    ca_file = work / "certs" / "ca.crt"
+    with contextlib.ExitStack() as stack:
+        # Every implementation's servers run at once and rounds go round all of
+        # them, so a burst of someone else's load hits every column alike.
+        targets: list[tuple[str, Target]] = []
+        for http in args.http:
+            ports = stack.enter_context(started_servers(work, http, pin))
+            (bare_port, bare_pid), (webhook_port, webhook_pid) = ports["bare"], ports["webhook"]
+            targets += [
+                (http, Target("bare", bare_port, "/bare", work / "bare.json", bare_pid)),
+                (http, Target("validate", webhook_port, "/validate", work / "validate.json",
+                              webhook_pid)),
+                (http, Target("mutate", webhook_port, "/mutate", work / "mutate.json",
+                              webhook_pid)),
+            ]  # fmt: skip
+        check_answers([target for _, target in targets], ca_file)
+        for _, target in targets:  # warm up: imports, caches, first connections
+            run_wrk(f"https://{LOOPBACK}:{target.port}{target.path}", target.body_file, script,
+                    connections=args.connections, seconds=1)  # fmt: skip
+        throughput: dict[tuple[str, str], list[WrkResult]] = {(h, t.name): [] for h, t in targets}
+        for round_number in range(args.rounds):
+            for http, target in targets:
+                result = run_wrk(
+                    f"https://{LOOPBACK}:{target.port}{target.path}", target.body_file, script,
+                    connections=args.connections, seconds=args.duration, server_pid=target.pid,
+                )  # fmt: skip
+                throughput[http, target.name].append(result)
+                print(f"  round {round_number + 1} {http:9} {target.name:8} "
+                      f"{result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                      f"p99 {result.p99_ms:6.2f} ms  server CPU {result.server_cpu_us_per_request:5.0f} us/req  "
+                      f"errors {result.errors}", flush=True)  # fmt: skip
+        paced: dict[tuple[str, str], list[PacedResult]] = {(h, t.name): [] for h, t in targets}
+        for round_number in range(args.fixed_rounds):
+            for http, target in targets:
+                result_paced = asyncio.run(paced_load(
+                    target.port, target.path, target.body_file.read_bytes(), ca_file,
+                    rate=args.rate, seconds=args.fixed_seconds, connections=args.paced_connections,
+                ))  # fmt: skip
+                paced[http, target.name].append(result_paced)
+                print(f"  fixed {args.rate:.0f}/s round {round_number + 1} {http:9} "
+                      f"{target.name:8} p50 {percentile(result_paced.latency_from_due_ms, 0.5):6.2f} ms  "
+                      f"p99 {percentile(result_paced.latency_from_due_ms, 0.99):6.2f} ms  "
+                      f"(from send {percentile(result_paced.latency_from_send_ms, 0.99):6.2f} ms)  "
+                      f"errors {result_paced.errors}", flush=True)  # fmt: skip
     for http in args.http:
-        with started_servers(work, http, pin) as ports:
-            targets = [
-                Target("bare", ports["bare"], "/bare", work / "bare.json"),
-                Target("validate", ports["webhook"], "/validate", work / "validate.json"),
-                Target("mutate", ports["webhook"], "/mutate", work / "mutate.json"),
-            ]
-            ca_file = work / "certs" / "ca.crt"
-            check_answers(targets, ca_file)
-            for target in targets:  # warm up: imports, caches, TLS session setup
-                run_wrk(f"https://{LOOPBACK}:{target.port}{target.path}", target.body_file, script,
-                        connections=args.connections, seconds=1)  # fmt: skip
-            throughput: dict[str, list[WrkResult]] = {t.name: [] for t in targets}
-            for round_number in range(args.rounds):
-                for target in targets:
-                    result = run_wrk(
-                        f"https://{LOOPBACK}:{target.port}{target.path}", target.body_file, script,
-                        connections=args.connections, seconds=args.duration,
-                    )  # fmt: skip
-                    throughput[target.name].append(result)
-                    print(f"  [{http}] round {round_number + 1} {target.name:8} "
-                          f"{result.requests_per_second:8.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                          f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}", flush=True)  # fmt: skip
-            paced: dict[str, list[PacedResult]] = {t.name: [] for t in targets}
-            for round_number in range(args.fixed_rounds):
-                for target in targets:
-                    result_paced = asyncio.run(paced_load(
-                        target.port, target.path, target.body_file.read_bytes(), ca_file,
-                        rate=args.rate, seconds=args.fixed_seconds, connections=args.paced_connections,
-                    ))  # fmt: skip
-                    paced[target.name].append(result_paced)
-                    print(f"  [{http}] fixed {args.rate:.0f}/s round {round_number + 1} "
-                          f"{target.name:8} p50 {percentile(result_paced.latency_from_due_ms, 0.5):6.2f} ms  "
-                          f"p99 {percentile(result_paced.latency_from_due_ms, 0.99):6.2f} ms  "
-                          f"errors {result_paced.errors}", flush=True)  # fmt: skip
-        report["implementations"][http] = summarize(throughput, paced)
+        report["implementations"][http] = summarize(
+            {name: rounds for (h, name), rounds in throughput.items() if h == http},
+            {name: rounds for (h, name), rounds in paced.items() if h == http},
+        )
     print_table(report, args)
     shutil.rmtree(work, ignore_errors=True)
     return report
@@ -662,6 +695,13 @@ def summarize(
         summary[name] = {
             "rps_median": statistics.median(r.requests_per_second for r in rounds),
             "rps_rounds": [round(r.requests_per_second) for r in rounds],
+            "server_cpu_us_per_request_median": statistics.median(
+                r.server_cpu_us_per_request for r in rounds),
+            # Requests one core can serve, relative to bare: the ratio of CPU
+            # costs, which holds up better than req/s when the machine is busy.
+            "cpu_ratio_to_bare_median": statistics.median(
+                b.server_cpu_us_per_request / r.server_cpu_us_per_request
+                for r, b in zip(rounds, bare_rounds, strict=True)),
             "ratio_to_bare_median": statistics.median(ratios),
             "saturated_p50_ms_median": statistics.median(r.p50_ms for r in rounds),
             "saturated_p99_ms_median": statistics.median(r.p99_ms for r in rounds),
@@ -683,8 +723,9 @@ def print_table(report: Mapping[str, Any], args: argparse.Namespace) -> None:
     print(f"wrk: {args.rounds} rounds x {args.duration:g} s, {args.connections} connections, "
           f"1 thread; fixed rate: {args.fixed_rounds} rounds x {args.fixed_seconds:g} s at "
           f"{args.rate:g} req/s over {args.paced_connections} connections. Medians over rounds.")  # fmt: skip
-    header = (f"{'http':9} {'endpoint':9} {'req/s':>8} {'x bare':>7} {'sat p50':>8} "
-              f"{'sat p99':>8} {'@rate p50':>9} {'@rate p99':>9} {'errors':>6}  goal")  # fmt: skip
+    header = (f"{'http':9} {'endpoint':9} {'req/s':>7} {'x bare':>6} {'cpu us':>6} "
+              f"{'x bare':>6} {'sat p50':>7} {'sat p99':>7} {'@rate p50':>9} {'@rate p99':>9} "
+              f"{'err':>4}  goal")  # fmt: skip
     print(header)
     print("-" * len(header))
     for http, summary in report["implementations"].items():
@@ -695,14 +736,16 @@ def print_table(report: Mapping[str, Any], args: argparse.Namespace) -> None:
                 ok_p99 = row["fixed_p99_ms_median"] < GOAL_P99_MS
                 goal = (f"{'ok' if ok_ratio else 'MISS'} >= {GOAL_THROUGHPUT_RATIO}x, "
                         f"{'ok' if ok_p99 else 'MISS'} p99 < {GOAL_P99_MS:g} ms")  # fmt: skip
-            print(f"{http:9} {name:9} {row['rps_median']:8.0f} {row['ratio_to_bare_median']:7.2f} "
-                  f"{row['saturated_p50_ms_median']:7.2f}m {row['saturated_p99_ms_median']:7.2f}m "
+            print(f"{http:9} {name:9} {row['rps_median']:7.0f} {row['ratio_to_bare_median']:6.2f} "
+                  f"{row['server_cpu_us_per_request_median']:6.0f} "
+                  f"{row['cpu_ratio_to_bare_median']:6.2f} "
+                  f"{row['saturated_p50_ms_median']:6.2f}m {row['saturated_p99_ms_median']:6.2f}m "
                   f"{row['fixed_p50_ms_median']:8.2f}m {row['fixed_p99_ms_median']:8.2f}m "
-                  f"{row['errors']:6d}  {goal}")  # fmt: skip
-    print(
-        "(m = milliseconds; 'sat' = wrk at saturation; '@rate' = the paced client, latency "
-        "from when each request was due)"
-    )
+                  f"{row['errors']:4d}  {goal}")  # fmt: skip
+    print("req/s and its 'x bare': wrk throughput; 'cpu us' and its 'x bare': server CPU time "
+          "per request and the capacity ratio it implies (steadier on a busy machine); "
+          "'sat' = wrk latency at saturation; '@rate' = the paced client, latency from when "
+          "each request was due; m = milliseconds")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
