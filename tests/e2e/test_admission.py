@@ -25,6 +25,13 @@ CI = f"{kinds.CODE_INTERPRETER.plural}.{kinds.CODE_INTERPRETER.group}"
 AR = f"{kinds.AGENT_RUNTIME.plural}.{kinds.AGENT_RUNTIME.group}"
 CLAIMS = f"{kinds.SANDBOX_CLAIM.plural}.{kinds.SANDBOX_CLAIM.group}"
 SANDBOXES = f"{kinds.SANDBOX.plural}.{kinds.SANDBOX.group}"
+# Impersonating AgentCube's workload manager, which the default settings allow to set
+# overrides and sandbox-name labels.
+AGENTCUBE_SA = (
+    "--as=system:serviceaccount:agentcube:workloadmanager",
+    "--as-group=system:serviceaccounts",
+    "--as-group=system:serviceaccounts:agentcube",
+)
 
 HOST_BITS_SET = {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}
 RESTRICTED = {
@@ -255,8 +262,7 @@ def test_impersonated_agentcube_service_account_may_relabel_a_pod(
 
     kubectl.ok(
         "label", "pod", "sbx-2", "-n", namespace, f"{kinds.LABEL_SANDBOX_NAME}=sbx-2b",
-        "--overwrite", "--as=system:serviceaccount:agentcube:workloadmanager",
-        "--as-group=system:serviceaccounts", "--as-group=system:serviceaccounts:agentcube",
+        "--overwrite", *AGENTCUBE_SA,
     )  # fmt: skip
 
     pod = kubectl.get("pod", "sbx-2", "-n", namespace)
@@ -279,3 +285,27 @@ def test_tenant_cannot_set_the_override_annotation(
     assert f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]" in result.stderr
     stored = kubectl.get(SANDBOXES, "sbx-3", "-n", namespace)
     assert kinds.ANNOTATION_NETWORK_POLICY not in (stored["metadata"].get("annotations") or {})
+
+
+def test_agentcube_may_set_an_override_but_only_a_valid_one(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    kubectl.ok("create", "-f", "-", input=as_json(sandbox("sbx-4", namespace)))
+    grant_tenant(kubectl, namespace, resource=SANDBOXES, group="system:serviceaccounts:agentcube")
+    bad = json.dumps({"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]})
+    good = json.dumps({"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.0/8"]}]})
+
+    refused = kubectl(
+        "annotate", SANDBOXES, "sbx-4", "-n", namespace,
+        f"{kinds.ANNOTATION_NETWORK_POLICY}={bad}", *AGENTCUBE_SA,
+    )  # fmt: skip
+    kubectl.ok(
+        "annotate", SANDBOXES, "sbx-4", "-n", namespace,
+        f"{kinds.ANNOTATION_NETWORK_POLICY}={good}", *AGENTCUBE_SA,
+    )  # fmt: skip
+
+    assert refused.returncode != 0
+    assert f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]" in refused.stderr
+    assert '"10.0.0.0/8"' in refused.stderr
+    stored = kubectl.get(SANDBOXES, "sbx-4", "-n", namespace)
+    assert stored["metadata"]["annotations"][kinds.ANNOTATION_NETWORK_POLICY] == good
