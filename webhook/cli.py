@@ -13,10 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webhook import __version__
 from webhook.settings import DEFAULT_DNS_PEERS, Settings
+
+if TYPE_CHECKING:
+    from webhook.cabundle import ClusterTrust
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -102,6 +105,31 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
+    """The shared-CA keeper for ``serve --ca-secret``; None without it."""
+    if args.ca_secret is None:
+        return None
+    from kubernetes import client, config
+
+    from webhook.cabundle import ClusterTrust, WebhookConfigurations, parse_secret_ref
+
+    namespace, name = parse_secret_ref(args.ca_secret)
+    if args.kubeconfig is not None:
+        api_client = config.new_client_from_config(config_file=str(args.kubeconfig))
+    else:
+        config.load_incluster_config()
+        api_client = client.ApiClient()
+    return ClusterTrust(
+        api_client,
+        namespace=namespace,
+        secret_name=name,
+        cert_dir=args.cert_dir,
+        configurations=WebhookConfigurations(
+            validating=args.webhook_configuration, mutating=args.webhook_configuration
+        ),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentcube-netpol",
@@ -148,6 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to look for a renewed or replaced certificate (default: %(default)s)",
     )
+    cluster = serve.add_argument_group(
+        "in-cluster trust (without cert-manager)",
+        "keep one CA in a Secret shared by every replica and write it into the webhooks' "
+        "caBundle, at start and every few minutes",
+    )
+    cluster.add_argument(
+        "--ca-secret",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="the Secret that holds the shared CA (created when absent)",
+    )
+    cluster.add_argument(
+        "--webhook-configuration",
+        default="agentcube-netpol",
+        metavar="NAME",
+        help="name of the Validating- and MutatingWebhookConfiguration (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig for --ca-secret (default: the in-cluster service account)",
+    )
     _add_policy_options(serve)
 
     check = commands.add_parser("check", help="validate objects in YAML/JSON files offline")
@@ -186,7 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from webhook.server import serve
 
+        try:
+            trust = _cluster_trust(args)
+        except ValueError as exc:
+            parser.error(str(exc))
         return serve(
+            trust=trust,
             settings=settings,
             host=args.host,
             port=args.port,

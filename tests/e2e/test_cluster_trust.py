@@ -1,0 +1,162 @@
+"""`serve --ca-secret`: in a cluster without cert-manager, the replicas share one CA kept
+in a Secret and write it into the webhooks' caBundle, under the RBAC deploy/ grants.
+
+A control plane of its own: the session's webhook configurations trust another server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, as_json
+from webhook.controlplane import (
+    WEBHOOK_CONFIGURATION_KINDS,
+    Binaries,
+    ControlPlane,
+    install_crds,
+    is_healthy,
+    load_manifests,
+    point_webhooks_at,
+    tls_context,
+)
+
+NAMESPACE = "agentcube-netpol-system"
+SECRET = "agentcube-netpol-ca"
+CONFIGURATION = "agentcube-netpol"
+SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:agentcube-netpol"
+SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}")
+RBAC_KINDS = (
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
+    with ControlPlane(binaries=binaries, with_controller_manager=False) as control_plane:
+        install_crds(control_plane, CRD_DIR)
+        yield control_plane
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[WebhookServer]]:
+    """deploy/'s RBAC and webhook configurations (caBundle empty, as shipped), then two
+    servers that authenticate as deploy/'s service account."""
+    kubectl = Kubectl(cluster)
+    manifests = load_manifests(DEPLOY_DIR, control_plane=cluster)
+    kubectl.ok(
+        "apply", "-f", "-", input=as_json(*[m for m in manifests if m["kind"] in RBAC_KINDS])
+    )
+    service_account = cluster.mint_user(SERVICE_ACCOUNT_USER, groups=SERVICE_ACCOUNT_GROUPS)
+
+    work = tmp_path_factory.mktemp("trust")
+    args = (f"--ca-secret={NAMESPACE}/{SECRET}", f"--kubeconfig={service_account}")
+    first = WebhookServer(cert_dir=work / "a", log_path=work / "a.log", extra_args=args)
+    second = WebhookServer(cert_dir=work / "b", log_path=work / "b.log", extra_args=args)
+
+    configurations = []
+    for manifest in manifests:
+        if manifest["kind"] in WEBHOOK_CONFIGURATION_KINDS:
+            pointed = point_webhooks_at(manifest, base_url=first.url, ca_pem=b"")
+            for webhook in pointed["webhooks"]:
+                del webhook["clientConfig"]["caBundle"]  # as deploy/ ships them
+            configurations.append(pointed)
+    kubectl.ok("apply", "-f", "-", input=as_json(*configurations))
+
+    first.start()
+    second.start()
+    try:
+        yield [first, second]
+    finally:
+        first.stop()
+        second.stop()
+
+
+def ca_bundles(kubectl: Kubectl) -> list[str]:
+    bundles = []
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        configuration = kubectl.get(kind, CONFIGURATION)
+        bundles += [w["clientConfig"].get("caBundle", "") for w in configuration["webhooks"]]
+    return bundles
+
+
+def test_replicas_share_one_ca_and_write_it_into_every_webhook(
+    cluster: ControlPlane, replicas: list[WebhookServer]
+) -> None:
+    kubectl = Kubectl(cluster)
+    secret = kubectl.get("secret", SECRET, "-n", NAMESPACE)
+    ca_pem = base64.b64decode(secret["data"]["ca.crt"])
+    first, second = replicas
+    assert first.ca_pem == ca_pem
+    assert second.ca_pem == ca_pem
+    bundles = ca_bundles(kubectl)
+    assert len(bundles) == 5
+    assert set(bundles) == {base64.b64encode(ca_pem).decode()}
+    # Each replica serves its own certificate, and the shared CA vouches for both.
+    assert (first.cert_dir / "tls.crt").read_bytes() != (second.cert_dir / "tls.crt").read_bytes()
+    assert is_healthy(f"{second.url}/readyz", tls_context(ca_file=first.ca_file, client=None))
+
+
+def test_api_server_trusts_the_server_it_could_not_reach_before(
+    cluster: ControlPlane, replicas: list[WebhookServer]
+) -> None:
+    kubectl = Kubectl(cluster)
+    kubectl.ok("create", "namespace", "trust")
+    bad: dict[str, Any] = {
+        "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
+        "kind": "CodeInterpreter",
+        "metadata": {"name": "py", "namespace": "trust"},
+        "spec": {
+            "template": {
+                "image": "python:3.12",
+                "networkPolicy": {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]},
+            }
+        },
+    }
+    result = kubectl("apply", "-f", "-", input=json.dumps(bad))
+    assert result.returncode != 0
+    # Denied by our webhook (TLS worked), not "failed calling webhook ... x509".
+    assert 'admission webhook "templates.netpol.agentcube.io" denied the request' in result.stderr
+    assert 'did you mean "10.0.0.0/8"' in result.stderr
+
+
+def test_a_restart_repairs_a_ca_bundle_that_was_dropped(
+    cluster: ControlPlane, replicas: list[WebhookServer]
+) -> None:
+    kubectl = Kubectl(cluster)
+    patch = json.dumps([{"op": "remove", "path": "/webhooks/0/clientConfig/caBundle"}])
+    kubectl.ok("patch", "validatingwebhookconfiguration", CONFIGURATION, "--type=json", "-p", patch)
+    assert "" in ca_bundles(kubectl)
+    first = replicas[0]
+    first.stop()
+    first.start()
+    assert set(ca_bundles(kubectl)) == {base64.b64encode(first.ca_pem).decode()}
+
+
+def test_the_ca_secret_is_the_only_secret_the_service_account_can_read(
+    cluster: ControlPlane, replicas: list[WebhookServer]
+) -> None:
+    service_account = cluster.mint_user(SERVICE_ACCOUNT_USER, groups=SERVICE_ACCOUNT_GROUPS)
+    kubectl = Kubectl(cluster)
+    allowed = kubectl(
+        "auth", "can-i", "get", f"secret/{SECRET}", "-n", NAMESPACE, user=service_account
+    )
+    assert allowed.stdout.strip() == "yes"
+    for args in (
+        ("get", "secrets", "-n", NAMESPACE),
+        ("get", "secret/other", "-n", NAMESPACE),
+        ("get", "secrets", "-n", "default"),
+    ):
+        denied = kubectl("auth", "can-i", *args, user=service_account)
+        assert denied.stdout.strip() == "no", args
