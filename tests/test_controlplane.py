@@ -21,7 +21,7 @@ from webhook.controlplane import (
     ControlPlaneError,
     create_ca,
     find_binaries,
-    issue_cert,
+    issue_client_cert,
     point_webhooks_at,
 )
 
@@ -107,15 +107,12 @@ def test_webhooks_pointed_at_the_local_server_keep_their_path_and_trust_its_ca()
 def test_client_certificate_carries_user_and_groups() -> None:
     now = datetime.now(UTC)
     ca = create_ca(common_name="test-ca", at=now)
-    client = issue_cert(
-        ca, common_name="alice", organizations=("tenants", "devs"), server=False, at=now
-    )
+    client = issue_client_cert(ca, user="alice", groups=("tenants", "devs"), at=now)
     cert = x509.load_pem_x509_certificate(client.cert_pem)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
     groups = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
     assert groups == ["tenants", "devs"]
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    cert.verify_directly_issued_by(ca_cert)
+    cert.verify_directly_issued_by(ca.cert)
 
 
 def process_exists(pid: int) -> bool:

@@ -46,6 +46,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from webhook import certs
+
 logger = logging.getLogger(__name__)
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
@@ -153,6 +155,7 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
 
 
 # --- certificates (pure: the time is an argument) --------------------------------------------
+# The CA and the API server's serving certificate come from webhook.certs, like the webhook's.
 
 
 @dataclass(frozen=True)
@@ -169,85 +172,48 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+def create_ca(*, common_name: str, at: datetime) -> certs.KeyPair:
+    return certs.create_ca(
+        common_name=common_name,
+        not_before=at - CLOCK_SKEW_ALLOWANCE,
+        not_after=at + CERT_VALIDITY,
+    )
 
 
-def _name(common_name: str, organizations: Iterable[str] = ()) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    return x509.Name(attributes)
+def issue_serving_cert(
+    ca: certs.KeyPair, *, dns_names: Sequence[str], ip_addresses: Sequence[str], at: datetime
+) -> Credential:
+    pair = certs.create_serving_cert(
+        ca,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        not_before=at - CLOCK_SKEW_ALLOWANCE,
+        not_after=at + CERT_VALIDITY,
+    )
+    return Credential(cert_pem=pair.cert_pem, key_pem=pair.key_pem)
 
 
-def create_ca(*, common_name: str, at: datetime) -> Credential:
+def issue_client_cert(
+    ca: certs.KeyPair, *, user: str, groups: Sequence[str] = (), at: datetime
+) -> Credential:
+    """A client certificate signed by ``ca``: to kube-apiserver (``--client-ca-file``) the
+    common name is the user name and each organization a group."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = _name(common_name)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    subject += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(at - CLOCK_SKEW_ALLOWANCE)
-        .not_valid_after(at + CERT_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return Credential(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
-
-
-def issue_cert(
-    ca: Credential,
-    *,
-    common_name: str,
-    organizations: Sequence[str] = (),
-    dns_names: Sequence[str] = (),
-    ip_addresses: Sequence[str] = (),
-    server: bool,
-    at: datetime,
-) -> Credential:
-    """A leaf certificate signed by ``ca``: a serving one (``server``) or a client one.
-
-    For a client of kube-apiserver, the common name is the user name and each organization
-    a group.
-    """
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ControlPlaneError("the control plane's CA key must be an EC key")
-    key = ec.generate_private_key(ec.SECP256R1())
-    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name, organizations))
-        .issuer_name(ca_cert.subject)
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(at - CLOCK_SKEW_ALLOWANCE)
         .not_valid_after(at + CERT_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
     )
-    alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    if alt_names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return Credential(cert_pem=_cert_pem(cert), key_pem=_key_pem(key))
+    return Credential(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
 
 
 def create_service_account_key() -> Credential:
@@ -418,7 +384,7 @@ class ControlPlane:
         self._owns_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="agentcube-netpol-cp-"))
         self._processes: list[_Process] = []
-        self._ca: Credential | None = None
+        self._ca: certs.KeyPair | None = None
         self.api_port = 0
         self.started_in_s = 0.0
         self._users_made = 0
@@ -479,9 +445,8 @@ class ControlPlane:
         (self.work_dir / "logs").mkdir(exist_ok=True)
         now = datetime.now(UTC)
         self._ca = create_ca(common_name="agentcube-netpol-control-plane-ca", at=now)
-        serving = issue_cert(
+        serving = issue_serving_cert(
             self._ca,
-            common_name=KUBE_APISERVER,
             dns_names=(
                 "localhost",
                 "kubernetes",
@@ -490,12 +455,9 @@ class ControlPlane:
                 "kubernetes.default.svc.cluster.local",
             ),
             ip_addresses=(LOOPBACK, str(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)[1])),
-            server=True,
             at=now,
         )
-        admin = issue_cert(
-            self._ca, common_name=ADMIN_USER, organizations=(MASTERS_GROUP,), server=False, at=now
-        )
+        admin = issue_client_cert(self._ca, user=ADMIN_USER, groups=(MASTERS_GROUP,), at=now)
         service_account = create_service_account_key()
         files = {
             "ca.crt": self._ca.cert_pem,
@@ -647,13 +609,7 @@ class ControlPlane:
         beyond what RBAC grants that user or groups (system:authenticated included)."""
         if self._ca is None:
             raise ControlPlaneError("the control plane is not started")
-        client = issue_cert(
-            self._ca,
-            common_name=name,
-            organizations=groups,
-            server=False,
-            at=datetime.now(UTC),
-        )
+        client = issue_client_cert(self._ca, user=name, groups=groups, at=datetime.now(UTC))
         self._users_made += 1
         path = self.work_dir / f"user-{self._users_made}.kubeconfig"
         self._write_kubeconfig(path, name, client)
