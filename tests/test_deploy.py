@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from webhook import kinds
+from webhook.cli import build_parser
 from webhook.controlplane import (
     KUBECTL,
     ControlPlane,
@@ -352,6 +353,28 @@ def test_server_is_started_on_its_port_and_cert_dir(install: list[Doc]) -> None:
     assert f"--port={SERVER_PORT}" in args
     assert f"--service-name={SERVICE}" in args
     assert f"--service-namespace={NAMESPACE}" in args
+
+
+def test_container_args_are_ones_the_cli_accepts(install: list[Doc]) -> None:
+    """An unknown flag would crash-loop every replica; the CLI's own parser decides."""
+    parser = build_parser()
+    args = parser.parse_args(container(install)["args"])
+    assert args.cert_dir == Path(CERT_DIR)
+    assert args.port == SERVER_PORT
+
+
+def test_server_keeps_the_ca_its_rbac_allows(base: list[Doc], cert_manager: list[Doc]) -> None:
+    """The Secret and configurations named in the args are the ones RBAC grants."""
+    args = container(base)["args"]
+    assert f"--ca-secret={NAMESPACE}/{CA_SECRET}" in args
+    configuration = next(a for a in args if a.startswith("--webhook-configuration="))
+    name = configuration.split("=", 1)[1]
+    assert {d["metadata"]["name"] for d in base if d["kind"].endswith("WebhookConfiguration")} == {
+        name
+    }
+    ca_rules = only(base, "ClusterRole", "agentcube-netpol-ca-injector")["rules"]
+    assert all(rule["resourceNames"] == [name] for rule in ca_rules)
+    assert not any(a.startswith("--ca-secret") for a in container(cert_manager)["args"])
 
 
 def test_namespace_enforces_restricted_pod_security(base: list[Doc]) -> None:
