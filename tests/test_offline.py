@@ -270,9 +270,10 @@ def test_check_survives_a_validator_crash(
 
     monkeypatch.setattr(offline, "validate_object", broken)
     path = write(tmp_path, "x.yaml", CODE_INTERPRETER.format(name="x", cidr="10.0.0.0/8"))
-    code, _, err = run(capsys, "check", path)
+    code, out, err = run(capsys, "check", path)
     assert code == 2
     assert err == f"error: {path}: CodeInterpreter/x: could not validate: 'spec'\n"
+    assert out == "0 objects checked: 0 valid, 0 invalid; 1 object could not be validated\n"
 
 
 def test_unnamed_objects_are_named_by_document(

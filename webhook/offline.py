@@ -94,7 +94,7 @@ def check(
     A directory stands for its ``.yaml``, ``.yml`` and ``.json`` files (not
     recursive), as with ``kubectl apply -f DIR``.
     """
-    unreadable = 0
+    unreadable = failed = 0
     valid = invalid = skipped = 0
     for path in expand_directories(paths):
         try:
@@ -109,7 +109,7 @@ def check(
                 continue
             verdict = _validate(item, settings=settings, stderr=stderr)
             if verdict is None:
-                unreadable += 1
+                failed += 1
                 continue
             for warning in verdict.warnings:
                 print(f"Warning: {item.source}: {item.label}: {warning}", file=stderr)
@@ -126,8 +126,10 @@ def check(
         summary += f"; {skipped} of other kinds not checked"
     if unreadable:
         summary += f"; {unreadable} {_plural(unreadable, 'input')} could not be read"
+    if failed:
+        summary += f"; {failed} {_plural(failed, 'object')} could not be validated"
     print(summary, file=stdout)
-    if unreadable:
+    if unreadable or failed:
         return EXIT_USAGE
     return EXIT_INVALID if invalid else EXIT_OK
 
