@@ -13,6 +13,7 @@ reconciler can compare desired with actual using ``==`` on ``spec``.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -377,10 +378,17 @@ def _simple_port(port: object) -> dict[str, Any]:
 
 
 def _network(text: object) -> Network:
-    parsed = parse_cidr(text)
+    parsed = _parse_cidr_cached(text) if isinstance(text, str) else parse_cidr(text)
     if isinstance(parsed, CidrProblem):
         raise PolicyShapeError(f"{text!r}: {parsed.message()}")
     return parsed
+
+
+# Parsing a CIDR costs ~100 us (ipaddress); the reconciler builds a policy per
+# sandbox, and sandboxes of one template share their CIDRs.
+@functools.lru_cache(maxsize=4096)
+def _parse_cidr_cached(text: str) -> Network | CidrProblem:
+    return parse_cidr(text)
 
 
 def _list(value: object) -> Sequence[object]:
