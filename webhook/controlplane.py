@@ -8,7 +8,8 @@ minted as client certificates for RBAC tests. The binaries come from
 ``$KUBEBUILDER_ASSETS``.
 
 Every process runs in its own process group and is stopped on ``stop()``, on leaving the
-``with`` block, and at interpreter exit, so a failing test leaves nothing running. A failed
+``with`` block, and at interpreter exit, so a failing test leaves nothing running; the kernel
+kills them too if the Python process dies without cleaning up (``die_with_parent``). A failed
 start raises ``ControlPlaneError`` with the tail of each process's log, and keeps the work
 directory for a closer look.
 """
