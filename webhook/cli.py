@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webhook import __version__
+from webhook.policy import settings_errors
 from webhook.settings import DEFAULT_DNS_PEERS, Settings
 
 if TYPE_CHECKING:
@@ -233,6 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = settings_from_args(args)
+    problems = settings_errors(settings)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     if args.command == "serve":
         from webhook.server import serve
