@@ -788,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("more than 30 minutes of wrk load: lower --rounds or --duration")
     report = benchmark(args)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
 
 
