@@ -106,22 +106,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _api_client(args: argparse.Namespace) -> Any:
+    """A Kubernetes API client from ``--kubeconfig``, else the in-cluster service account."""
+    from kubernetes import client, config
+
+    if args.kubeconfig is not None:
+        return config.new_client_from_config(config_file=str(args.kubeconfig))
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
 def _cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
     """The shared-CA keeper for ``serve --ca-secret``; None without it."""
     if args.ca_secret is None:
         return None
-    from kubernetes import client, config
-
     from webhook.cabundle import ClusterTrust, WebhookConfigurations, parse_secret_ref
 
     namespace, name = parse_secret_ref(args.ca_secret)
-    if args.kubeconfig is not None:
-        api_client = config.new_client_from_config(config_file=str(args.kubeconfig))
-    else:
-        config.load_incluster_config()
-        api_client = client.ApiClient()
     return ClusterTrust(
-        api_client,
+        _api_client(args),
         namespace=namespace,
         secret_name=name,
         cert_dir=args.cert_dir,
@@ -198,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig",
         type=Path,
         default=None,
-        help="kubeconfig for --ca-secret (default: the in-cluster service account)",
+        help="kubeconfig for --ca-secret and --watch-claims "
+        "(default: the in-cluster service account)",
+    )
+    cluster.add_argument(
+        "--watch-claims",
+        action="store_true",
+        help="keep SandboxClaims in memory (list + watch) so claimed warm-pool pods get "
+        "their sandbox labels; /readyz waits for the first list",
     )
     _add_policy_options(serve)
 
@@ -247,8 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust = _cluster_trust(args)
         except ValueError as exc:
             parser.error(str(exc))
+        claims = None
+        if args.watch_claims:
+            from kubernetes.client import CustomObjectsApi
+
+            from webhook.claimcache import ClaimCache
+
+            claims = ClaimCache(CustomObjectsApi(_api_client(args)))
+            claims.start()
         return serve(
             trust=trust,
+            claims=claims,
+            ready=None if claims is None else (lambda: claims.synced),
             settings=settings,
             host=args.host,
             port=args.port,

@@ -13,31 +13,19 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, as_json
-from webhook.controlplane import (
-    WEBHOOK_CONFIGURATION_KINDS,
-    Binaries,
-    ControlPlane,
-    install_crds,
-    is_healthy,
-    load_manifests,
-    point_webhooks_at,
-    tls_context,
+from tests.e2e.deployed import (
+    NAMESPACE,
+    SERVICE_ACCOUNT_GROUPS,
+    SERVICE_ACCOUNT_USER,
+    deploy_manifests,
+    install_rbac,
+    install_webhooks,
 )
+from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer
+from webhook.controlplane import Binaries, ControlPlane, install_crds, is_healthy, tls_context
 
-NAMESPACE = "agentcube-netpol-system"
 SECRET = "agentcube-netpol-ca"
 CONFIGURATION = "agentcube-netpol"
-SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:agentcube-netpol"
-SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}")
-RBAC_KINDS = (
-    "Namespace",
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-)
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +41,13 @@ def replicas(
 ) -> Iterator[list[WebhookServer]]:
     """deploy/'s RBAC and webhook configurations (caBundle empty, as shipped), then two
     servers that authenticate as deploy/'s service account."""
-    kubectl = Kubectl(cluster)
-    manifests = load_manifests(DEPLOY_DIR, control_plane=cluster)
-    kubectl.ok(
-        "apply", "-f", "-", input=as_json(*[m for m in manifests if m["kind"] in RBAC_KINDS])
-    )
-    service_account = cluster.mint_user(SERVICE_ACCOUNT_USER, groups=SERVICE_ACCOUNT_GROUPS)
-
+    manifests = deploy_manifests(cluster)
+    service_account = install_rbac(cluster, manifests)
     work = tmp_path_factory.mktemp("trust")
     args = (f"--ca-secret={NAMESPACE}/{SECRET}", f"--kubeconfig={service_account}")
     first = WebhookServer(cert_dir=work / "a", log_path=work / "a.log", extra_args=args)
     second = WebhookServer(cert_dir=work / "b", log_path=work / "b.log", extra_args=args)
-
-    configurations = []
-    for manifest in manifests:
-        if manifest["kind"] in WEBHOOK_CONFIGURATION_KINDS:
-            pointed = point_webhooks_at(manifest, base_url=first.url, ca_pem=b"")
-            for webhook in pointed["webhooks"]:
-                del webhook["clientConfig"]["caBundle"]  # as deploy/ ships them
-            configurations.append(pointed)
-    kubectl.ok("apply", "-f", "-", input=as_json(*configurations))
+    install_webhooks(cluster, manifests, base_url=first.url, ca_pem=None)
 
     first.start()
     second.start()
