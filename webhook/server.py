@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +42,11 @@ HTTP_IMPLEMENTATION = "httptools"
 # so it is the client that closes idle connections, never mid-request us.
 KEEP_ALIVE_TIMEOUT_SECONDS = 120
 GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS = 10
+# At shutdown an idle keep-alive connection is closed with a TLS close_notify,
+# and asyncio waits for the peer's reply (up to 30 s) before the connection
+# counts as closed. A client that is not reading never replies; after this
+# long such connections are dropped, so SIGTERM exits in about a second.
+IDLE_CLOSE_GRACE_SECONDS = 1.0
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -210,3 +216,19 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        drop_idle = loop.call_later(IDLE_CLOSE_GRACE_SECONDS, self._drop_idle_connections)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            drop_idle.cancel()
+
+    def _drop_idle_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            idle = cycle is None or getattr(cycle, "response_complete", False)
+            if idle and transport is not None:
+                transport.abort()  # a request in flight keeps the graceful timeout
