@@ -52,6 +52,9 @@ if [[ -f "${stamp}" ]] && check_binaries "${out_dir}" 2>/dev/null; then
   exit 0
 fi
 
+if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
+  PATH="/usr/local/go/bin:${PATH}"   # the official tarball's place, when not on PATH
+fi
 if ! command -v go >/dev/null; then
   log "go is not installed; install Go $(sed -n 's/^go //p' "${here}/kubernetes/go.mod") or newer"
   exit 1
