@@ -277,6 +277,21 @@ wrk.body = file:read("*a")
 file:close()
 """
 
+# wrk waits this long before each request on a connection: with C connections
+# and a delay of C/rate seconds the rate comes out a little under ``rate``
+# (each connection also waits for its answer). Latency is counted from the
+# send, so unlike the paced client it leaves queueing out; but wrk is C and
+# barely jitters, which the paced client on a busy core does.
+WRK_PACED_SCRIPT = (
+    WRK_SCRIPT
+    + """
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS"))
+function delay()
+  return delay_ms
+end
+"""
+)
+
 
 @dataclass
 class WrkResult:
@@ -292,13 +307,15 @@ class WrkResult:
 
 def run_wrk(
     url: str, body_file: Path, script: Path, *, connections: int, seconds: float,
-    server_pid: int | None = None,
+    server_pid: int | None = None, delay_ms: float | None = None,
 ) -> WrkResult:  # fmt: skip
     command = [
         "wrk", "--threads", "1", "--connections", str(connections), "--duration", f"{max(1, round(seconds))}s",
         "--timeout", "5s", "--latency", "--script", str(script), url,
     ]  # fmt: skip
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file)}
+    if delay_ms is not None:
+        env["BENCH_DELAY_MS"] = f"{delay_ms:g}"
     cpu_before = process_cpu_seconds(server_pid) if server_pid else 0.0
     output = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=seconds + 30, check=True
@@ -620,6 +637,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         (work / f"{name}.json").write_bytes(body)
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
+    paced_script = work / "paced.lua"
+    paced_script.write_text(WRK_PACED_SCRIPT)
     print(f"pinning: load on core {LOAD_CORE}, servers on core {SERVER_CORE}" if pin
           else "pinning: fewer than 2 cores, not pinned")  # fmt: skip
     print(f"bodies: validate {len(bodies['validate'])} B, mutate {len(bodies['mutate'])} B "
@@ -659,6 +678,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                       f"p99 {result.p99_ms:6.2f} ms  server CPU {result.server_cpu_us_per_request:5.0f} us/req  "
                       f"errors {result.errors}", flush=True)  # fmt: skip
         paced: dict[tuple[str, str], list[PacedResult]] = {(h, t.name): [] for h, t in targets}
+        wrk_paced: dict[tuple[str, str], list[WrkResult]] = {(h, t.name): [] for h, t in targets}
         for round_number in range(args.fixed_rounds):
             for http, target in targets:
                 result_paced = asyncio.run(paced_load(
@@ -671,10 +691,20 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                       f"p99 {percentile(result_paced.latency_from_due_ms, 0.99):6.2f} ms  "
                       f"(from send {percentile(result_paced.latency_from_send_ms, 0.99):6.2f} ms)  "
                       f"errors {result_paced.errors}", flush=True)  # fmt: skip
+                result_wrk = run_wrk(
+                    f"https://{LOOPBACK}:{target.port}{target.path}", target.body_file,
+                    paced_script, connections=args.paced_connections, seconds=args.fixed_seconds,
+                    delay_ms=args.paced_connections / args.rate * 1000,
+                )  # fmt: skip
+                wrk_paced[http, target.name].append(result_wrk)
+                print(f"  wrk paced round {round_number + 1} {http:9} {target.name:8} "
+                      f"{result_wrk.requests_per_second:6.0f} req/s  p50 {result_wrk.p50_ms:6.2f} ms  "
+                      f"p99 {result_wrk.p99_ms:6.2f} ms  errors {result_wrk.errors}", flush=True)  # fmt: skip
     for http in args.http:
         report["implementations"][http] = summarize(
             {name: rounds for (h, name), rounds in throughput.items() if h == http},
             {name: rounds for (h, name), rounds in paced.items() if h == http},
+            {name: rounds for (h, name), rounds in wrk_paced.items() if h == http},
         )
     print_table(report, args)
     shutil.rmtree(work, ignore_errors=True)
@@ -682,7 +712,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(
-    throughput: Mapping[str, list[WrkResult]], paced: Mapping[str, list[PacedResult]]
+    throughput: Mapping[str, list[WrkResult]],
+    paced: Mapping[str, list[PacedResult]],
+    wrk_paced: Mapping[str, list[WrkResult]],
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     bare_rounds = throughput["bare"]
@@ -714,6 +746,10 @@ def summarize(
             "fixed_p99_from_send_ms_median": statistics.median(
                 percentile(p.latency_from_send_ms, 0.99) for p in fixed),
             "fixed_requests": sum(p.sent for p in fixed),
+            "wrk_paced_rps_median": statistics.median(
+                r.requests_per_second for r in wrk_paced[name]),
+            "wrk_paced_p99_ms_median": statistics.median(r.p99_ms for r in wrk_paced[name]),
+            "wrk_paced_p99_ms_rounds": [r.p99_ms for r in wrk_paced[name]],
         }  # fmt: skip
     return summary
 
@@ -725,7 +761,7 @@ def print_table(report: Mapping[str, Any], args: argparse.Namespace) -> None:
           f"{args.rate:g} req/s over {args.paced_connections} connections. Medians over rounds.")  # fmt: skip
     header = (f"{'http':9} {'endpoint':9} {'req/s':>7} {'x bare':>6} {'cpu us':>6} "
               f"{'x bare':>6} {'sat p50':>7} {'sat p99':>7} {'@rate p50':>9} {'@rate p99':>9} "
-              f"{'err':>4}  goal")  # fmt: skip
+              f"{'wrk@rate p99':>12} {'err':>4}  goal")  # fmt: skip
     print(header)
     print("-" * len(header))
     for http, summary in report["implementations"].items():
@@ -741,11 +777,12 @@ def print_table(report: Mapping[str, Any], args: argparse.Namespace) -> None:
                   f"{row['cpu_ratio_to_bare_median']:6.2f} "
                   f"{row['saturated_p50_ms_median']:6.2f}m {row['saturated_p99_ms_median']:6.2f}m "
                   f"{row['fixed_p50_ms_median']:8.2f}m {row['fixed_p99_ms_median']:8.2f}m "
-                  f"{row['errors']:4d}  {goal}")  # fmt: skip
+                  f"{row['wrk_paced_p99_ms_median']:11.2f}m {row['errors']:4d}  {goal}")  # fmt: skip
     print("req/s and its 'x bare': wrk throughput; 'cpu us' and its 'x bare': server CPU time "
           "per request and the capacity ratio it implies (steadier on a busy machine); "
           "'sat' = wrk latency at saturation; '@rate' = the paced client, latency from when "
-          "each request was due; m = milliseconds")  # fmt: skip
+          "each request was due; 'wrk@rate' = wrk paced to about the same rate, latency from the "
+          "send; m = milliseconds")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
