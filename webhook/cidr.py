@@ -12,6 +12,7 @@ Every refusal carries a suggestion when one exists, so a user can copy it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -40,10 +41,21 @@ class CidrProblem:
         return f'{self.detail} (did you mean "{self.suggestion}"?)'
 
 
+# Parsed CIDRs are immutable, and a policy names the same few again and again
+# (in cidrs, in except, in every sandbox's NetworkPolicy): parse each once. The
+# bound keeps a flood of distinct strings from growing memory.
+PARSE_CACHE_ENTRIES = 4096
+
+
 def parse_cidr(value: object) -> Network | CidrProblem:
     """The network a canonical CIDR names, or what is wrong with it."""
     if not isinstance(value, str):
         return CidrProblem(f"must be a string, not {type_name(value)}")
+    return _parse_cidr_text(value)
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_ENTRIES)
+def _parse_cidr_text(value: str) -> Network | CidrProblem:
     if value == "":
         return CidrProblem("must be a CIDR such as 10.0.0.0/8, not empty")
     stripped = "".join(value.split())
@@ -177,19 +189,25 @@ def except_errors(cidrs: str | Sequence[object], excepts: object, path: str) -> 
 
 
 def strictly_inside(inner: Network, outer: Network) -> bool:
+    """``inner`` is a proper subnet of ``outer`` (integer arithmetic: ``subnet_of`` is slow)."""
     return (
         inner.version == outer.version
         and inner.prefixlen > outer.prefixlen
-        and inner.subnet_of(outer)  # type: ignore[arg-type]
+        and int(inner.network_address) & int(outer.netmask) == int(outer.network_address)
     )
 
 
 def reaches(cidr: Network, excepts: Sequence[Network], address: str) -> bool:
     """Whether an ipBlock (``cidr`` minus ``excepts``) contains ``address``."""
-    ip = ipaddress.ip_address(address)
+    ip = _address(address)
     if ip.version != cidr.version or ip not in cidr:
         return False
     return not any(ip in e for e in excepts if e.version == ip.version)
+
+
+@functools.lru_cache(maxsize=16)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
 
 
 def is_everything(cidr: Network) -> bool:
