@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from webhook.claimcache import ClaimCache
 from webhook.controlplane import (
     KUBECTL,
     LOOPBACK,
@@ -66,6 +67,7 @@ agentcube-netpol dev is ready.
   API server  {control_plane.url}  (kube-apiserver {versions.get("K8S_VERSION", "")})
   webhook     {webhook_url}  (/validate, /mutate; its log is this terminal)
   kubectl     {kubectl}  (same version as the server)
+Templates are validated, claims and claimed warm-pool pods get the sandbox-name label.
 No reconciler runs yet: NetworkPolicies are not created for sandboxes.
 
 Try:
@@ -106,6 +108,7 @@ def run_dev(
     work_dir = Path(tempfile.mkdtemp(prefix="agentcube-netpol-dev-"))
     cert_dir = work_dir / "webhook-certs"
     stop_waiting = threading.Event()
+    claims: ClaimCache | None = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with ControlPlane(
@@ -130,12 +133,15 @@ def run_dev(
                 daemon=True,
             )
             registrar.start()
+            cache = claims = _claim_cache(control_plane)
             code = serve(
                 settings=settings,
                 host=LOOPBACK,
                 port=webhook_port,
                 cert_dir=cert_dir,
                 dns_names=["localhost"],
+                claims=cache,
+                ready=lambda: cache.synced,
             )
             stop_waiting.set()
             registrar.join()
@@ -146,11 +152,26 @@ def run_dev(
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
+        if claims is not None:
+            # Only once the API server is gone: closing the watch while its thread is
+            # blocked reading from the live connection hangs (http.client on an SSL socket).
+            claims.stop()
         stop_waiting.set()
         signal.signal(signal.SIGTERM, previous_sigterm)
         kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
         logger.info("dev control plane stopped")
+
+
+def _claim_cache(control_plane: ControlPlane) -> ClaimCache:
+    """SandboxClaims watched into memory, so claimed warm-pool pods get their label."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.config import new_client_from_config
+
+    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    claims = ClaimCache(CustomObjectsApi(api_client))
+    claims.start()
+    return claims
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@ ready, kubectl against it is refused a bad template, and SIGTERM cleans everythi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,11 +12,39 @@ import time
 from pathlib import Path
 
 from tests.e2e.harness import REPO_ROOT, as_json
-from tests.e2e.objects import code_interpreter
+from tests.e2e.objects import code_interpreter, sandbox_claim, sandbox_pod
+from webhook import kinds
 from webhook.controlplane import KUBECTL, Binaries
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
+CACHE_WAIT_S = 20.0
+
+
+def claimed_pod_gets_its_label(binaries: Binaries, kubeconfig: Path) -> bool:
+    """The warm-pool fix in the playground: a pod claimed by a SandboxClaim gets the claim's
+    sandbox-name label (once the claim has reached the webhook's watch cache)."""
+
+    def kubectl(*args: str, input: str | None = None) -> str:
+        return subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+
+    claim = sandbox_claim("session-1", "default", labels={kinds.LABEL_SANDBOX_NAME: "session-1"})
+    uid = json.loads(kubectl("create", "-o", "json", "-f", "-", input=as_json(claim)))["metadata"][
+        "uid"
+    ]
+    deadline = time.monotonic() + CACHE_WAIT_S
+    attempt = 0
+    while time.monotonic() < deadline:
+        attempt += 1
+        pod = sandbox_pod(f"warm-{attempt}", "default", labels={kinds.LABEL_CLAIM_UID: uid})
+        stored = json.loads(kubectl("create", "-o", "json", "-f", "-", input=as_json(pod)))
+        if stored["metadata"]["labels"].get(kinds.LABEL_SANDBOX_NAME) == "session-1":
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path: Path) -> None:
@@ -46,13 +75,22 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         )  # fmt: skip
         assert result.returncode != 0
         assert "spec.template.networkPolicy.egress[0].cidrs[0]" in result.stderr
+        assert claimed_pod_gets_its_label(binaries, kubeconfig)
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(dev.pid)], capture_output=True, text=True, check=False
         ).stdout.split()]  # fmt: skip
         assert len(children) == 3  # etcd, kube-apiserver, kube-controller-manager
     finally:
         dev.send_signal(signal.SIGTERM)
-        code = dev.wait(timeout=STOP_TIMEOUT_S)
+        try:
+            code = dev.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            dev.kill()  # its control plane dies with it (PR_SET_PDEATHSIG)
+            dev.wait()
+            raise AssertionError(
+                f"dev did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM:\n"
+                + log_path.read_text(encoding="utf-8")
+            ) from None
 
     assert code == 0, log_path.read_text(encoding="utf-8")
     assert not kubeconfig.exists()
