@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgspec
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -79,10 +80,12 @@ def create_app(
         return admission.mutate(request, settings=settings, claims=claims)
 
     async def validate_endpoint(request: Request) -> Response:
-        return await _handle(request, "validate", decide_validate, admission_metrics)
+        return await _handle(request, "validate", decide_validate, admission_metrics, parse_whole)
 
     async def mutate_endpoint(request: Request) -> Response:
-        return await _handle(request, "mutate", decide_mutate, admission_metrics)
+        return await _handle(
+            request, "mutate", decide_mutate, admission_metrics, parse_for_mutation
+        )
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
@@ -107,13 +110,17 @@ def create_app(
 
 
 async def _handle(
-    http_request: Request, webhook: Webhook, decide: Decide, metrics: AdmissionMetrics
+    http_request: Request,
+    webhook: Webhook,
+    decide: Decide,
+    metrics: AdmissionMetrics,
+    parse: Callable[[bytes], Any],
 ) -> Response:
     started = time.perf_counter()
     try:
         _check_content_type(http_request)
         body = await _read_body(http_request)
-        api_version, request = decode_review(body)
+        api_version, request = decode_review(body, parse)
     except BadRequestError as exc:
         logger.info("refused a %s request: HTTP %d %s", webhook, exc.status_code, exc.reason)
         metrics.bad_request(webhook=webhook, code=exc.status_code)
@@ -168,12 +175,34 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def decode_review(body: bytes) -> tuple[str, AdmissionRequest]:
-    """The AdmissionReview's apiVersion and its request, or ``BadRequestError``."""
+# /mutate reads only what the mutation declares it reads (admission.MutationReview):
+# decoding a claimed pod's 32 KB UPDATE that way costs a third of decoding it whole.
+_decode_for_mutation = msgspec.json.Decoder(admission.MutationReview).decode
+
+
+def parse_for_mutation(body: bytes) -> Any:
     try:
-        review: Any = orjson.loads(body)
+        return _decode_for_mutation(body)
+    except msgspec.ValidationError:
+        # Not shaped as a review should be: parsed whole, so the checks in
+        # decode_review and the decision see it exactly as /validate would.
+        return parse_whole(body)
+    except msgspec.DecodeError:
+        raise BadRequestError(400, "request body is not JSON") from None
+
+
+def parse_whole(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequestError(400, "request body is not JSON") from None
+
+
+def decode_review(
+    body: bytes, parse: Callable[[bytes], Any] = parse_whole
+) -> tuple[str, AdmissionRequest]:
+    """The AdmissionReview's apiVersion and its request, or ``BadRequestError``."""
+    review: Any = parse(body)
     if not isinstance(review, dict):
         raise BadRequestError(400, "request body is not a JSON object")
     api_version = review.get("apiVersion")

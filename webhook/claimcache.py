@@ -133,7 +133,13 @@ class ClaimCache:
         self._stopping.set()
         response = self._response
         if response is not None:
-            response.close()  # unblocks a watch waiting for its next event
+            # The watch thread is blocked reading the socket; close() would wait for it,
+            # shutdown() (urllib3 >= 2.3) makes that read return at once.
+            shutdown = getattr(response, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            else:
+                response.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -117,3 +117,20 @@ def test_pod_of_a_claim_nobody_knows_is_created_unchanged(cluster: ControlPlane)
     )
     created = json.loads(kubectl.ok("create", "-f", "-", "-o", "json", input=as_json(pod)))
     assert kinds.LABEL_SANDBOX_NAME not in created["metadata"]["labels"]
+
+
+def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.config import new_client_from_config
+
+    from webhook.claimcache import ClaimCache
+
+    api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+    cache = ClaimCache(CustomObjectsApi(api_client))
+    cache.start()
+    assert cache.wait_synced(10)
+    time.sleep(0.5)  # the watch is open and waiting for events
+    started = time.monotonic()
+    cache.stop()
+    assert time.monotonic() - started < 3
+    assert cache._thread is not None and not cache._thread.is_alive()
