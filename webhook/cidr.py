@@ -159,10 +159,9 @@ def except_errors(cidrs: str | Sequence[object], excepts: object, path: str) -> 
     ]
     errors: list[FieldError] = []
     for index, entry in enumerate(excepts):
-        entry_path = join(path, index)
         parsed = parse_cidr(entry)
         if isinstance(parsed, CidrProblem):
-            errors.append(FieldError(entry_path, parsed.message(), entry))
+            errors.append(FieldError(join(path, index), parsed.message(), entry))
             continue
         containing = [p for p in parents if strictly_inside(parsed, p)]
         if not containing and parents:
@@ -175,11 +174,11 @@ def except_errors(cidrs: str | Sequence[object], excepts: object, path: str) -> 
                 detail += " (it covers a whole cidr: remove that cidr instead)"
             elif all(p.version != parsed.version for p in parents):
                 detail += " (it is of the other IP family)"
-            errors.append(FieldError(entry_path, detail, entry))
+            errors.append(FieldError(join(path, index), detail, entry))
         elif len(containing) > 1:
             errors.append(
                 FieldError(
-                    entry_path,
+                    join(path, index),
                     "lies inside more than one of the rule's cidrs "
                     f"({', '.join(str(p) for p in containing)}); the cidrs must not overlap",
                     entry,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import k8srules
-from webhook.cidr import CidrProblem, Network, cidr_errors, except_errors, parse_cidr, reaches
+from webhook.cidr import CidrProblem, Network, except_errors, parse_cidr, reaches
 from webhook.fielderrors import (
     FieldError,
     did_you_mean,
@@ -142,9 +142,13 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
             )
         )
     else:
-        for index, cidr in enumerate(cidrs):
-            found.errors.extend(cidr_errors(cidr, join(cidrs_path, index)))
-        networks = [n for n in map(parse_cidr, cidrs) if not isinstance(n, CidrProblem)]
+        for index, parsed in enumerate(map(parse_cidr, cidrs)):
+            if isinstance(parsed, CidrProblem):
+                found.errors.append(
+                    FieldError(join(cidrs_path, index), parsed.message(), cidrs[index])
+                )
+            else:
+                networks.append(parsed)
 
     excepts = rule.get("except")
     except_path = join(path, "except")
