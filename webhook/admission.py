@@ -68,7 +68,7 @@ def validate_object(obj: Mapping[str, Any], *, settings: Settings) -> Verdict:
 def validate_template(obj: Mapping[str, Any], *, kind: str, settings: Settings) -> Findings:
     """The ``networkPolicy`` of an AgentRuntime or CodeInterpreter."""
     path = kinds.TEMPLATE_POLICY_PATH[kind]
-    value = _get(obj, path)
+    value = kinds.get_path(obj, path)
     return validate_network_policy(value, ".".join(path), limits=settings.limits)
 
 
@@ -112,7 +112,7 @@ def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionRespo
 
     if key in _TEMPLATE_KINDS:
         path = kinds.TEMPLATE_POLICY_PATH[key[1]]
-        if old and _get(old, path) == _get(obj, path):
+        if old and kinds.get_path(old, path) == kinds.get_path(obj, path):
             return response.allowed(uid)  # unchanged: an older invalid value does not block updates
         found = validate_template(obj, kind=key[1], settings=settings)
         return _verdict(uid, key[1], request, found)
@@ -314,22 +314,13 @@ def _escape(key: str) -> str:
 # --- helpers ------------------------------------------------------------------
 
 
-def _get(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
-    node: Any = obj
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
-
-
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    labels = _get(obj, ("metadata", "labels"))
+    labels = kinds.get_path(obj, ("metadata", "labels"))
     return labels if isinstance(labels, Mapping) else {}
 
 
 def _annotation(obj: Mapping[str, Any]) -> str | None:
-    annotations = _get(obj, ("metadata", "annotations"))
+    annotations = kinds.get_path(obj, ("metadata", "annotations"))
     if not isinstance(annotations, Mapping):
         return None
     value = annotations.get(kinds.ANNOTATION_NETWORK_POLICY)

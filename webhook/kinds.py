@@ -6,6 +6,7 @@ agent-sandbox v0.5+ serves v1beta1; moving to it is a change of the versions her
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,16 @@ def kind_of(group: str, kind: str) -> Kind | None:
         if known.group == group and known.kind == kind:
             return known
     return None
+
+
+def get_path(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path`` (map keys) in ``obj``; None where the path breaks off."""
+    node: Any = obj
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
 
 
 def claim_template_name(claim: dict[str, Any]) -> str | None:

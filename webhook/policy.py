@@ -33,6 +33,7 @@ from webhook.kinds import (
     MANAGED_BY_VALUE,
     NETWORK_POLICY,
     TEMPLATE_POLICY_PATH,
+    get_path,
 )
 from webhook.settings import Limits, Settings
 from webhook.validation import (
@@ -81,14 +82,7 @@ def template_policy(obj: Mapping[str, Any]) -> object:
     checks it, so a broken one fails closed instead of reading as "no policy".
     """
     path = TEMPLATE_POLICY_PATH.get(str(obj.get("kind")))
-    if path is None:
-        return None
-    node: object = obj
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
+    return None if path is None else get_path(obj, path)
 
 
 def effective_policy(
