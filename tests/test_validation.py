@@ -9,8 +9,9 @@ import pytest
 from tests.conftest import template
 from webhook import kinds
 from webhook.admission import validate_object
+from webhook.policy import effective_mode
 from webhook.settings import Limits, Settings
-from webhook.validation import effective_mode, validate_network_policy
+from webhook.validation import validate_network_policy
 
 KINDS = [
     (kinds.AGENT_RUNTIME.kind, "spec.podTemplate.networkPolicy"),

@@ -14,9 +14,9 @@ from typing import Any, Protocol, TypedDict
 import orjson
 
 from webhook import kinds, response
-from webhook.fielderrors import FieldError, join, show_value, type_name
+from webhook.fielderrors import FieldError, show_value, type_name
 from webhook.settings import Settings
-from webhook.validation import Findings, validate_network_policy
+from webhook.validation import Findings, describe, validate_network_policy
 from webhook.wire import AdmissionRequest, AdmissionResponse, UserInfo
 
 OVERRIDE_PATH = f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]"
@@ -155,7 +155,7 @@ def _verdict(uid: str, kind: str, request: AdmissionRequest, found: Findings) ->
 
 def invalid_message(kind: str, name: str, errors: Sequence[FieldError]) -> str:
     """``CodeInterpreter "ci" is invalid: <error>; <error>`` (every error at once)."""
-    return f'{kind} "{name}" is invalid: ' + "; ".join(str(e) for e in errors)
+    return f'{kind} "{name}" is invalid: {describe(errors)}'
 
 
 def is_privileged(user: UserInfo, settings: Settings) -> bool:
@@ -332,7 +332,6 @@ __all__ = [
     "MutationReview",
     "NoClaims",
     "Verdict",
-    "join",
     "mutate",
     "validate",
     "validate_object",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 from webhook.cidr import cidr_errors, except_errors
 from webhook.fielderrors import FieldError, did_you_mean, join, type_name, unknown_fields
@@ -89,7 +89,7 @@ def _validate_rule(
     if not isinstance(rule, Mapping):
         return [_not_a(path, "an object", rule)]
     known = INGRESS_RULE_FIELDS if peers_field == "from" else EGRESS_RULE_FIELDS
-    errors = _unknown_fields(rule, path, known)
+    errors = unknown_fields(rule, known, path)
 
     ports_path = join(path, "ports")
     ports = rule.get("ports")
@@ -117,7 +117,7 @@ def validate_port(port: object, path: str) -> list[FieldError]:
     """A NetworkPolicyPort: mirrors ValidateNetworkPolicyPort."""
     if not isinstance(port, Mapping):
         return [_not_a(path, "an object", port)]
-    errors = _unknown_fields(port, path, PORT_FIELDS)
+    errors = unknown_fields(port, PORT_FIELDS, path)
 
     protocol = port.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
@@ -193,7 +193,7 @@ def validate_peer(peer: object, path: str, *, limits: Limits) -> list[FieldError
     """
     if not isinstance(peer, Mapping):
         return [_not_a(path, "an object", peer)]
-    errors = _unknown_fields(peer, path, PEER_FIELDS)
+    errors = unknown_fields(peer, PEER_FIELDS, path)
     present = [name for name in PEER_FIELDS if peer.get(name) is not None]
     for name in ("podSelector", "namespaceSelector"):
         if name in present:
@@ -214,7 +214,7 @@ def validate_ip_block(block: object, path: str, *, limits: Limits) -> list[Field
     """An IPBlock: mirrors ValidateIPBlock, with canonical CIDRs (stricter on purpose)."""
     if not isinstance(block, Mapping):
         return [_not_a(path, "an object", block)]
-    errors = _unknown_fields(block, path, IP_BLOCK_FIELDS)
+    errors = unknown_fields(block, IP_BLOCK_FIELDS, path)
     cidr = block.get("cidr")
     cidr_path = join(path, "cidr")
     if cidr is None or cidr == "":
@@ -246,7 +246,7 @@ def validate_label_selector(
     if not isinstance(selector, Mapping):
         return [_not_a(path, "an object", selector)]
     limits = limits or Limits()
-    errors = _unknown_fields(selector, path, LABEL_SELECTOR_FIELDS)
+    errors = unknown_fields(selector, LABEL_SELECTOR_FIELDS, path)
 
     labels_path = join(path, "matchLabels")
     labels = selector.get("matchLabels")
@@ -298,7 +298,7 @@ def validate_requirement(requirement: object, path: str, *, limits: Limits) -> l
     """A LabelSelectorRequirement: mirrors ValidateLabelSelectorRequirement."""
     if not isinstance(requirement, Mapping):
         return [_not_a(path, "an object", requirement)]
-    errors = _unknown_fields(requirement, path, REQUIREMENT_FIELDS)
+    errors = unknown_fields(requirement, REQUIREMENT_FIELDS, path)
     operator = requirement.get("operator")
     values = requirement.get("values")
     values_path = join(path, "values")
@@ -398,10 +398,6 @@ def dns1123_label_problems(value: str) -> list[str]:
             "starting and ending with an alphanumeric character"
         )
     return problems
-
-
-def _unknown_fields(obj: Mapping[Any, Any], path: str, known: tuple[str, ...]) -> list[FieldError]:
-    return unknown_fields(obj, known, path)
 
 
 def _too_many(path: str, items: list[object], limit: int) -> list[FieldError]:

@@ -1,7 +1,7 @@
 """Names of the objects we work with, kept in one place.
 
 agent-sandbox v0.5+ serves v1beta1; moving to it is a change of the versions here
-(and of the claim's template reference, see ``claim_template_name``).
+(and of the claim's template reference, ``spec.sandboxTemplateRef`` in v1alpha1).
 """
 
 from __future__ import annotations
@@ -83,10 +83,3 @@ def get_path(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
             return None
         node = node.get(key)
     return node
-
-
-def claim_template_name(claim: dict[str, Any]) -> str | None:
-    """The template (CodeInterpreter) name a SandboxClaim refers to (v1alpha1)."""
-    ref = (claim.get("spec") or {}).get("sandboxTemplateRef") or {}
-    name = ref.get("name")
-    return name if isinstance(name, str) else None

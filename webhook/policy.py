@@ -62,7 +62,7 @@ class PolicyShapeError(ValueError):
 def effective_mode(policy: Mapping[str, Any] | None) -> str:
     """None, Restricted or Custom; an absent policy or absent mode is None.
 
-    Unlike ``validation.effective_mode`` an unknown mode raises: building no
+    An unknown mode raises: building no
     policy for a mode we cannot read would open the sandbox up.
     """
     if policy is None:

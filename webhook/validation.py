@@ -16,7 +16,6 @@ from webhook.fielderrors import (
     FieldError,
     did_you_mean,
     join,
-    show_value,
     type_name,
     unknown_fields,
 )
@@ -47,15 +46,6 @@ class Findings:
     def extend(self, other: Findings) -> None:
         self.errors.extend(other.errors)
         self.warnings.extend(other.warnings)
-
-
-def effective_mode(policy: object) -> str:
-    """The mode a stored policy means: absent field or absent mode is None."""
-    if isinstance(policy, Mapping):
-        mode = policy.get("mode")
-        if mode in MODES:
-            return str(mode)
-    return MODE_NONE
 
 
 def validate_network_policy(policy: object, path: str, *, limits: Limits) -> Findings:
@@ -338,7 +328,5 @@ def describe(errors: Iterable[FieldError]) -> str:
 __all__ = [
     "MODES",
     "Findings",
-    "effective_mode",
-    "show_value",
     "validate_network_policy",
 ]
