@@ -4,7 +4,7 @@
     python bench/admission.py --rounds 2 --duration 3 --fixed-seconds 3   # a quick look
 
 Three HTTPS servers run side by side on one core, each one uvicorn worker with
-the settings ``webhook serve`` uses (``webhook.server.uvicorn_config``):
+the settings ``webhook serve`` uses (``webhook.server.serve.uvicorn_config``):
 
 - ``webhook``: the real ``webhook.server.serve`` (certificates, logging at INFO,
   metrics), answering ``/validate`` and ``/mutate``;
@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from webhook import kinds
+from webhook.api import kinds
 
 GOAL_THROUGHPUT_RATIO = 0.5
 GOAL_P99_MS = 5.0
@@ -237,8 +237,8 @@ class BenchClaims:
 
 
 def run_webhook(port: int, cert_dir: Path, http: str) -> int:
-    from webhook.server import serve
-    from webhook.settings import Settings
+    from webhook.api.settings import Settings
+    from webhook.server.serve import serve
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(
@@ -253,8 +253,8 @@ def run_bare(port: int, cert_dir: Path, http: str) -> int:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from webhook.certs import CertificateReloader
-    from webhook.server import run_server, uvicorn_config
+    from webhook.server.serve import run_server, uvicorn_config
+    from webhook.tls.certs import CertificateReloader
 
     async def bare(request: Request) -> Response:
         await request.body()
@@ -474,9 +474,9 @@ def breakdown(count: int, profile: bool) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from webhook import admission
-    from webhook.app import create_app
-    from webhook.settings import Settings
+    from webhook.admission import decide
+    from webhook.api.settings import Settings
+    from webhook.server.app import create_app
 
     logging.basicConfig(level="INFO", filename=os.devnull)  # log lines formatted, then dropped
     settings = Settings()
@@ -491,8 +491,8 @@ def breakdown(count: int, profile: bool) -> None:
     loop = asyncio.new_event_loop()
     bodies = {"validate": code_interpreter_create(), "mutate": claimed_pod_update()}
     decisions = {
-        "validate": lambda request: admission.validate(request, settings=settings),
-        "mutate": lambda request: admission.mutate(request, settings=settings, claims=claims),
+        "validate": lambda request: decide.validate(request, settings=settings),
+        "mutate": lambda request: decide.mutate(request, settings=settings, claims=claims),
     }
     print(f"{'endpoint':9} {'bare app':>9} {'decode':>7} {'decision':>9} {'our app':>8} "
           f"{'our app, decision stubbed':>26}   (CPU microseconds per request, in process)")  # fmt: skip
@@ -505,7 +505,7 @@ def _breakdown_row(  # noqa: PLR0917
     name: str, body: bytes, app: Any, bare_app: Any, decide: Any,
     loop: asyncio.AbstractEventLoop, count: int, profile: bool,
 ) -> None:  # fmt: skip
-    from webhook import admission, response
+    from webhook.admission import decide, response
 
     request = orjson.loads(body)["request"]
     path = f"/{name}"
@@ -517,12 +517,12 @@ def _breakdown_row(  # noqa: PLR0917
     decode_us = microseconds_per_call(lambda: orjson.loads(body), count)
     decision_us = microseconds_per_call(lambda: decide(request), count)
     full_us = microseconds_per_call(through(app, path), count)
-    real = getattr(admission, name)
-    setattr(admission, name, lambda request, **_: response.allowed(request["uid"]))
+    real = getattr(decide, name)
+    setattr(decide, name, lambda request, **_: response.allowed(request["uid"]))
     try:
         stubbed_us = microseconds_per_call(through(app, path), count)
     finally:
-        setattr(admission, name, real)
+        setattr(decide, name, real)
     print(f"{name:9} {bare_us:9.0f} {decode_us:7.0f} {decision_us:9.0f} {full_us:8.0f} "
           f"{stubbed_us:26.0f}")  # fmt: skip
     if not profile:

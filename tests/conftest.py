@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from webhook import kinds
-from webhook.settings import Settings
+from webhook.api import kinds
+from webhook.api.settings import Settings
 
 AGENTCUBE_SA = {
     "username": "system:serviceaccount:agentcube:workloadmanager",

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import AGENTCUBE_SA, TENANT, template
-from webhook import kinds
-from webhook.admission import NoClaims, mutate, patch_labels, validate
-from webhook.settings import Settings
+from webhook.admission.decide import NoClaims, mutate, patch_labels, validate
+from webhook.api import kinds
+from webhook.api.settings import Settings
 
 Request = Callable[..., dict[str, Any]]
 BAD = {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}

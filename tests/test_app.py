@@ -21,10 +21,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from starlette.testclient import TestClient
 
-from webhook import admission, kinds
-from webhook.app import MAX_REQUEST_BYTES, create_app
-from webhook.metrics import AdmissionMetrics
-from webhook.settings import Settings
+from webhook.admission import decide
+from webhook.api import kinds
+from webhook.api.settings import Settings
+from webhook.server.app import MAX_REQUEST_BYTES, create_app
+from webhook.server.metrics import AdmissionMetrics
 
 SETTINGS = Settings()
 JSON = {"content-type": "application/json"}
@@ -119,7 +120,7 @@ def test_healthz(client: TestClient) -> None:
 
 @pytest.mark.parametrize(("is_ready", "status"), [(True, 200), (False, 503)])
 def test_readyz_follows_the_readiness_callable(is_ready: bool, status: int) -> None:
-    app = create_app(settings=SETTINGS, claims=admission.NoClaims(), ready=lambda: is_ready)
+    app = create_app(settings=SETTINGS, claims=decide.NoClaims(), ready=lambda: is_ready)
     with TestClient(app) as client:
         assert client.get("/readyz").status_code == status
 
@@ -185,7 +186,7 @@ def test_body_of_exactly_the_limit_is_decided(client: TestClient) -> None:
 
 def test_oversized_body_is_not_read_to_the_end() -> None:
     """A client that streams a huge body is cut off once the limit is passed."""
-    app = create_app(settings=SETTINGS, claims=admission.NoClaims())
+    app = create_app(settings=SETTINGS, claims=decide.NoClaims())
     chunk = b"x" * (1024 * 1024)
     chunks_sent = 0
     sent: list[dict[str, Any]] = []
@@ -218,7 +219,7 @@ def test_oversized_body_is_not_read_to_the_end() -> None:
 
 
 def test_declared_oversized_body_is_refused_before_reading() -> None:
-    app = create_app(settings=SETTINGS, claims=admission.NoClaims())
+    app = create_app(settings=SETTINGS, claims=decide.NoClaims())
     reads = 0
     sent: list[dict[str, Any]] = []
 
@@ -308,8 +309,8 @@ def test_exception_in_the_decision_is_allowed_false_code_500(
     path: str,
     function: str,
 ) -> None:
-    monkeypatch.setattr(admission, function, explode)
-    with caplog.at_level(logging.ERROR, logger="webhook.app"):
+    monkeypatch.setattr(decide, function, explode)
+    with caplog.at_level(logging.ERROR, logger="webhook.server.app"):
         answer = post(client, path, review(uid="uid-500"))
     assert answer.status_code == 200
     result = answer.json()["response"]
@@ -326,7 +327,7 @@ def test_unencodable_answer_is_allowed_false_code_500(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
-        admission, "validate", lambda request, **_: {"uid": request["uid"], "allowed": {1, 2}}
+        decide, "validate", lambda request, **_: {"uid": request["uid"], "allowed": {1, 2}}
     )
     result = post(client, "/validate", review(uid="u")).json()["response"]
     assert (result["uid"], result["allowed"], result["status"]["code"]) == ("u", False, 500)
@@ -372,9 +373,9 @@ def test_one_log_line_per_request_without_the_object(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     obj = {"metadata": {"name": "pod-1"}, "data": {"password": "hunter2-secret"}}
-    with caplog.at_level(logging.INFO, logger="webhook.app"):
+    with caplog.at_level(logging.INFO, logger="webhook.server.app"):
         post(client, "/validate", review(uid="log-uid", obj=obj))
-    lines = [r.getMessage() for r in caplog.records if r.name == "webhook.app"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "webhook.server.app"]
     assert len(lines) == 1
     line = lines[0]
     for part in ("log-uid", "kind=Pod", "team-a/pod-1", "CREATE", "user=alice", "verdict=allowed"):

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import jsonpatch
 import pytest
 
-from webhook import cabundle, certs
+from webhook.kube import cabundle
+from webhook.tls import certs
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
 

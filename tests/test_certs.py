@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from webhook import certs
-from webhook.certs import (
+from webhook.tls import certs
+from webhook.tls.certs import (
     CA_VALIDITY,
     RENEW_BEFORE,
     SERVING_CERT_VALIDITY,

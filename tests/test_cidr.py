@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from webhook.cidr import CidrProblem, cidr_errors, except_errors, parse_cidr
+from webhook.policy.cidr import CidrProblem, cidr_errors, except_errors, parse_cidr
 
 
 @pytest.mark.parametrize(

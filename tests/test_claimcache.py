@@ -15,8 +15,8 @@ import orjson
 import pytest
 from kubernetes.client import ApiException
 
-from webhook import claimcache
-from webhook.claimcache import ClaimCache, ClaimIndex, WatchExpiredError, lines
+from webhook.kube import claimcache
+from webhook.kube.claimcache import ClaimCache, ClaimIndex, WatchExpiredError, lines
 
 
 def claim(name: str, uid: str, rv: str, namespace: str = "team-a", **labels: str) -> dict[str, Any]:

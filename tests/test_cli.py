@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from webhook.cli import build_parser, main, settings_from_args
+from webhook.cli.main import build_parser, main, settings_from_args
 
 
 def test_policy_flags_become_settings() -> None:

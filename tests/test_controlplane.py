@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from webhook.controlplane import (
+from webhook.devtools.controlplane import (
     BINARY_NAMES,
     BUILD_SCRIPT,
     Binaries,

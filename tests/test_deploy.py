@@ -27,9 +27,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from webhook import kinds
-from webhook.cli import build_parser
-from webhook.controlplane import (
+from webhook.api import kinds
+from webhook.cli.main import build_parser
+from webhook.devtools.controlplane import (
     KUBECTL,
     ControlPlane,
     ControlPlaneError,
@@ -734,7 +734,7 @@ def test_dockerfile_matches_the_deployment(base: list[Doc]) -> None:
     assert values["USER"].split(":")[0] == str(pod_spec(base)["securityContext"]["runAsUser"])
     assert values["EXPOSE"] == str(SERVER_PORT)
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'^agentcube-netpol = "webhook\.cli:main"$', pyproject, re.MULTILINE)
+    assert re.search(r'^agentcube-netpol = "webhook\.cli\.main:main"$', pyproject, re.MULTILINE)
     assert values["ENTRYPOINT"] == '["agentcube-netpol"]'
     assert values["CMD"] == f'["serve", "--cert-dir", "{CERT_DIR}"]'
 

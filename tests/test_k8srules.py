@@ -21,8 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook.controlplane import ControlPlane, ControlPlaneError, find_binaries
-from webhook.k8srules import (
+from webhook.api.settings import Limits, Settings
+from webhook.cli.offline import load_objects
+from webhook.devtools.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from webhook.policy.builder import build_network_policy, effective_policy, template_policy
+from webhook.policy.k8srules import (
     dns1123_label_problems,
     label_key_problems,
     label_value_problems,
@@ -31,9 +34,6 @@ from webhook.k8srules import (
     validate_ingress_rule,
     validate_label_selector,
 )
-from webhook.offline import load_objects
-from webhook.policy import build_network_policy, effective_policy, template_policy
-from webhook.settings import Limits, Settings
 
 LIMITS = Limits()
 P = "spec.template.networkPolicy.custom.ingress[0]"

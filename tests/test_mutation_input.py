@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import request_for
-from webhook import kinds
-from webhook.admission import mutate
-from webhook.app import decode_review, parse_for_mutation, parse_whole
-from webhook.settings import Settings
+from webhook.admission.decide import mutate
+from webhook.api import kinds
+from webhook.api.settings import Settings
+from webhook.server.app import decode_review, parse_for_mutation, parse_whole
 
 CLAIM = {
     "metadata": {

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook import offline
-from webhook.cli import main
-from webhook.policy import build_network_policy, template_policy
-from webhook.settings import Settings
+from webhook.api.settings import Settings
+from webhook.cli import offline
+from webhook.cli.main import main
+from webhook.policy.builder import build_network_policy, template_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VALID = sorted((FIXTURES / "valid").iterdir())

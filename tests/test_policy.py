@@ -13,9 +13,8 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from webhook.cidr import Network
-from webhook.k8srules import validate_egress_rule, validate_ingress_rule
-from webhook.policy import (
+from webhook.api.settings import Settings
+from webhook.policy.builder import (
     FAIL_CLOSED_POLICY,
     PolicyShapeError,
     build_network_policy,
@@ -24,8 +23,9 @@ from webhook.policy import (
     settings_errors,
     template_policy,
 )
-from webhook.settings import Settings
-from webhook.validation import validate_network_policy
+from webhook.policy.cidr import Network
+from webhook.policy.k8srules import validate_egress_rule, validate_ingress_rule
+from webhook.policy.validation import validate_network_policy
 
 SETTINGS = Settings()
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webhook import certs
+from webhook.tls import certs
 
 STARTUP_TIMEOUT_SECONDS = 30.0
 RELOAD_TIMEOUT_SECONDS = 15.0

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import template
-from webhook import kinds
-from webhook.admission import validate_object
-from webhook.policy import effective_mode
-from webhook.settings import Limits, Settings
-from webhook.validation import validate_network_policy
+from webhook.admission.decide import validate_object
+from webhook.api import kinds
+from webhook.api.settings import Limits, Settings
+from webhook.policy.builder import effective_mode
+from webhook.policy.validation import validate_network_policy
 
 KINDS = [
     (kinds.AGENT_RUNTIME.kind, "spec.podTemplate.networkPolicy"),

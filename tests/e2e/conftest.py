@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer
-from webhook.controlplane import (
+from webhook.devtools.controlplane import (
     Binaries,
     ControlPlane,
     ControlPlaneError,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import DEPLOY_DIR, Kubectl, as_json
-from webhook.controlplane import (
+from webhook.devtools.controlplane import (
     WEBHOOK_CONFIGURATION_KINDS,
     ControlPlane,
     load_manifests,

@@ -1,6 +1,6 @@
 """Helpers for the end-to-end tier: the webhook server as a subprocess, and kubectl results.
 
-The control plane itself is ``webhook.controlplane`` (``python -m webhook dev`` uses it too).
+The control plane itself is ``webhook.devtools.controlplane`` (``python -m webhook dev`` uses it too).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from webhook.controlplane import (
+from webhook.devtools.controlplane import (
     LOOPBACK,
     ControlPlane,
     die_with_parent,

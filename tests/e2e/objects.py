@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from webhook import kinds
+from webhook.api import kinds
 
 
 def code_interpreter(name: str, namespace: str, policy: Any | None) -> dict[str, Any]:

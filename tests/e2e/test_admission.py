@@ -16,8 +16,8 @@ from tests.e2e.objects import (
     sandbox_claim,
     sandbox_pod,
 )
-from webhook import kinds
-from webhook.controlplane import ControlPlane
+from webhook.api import kinds
+from webhook.devtools.controlplane import ControlPlane
 
 pytestmark = pytest.mark.usefixtures("webhook_configurations")
 

@@ -3,7 +3,7 @@
 - Every NetworkPolicy ``python -m webhook render`` builds from a corpus of valid templates is
   accepted by kube-apiserver (server-side dry-run create): a template we admit never yields a
   NetworkPolicy the reconciler cannot create.
-- Every CIDR kube-apiserver refuses in a NetworkPolicy ipBlock, ``webhook.cidr`` refuses too.
+- Every CIDR kube-apiserver refuses in a NetworkPolicy ipBlock, ``webhook.policy.cidr`` refuses too.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from tests.e2e.harness import REPO_ROOT, Kubectl, as_json
 from tests.e2e.objects import agent_runtime, code_interpreter
-from webhook.cidr import CidrProblem, parse_cidr
+from webhook.policy.cidr import CidrProblem, parse_cidr
 
 RENDER_TIMEOUT_S = 30
 
@@ -189,7 +189,7 @@ def test_every_cidr_the_api_server_refuses_we_refuse_too(kubectl: Kubectl, names
         cidr for cidr in refused_by_server if not isinstance(parse_cidr(cidr), CidrProblem)
     ]
     assert let_through == [], (
-        f"kube-apiserver refuses these, webhook.cidr accepts them: {let_through}"
+        f"kube-apiserver refuses these, webhook.policy.cidr accepts them: {let_through}"
     )
     # The corpus has teeth: the server refuses a good part of it and accepts the rest.
     assert len(refused_by_server) >= len(CIDRS) // 3

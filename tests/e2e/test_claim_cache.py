@@ -13,8 +13,8 @@ import pytest
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.objects import sandbox_claim, sandbox_pod
-from webhook import kinds
-from webhook.controlplane import Binaries, ControlPlane, install_crds
+from webhook.api import kinds
+from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 
 NAMESPACE = "warm"
 WARM_LABELS = {
@@ -123,7 +123,7 @@ def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane)
     from kubernetes.client import CustomObjectsApi
     from kubernetes.config import new_client_from_config
 
-    from webhook.claimcache import ClaimCache
+    from webhook.kube.claimcache import ClaimCache
 
     api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
     cache = ClaimCache(CustomObjectsApi(api_client))

@@ -22,7 +22,13 @@ from tests.e2e.deployed import (
     install_webhooks,
 )
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer
-from webhook.controlplane import Binaries, ControlPlane, install_crds, is_healthy, tls_context
+from webhook.devtools.controlplane import (
+    Binaries,
+    ControlPlane,
+    install_crds,
+    is_healthy,
+    tls_context,
+)
 
 SECRET = "agentcube-netpol-ca"
 CONFIGURATION = "agentcube-netpol"

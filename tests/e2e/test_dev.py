@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tests.e2e.harness import REPO_ROOT, as_json
 from tests.e2e.objects import code_interpreter, sandbox_claim, sandbox_pod
-from webhook import kinds
-from webhook.controlplane import KUBECTL, Binaries
+from webhook.api import kinds
+from webhook.devtools.controlplane import KUBECTL, Binaries
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0

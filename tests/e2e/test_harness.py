@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Kubectl
-from webhook.controlplane import (
+from webhook.devtools.controlplane import (
     VERSIONS_FILE,
     Binaries,
     ControlPlane,

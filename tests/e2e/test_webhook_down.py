@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.harness import Kubectl, WebhookServer, as_json
 from tests.e2e.objects import code_interpreter, sandbox, sandbox_claim, sandbox_pod
-from webhook import kinds
+from webhook.api import kinds
 
 pytestmark = pytest.mark.usefixtures("webhook_configurations")
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from webhook.fielderrors import FieldError, join, type_name
+from webhook.policy.fielderrors import FieldError, join, type_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -21,21 +21,21 @@ from typing import Any, TextIO
 
 import yaml
 
-from webhook.admission import Verdict, validate_object
-from webhook.k8srules import (
-    dns1123_label_problems,
-    dns1123_subdomain_problems,
-    label_value_problems,
-)
-from webhook.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
-from webhook.policy import (
+from webhook.admission.decide import Verdict, validate_object
+from webhook.api.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
+from webhook.api.settings import Settings
+from webhook.policy.builder import (
     PolicyShapeError,
     build_network_policy,
     effective_policy,
     settings_errors,
     template_policy,
 )
-from webhook.settings import Settings
+from webhook.policy.k8srules import (
+    dns1123_label_problems,
+    dns1123_subdomain_problems,
+    label_value_problems,
+)
 
 logger = logging.getLogger(__name__)
 

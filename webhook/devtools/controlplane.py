@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from webhook import certs
+from webhook.tls import certs
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ CACHE_ENV = "AGENTCUBE_NETPOL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
 # The versions build.sh builds; the cache folder is named after them.
-VERSIONS_FILE = Path(__file__).resolve().parent.parent / "tests" / "controlplane" / "versions.env"
+VERSIONS_FILE = Path(__file__).resolve().parents[2] / "tests" / "controlplane" / "versions.env"
 
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
@@ -156,7 +156,7 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
 
 
 # --- certificates (pure: the time is an argument) --------------------------------------------
-# The CA and the API server's serving certificate come from webhook.certs, like the webhook's.
+# The CA and the API server's serving certificate come from webhook.tls.certs, like the webhook's.
 
 
 @dataclass(frozen=True)

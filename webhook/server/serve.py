@@ -1,6 +1,6 @@
 """``python -m webhook serve``: the admission app over HTTPS with uvicorn.
 
-Certificates are made or checked first (``webhook.certs``); the TLS context is
+Certificates are made or checked first (``webhook.tls.certs``); the TLS context is
 reloaded in place when the files change, so a rotation needs no restart.
 SIGTERM or SIGINT stop accepting, let requests in flight finish, and exit 0.
 """
@@ -21,16 +21,16 @@ from typing import Any
 
 import uvicorn
 
-from webhook.admission import ClaimLookup, NoClaims
-from webhook.app import create_app
-from webhook.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
-from webhook.certs import (
+from webhook.admission.decide import ClaimLookup, NoClaims
+from webhook.api.settings import Settings
+from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
+from webhook.server.app import create_app
+from webhook.tls.certs import (
     CERT_CHECK_INTERVAL_SECONDS,
     CertificateError,
     CertificateReloader,
     serving_files,
 )
-from webhook.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``python -m webhook dev``: a newcomer's playground on a real control plane.
 
-Starts etcd, kube-apiserver and kube-controller-manager (``webhook.controlplane``), installs
+Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``), installs
 deploy/'s CRDs, runs the admission server in this process and registers deploy/'s webhook
 configurations against it, writes the admin kubeconfig once all of that is ready, and runs
 until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
@@ -21,8 +21,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from webhook.claimcache import ClaimCache
-from webhook.controlplane import (
+from webhook.api.settings import Settings
+from webhook.devtools.controlplane import (
     KUBECTL,
     LOOPBACK,
     VERSIONS_FILE,
@@ -37,11 +37,11 @@ from webhook.controlplane import (
     read_versions,
     tls_context,
 )
-from webhook.settings import Settings
+from webhook.kube.claimcache import ClaimCache
 
 logger = logging.getLogger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 SERVER_READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
 EXIT_OK = 0
@@ -96,7 +96,7 @@ def run_dev(
     ``environ`` is where ``KUBEBUILDER_ASSETS`` / ``AGENTCUBE_NETPOL_CACHE`` are read from
     (the CLI passes ``os.environ``).
     """
-    from webhook.server import serve  # uvicorn and starlette only when serving
+    from webhook.server.serve import serve  # uvicorn and starlette only when serving
 
     try:
         binaries = find_binaries(environ or {})

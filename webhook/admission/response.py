@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from webhook.wire import AdmissionResponse
+from webhook.api.wire import AdmissionResponse
 
 # An admission warning longer than this is truncated by the API server.
 MAX_WARNING_CHARS = 120

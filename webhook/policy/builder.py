@@ -18,15 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from webhook.cidr import CidrProblem, Network, parse_cidr, strictly_inside
-from webhook.fielderrors import FieldError, type_name
-from webhook.k8srules import (
-    dns1123_label_problems,
-    label_key_problems,
-    label_value_problems,
-    validate_peer,
-)
-from webhook.kinds import (
+from webhook.api.kinds import (
     ANNOTATION_NETWORK_POLICY,
     LABEL_SANDBOX_NAME,
     MANAGED_BY_LABEL,
@@ -35,8 +27,16 @@ from webhook.kinds import (
     TEMPLATE_POLICY_PATH,
     get_path,
 )
-from webhook.settings import Limits, Settings
-from webhook.validation import (
+from webhook.api.settings import Limits, Settings
+from webhook.policy.cidr import CidrProblem, Network, parse_cidr, strictly_inside
+from webhook.policy.fielderrors import FieldError, type_name
+from webhook.policy.k8srules import (
+    dns1123_label_problems,
+    label_key_problems,
+    label_value_problems,
+    validate_peer,
+)
+from webhook.policy.validation import (
     MODE_NONE,
     MODE_RESTRICTED,
     MODES,

@@ -4,7 +4,7 @@ Every replica of the server needs a serving certificate the API server trusts.
 The replicas share one CA, kept in a Secret of our namespace: the first replica
 to start creates it (a lost create race just reads the winner's), each replica
 writes it into its own ``--cert-dir`` and makes its own serving certificate from
-it (``webhook.certs.ensure_certificates``, which also renews it before expiry),
+it (``webhook.tls.certs.ensure_certificates``, which also renews it before expiry),
 and the CA certificate is written into the ``caBundle`` of every webhook of our
 two webhook configurations. ``sync`` is idempotent; the server runs it at start
 and then periodically, so a configuration re-applied without a caBundle is
@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from webhook import certs
+from webhook.tls import certs
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The admission decision: pure functions from an AdmissionRequest to a response.
 
-No HTTP, no Kubernetes client and no I/O here; the HTTP layer (``webhook.app``)
+No HTTP, no Kubernetes client and no I/O here; the HTTP layer (``webhook.server.app``)
 decodes, calls ``validate`` or ``mutate``, and encodes. A dry-run request takes
 the same path: nothing here has side effects.
 """
@@ -13,11 +13,12 @@ from typing import Any, Protocol, TypedDict
 
 import orjson
 
-from webhook import kinds, response
-from webhook.fielderrors import FieldError, show_value, type_name
-from webhook.settings import Settings
-from webhook.validation import Findings, describe, validate_network_policy
-from webhook.wire import AdmissionRequest, AdmissionResponse, UserInfo
+from webhook.admission import response
+from webhook.api import kinds
+from webhook.api.settings import Settings
+from webhook.api.wire import AdmissionRequest, AdmissionResponse, UserInfo
+from webhook.policy.fielderrors import FieldError, show_value, type_name
+from webhook.policy.validation import Findings, describe, validate_network_policy
 
 OVERRIDE_PATH = f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]"
 SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"

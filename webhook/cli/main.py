@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webhook import __version__
-from webhook.policy import settings_errors
-from webhook.settings import DEFAULT_DNS_PEERS, Settings
+from webhook.api.settings import DEFAULT_DNS_PEERS, Settings
+from webhook.policy.builder import settings_errors
 
 if TYPE_CHECKING:
-    from webhook.cabundle import ClusterTrust
+    from webhook.kube.cabundle import ClusterTrust
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -120,7 +120,7 @@ def _cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
     """The shared-CA keeper for ``serve --ca-secret``; None without it."""
     if args.ca_secret is None:
         return None
-    from webhook.cabundle import ClusterTrust, WebhookConfigurations, parse_secret_ref
+    from webhook.kube.cabundle import ClusterTrust, WebhookConfigurations, parse_secret_ref
 
     namespace, name = parse_secret_ref(args.ca_secret)
     return ClusterTrust(
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     if args.command == "serve":
-        from webhook.server import serve
+        from webhook.server.serve import serve
 
         try:
             trust = _cluster_trust(args)
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.watch_claims:
             from kubernetes.client import CustomObjectsApi
 
-            from webhook.claimcache import ClaimCache
+            from webhook.kube.claimcache import ClaimCache
 
             claims = ClaimCache(CustomObjectsApi(_api_client(args)))
             claims.start()
@@ -283,11 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             cert_check_interval_seconds=args.cert_check_interval,
         )
     if args.command == "check":
-        from webhook.offline import check
+        from webhook.cli.offline import check
 
         return check(args.files, settings=settings, stdout=sys.stdout, stderr=sys.stderr)
     if args.command == "render":
-        from webhook.offline import render
+        from webhook.cli.offline import render
 
         return render(
             args.file,
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=sys.stderr,
         )
     if args.command == "dev":
-        from webhook.devenv import run_dev
+        from webhook.devtools.devenv import run_dev
 
         return run_dev(
             kubeconfig=args.kubeconfig, port=args.port, settings=settings, environ=os.environ

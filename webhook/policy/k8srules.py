@@ -18,7 +18,7 @@ one follows:
   IsValidPortName, IsDNS1123Subdomain.
 
 Where we are stricter than the API server, it is on purpose and said so:
-CIDRs must be canonical (``webhook.cidr``), unknown fields are errors (the API
+CIDRs must be canonical (``webhook.policy.cidr``), unknown fields are errors (the API
 server would prune or reject them, and a pruned field is a rule the user did
 not get), JSON types are checked (the API server's decoder rejects those), and
 counts are bounded (``Limits``).
@@ -30,9 +30,9 @@ import re
 from collections.abc import Mapping
 from typing import TypeGuard
 
-from webhook.cidr import cidr_errors, except_errors
-from webhook.fielderrors import FieldError, did_you_mean, join, type_name, unknown_fields
-from webhook.settings import Limits
+from webhook.api.settings import Limits
+from webhook.policy.cidr import cidr_errors, except_errors
+from webhook.policy.fielderrors import FieldError, did_you_mean, join, type_name, unknown_fields
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")

@@ -10,16 +10,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook import k8srules
-from webhook.cidr import CidrProblem, Network, except_errors, parse_cidr, reaches
-from webhook.fielderrors import (
+from webhook.api.settings import Limits
+from webhook.policy import k8srules
+from webhook.policy.cidr import CidrProblem, Network, except_errors, parse_cidr, reaches
+from webhook.policy.fielderrors import (
     FieldError,
     did_you_mean,
     join,
     type_name,
     unknown_fields,
 )
-from webhook.settings import Limits
 
 MODE_NONE = "None"
 MODE_RESTRICTED = "Restricted"

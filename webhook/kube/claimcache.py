@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from kubernetes.client import ApiException
 
-from webhook import kinds
+from webhook.api import kinds
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from webhook.kinds import kind_of
-from webhook.wire import AdmissionResponse
+from webhook.api.kinds import kind_of
+from webhook.api.wire import AdmissionResponse
 
 Webhook = Literal["validate", "mutate"]
 Verdict = Literal["allowed", "denied", "patched", "errored"]
