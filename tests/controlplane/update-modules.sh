@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the wrapper Go modules (kubernetes/ and etcd/) for the versions in versions.env.
+# Regenerates the wrapper Go modules (kubernetes/ and etcd/) for the versions in webhook/devtools/versions.env.
 #
 # k8s.io/kubernetes cannot be built with `go install pkg@version`: its go.mod replaces every
 # staging module (k8s.io/api, k8s.io/client-go, ...) with a directory of its own repository, and
@@ -9,8 +9,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-source "${here}/versions.env"
+# shellcheck source=../../webhook/devtools/versions.env
+source "${here}/../../webhook/devtools/versions.env"
 
 staging_version="v0.${K8S_VERSION#v1.}"   # v1.37.2 -> v0.37.2
 

@@ -56,7 +56,7 @@ CACHE_ENV = "AGENTCUBE_NETPOL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
 # The versions build.sh builds; the cache folder is named after them.
-VERSIONS_FILE = Path(__file__).resolve().parents[2] / "tests" / "controlplane" / "versions.env"
+VERSIONS_FILE = Path(__file__).resolve().parent / "versions.env"
 
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
