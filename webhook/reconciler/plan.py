@@ -44,9 +44,12 @@ from webhook.reconciler.sandboxes import (
     SandboxRef,
     View,
     find_sandbox,
+    is_direct_sandbox,
     labels_of,
     name_of,
+    namespace_of,
     pods_of,
+    sandbox_names_for,
     uid_of,
 )
 
@@ -345,3 +348,34 @@ def plan_baseline(request: Request, view: View, settings: Settings) -> Plan:
     isolated = warm_pool_size(interpreter) > 0 and template_mode(interpreter, settings) != MODE_NONE
     desired = build_baseline(interpreter, settings=settings) if isolated else None
     return Plan(request, choose_write(desired, current), desired, current, regarding=interpreter)
+
+
+# --- which requests a change bears on -----------------------------------------------------------
+
+
+def requests_for(kind: kinds.Kind, obj: Mapping[str, Any] | None, view: View) -> set[Request]:
+    """The managed NetworkPolicies whose desired state may depend on ``obj``."""
+    if obj is None:
+        return set()
+    namespace = namespace_of(obj)
+    if kind == kinds.NETWORK_POLICY:
+        return {Request(namespace, name_of(obj))}
+    requests = {Request(namespace, n) for n in sandbox_names_for(kind, obj, view)}
+    if kind == kinds.CODE_INTERPRETER:
+        requests.add(baseline_request(namespace, name_of(obj)))
+    return requests
+
+
+def all_requests(view: View) -> set[Request]:
+    """Every NetworkPolicy that exists or should: for a full pass, or an audit."""
+    requests: set[Request] = set()
+    for obj in view.items(kinds.NETWORK_POLICY):
+        if is_managed(obj):
+            requests.add(Request(namespace_of(obj), name_of(obj)))
+    for obj in view.items(kinds.SANDBOX):
+        if is_direct_sandbox(obj):
+            requests.add(Request(namespace_of(obj), name_of(obj)))
+    for kind in (kinds.SANDBOX_CLAIM, kinds.POD, kinds.CODE_INTERPRETER):
+        for obj in view.items(kind):
+            requests |= requests_for(kind, obj, view)
+    return requests
