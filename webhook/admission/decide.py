@@ -179,7 +179,7 @@ def _privilege_problem(action: str, user: UserInfo, settings: Settings) -> str:
 # decodes /mutate bodies with this schema (msgspec skips everything else without
 # building it): a claimed pod's UPDATE carries two ~15 KB pods of which the
 # mutation needs the labels. Every field ``mutate`` reads must be declared here;
-# tests/test_mutation_input.py checks that the answer is the same either way.
+# tests/admission/test_mutation_input.py checks that the answer is the same either way.
 class _MutationMetadata(TypedDict, total=False):
     name: Any
     namespace: Any
@@ -279,7 +279,7 @@ def patch_labels(
     operations are few and fixed: ``add`` the first missing map on the way (with
     everything below it), ``replace`` a leaf that is not a map, else ``add`` or
     ``replace`` each label that differs. Only add and replace, never a test or
-    remove; no change, no patch. tests/test_admission.py checks that applying it
+    remove; no change, no patch. tests/admission/test_decide.py checks that applying it
     gives what ``make_patch`` would have.
     """
     node: Any = obj
