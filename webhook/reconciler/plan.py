@@ -53,8 +53,7 @@ from webhook.reconciler.sandboxes import (
     uid_of,
 )
 
-# The scheduling gate the pod webhook adds to direct-path sandbox pods.
-SCHEDULING_GATE = "netpol.agentcube.io/network-policy"
+SCHEDULING_GATE = kinds.SCHEDULING_GATE
 BASELINE_PREFIX = "netpol-baseline."
 LABEL_ROLE = "netpol.agentcube.io/role"
 ROLE_BASELINE = "baseline"
