@@ -25,6 +25,7 @@ from webhook.reconciler.plan import (
     plan,
     template_mode,
     warm_pool_size,
+    with_kind,
 )
 from webhook.reconciler.sandboxes import View, labels_of, name_of, namespace_of
 
@@ -95,9 +96,7 @@ def audit(
     return sorted(set(findings))
 
 
-def widening_policies(
-    view: View, network_policies: Iterable[Mapping[str, Any]]
-) -> list[Finding]:
+def widening_policies(view: View, network_policies: Iterable[Mapping[str, Any]]) -> list[Finding]:
     """NetworkPolicies not ours that select a sandbox pod: each adds to what it may do."""
     pods_by_namespace: dict[str, list[Mapping[str, Any]]] = {}
     for pod in sandbox_pods(view):
@@ -114,7 +113,9 @@ def widening_policies(
             if selector_matches(selector, labels_of(pod))
         )
         if selected:
-            shown = ", ".join(selected[:5]) + (f" and {len(selected) - 5} more" if len(selected) > 5 else "")
+            shown = ", ".join(selected[:5]) + (
+                f" and {len(selected) - 5} more" if len(selected) > 5 else ""
+            )
             findings.append(
                 Finding(
                     namespace,
@@ -139,8 +140,11 @@ def managed_templates(
         management = kinds.get_path(template, ("spec", "networkPolicyManagement"))
         if management == "Unmanaged":
             continue
-        interpreter = view.get(kinds.CODE_INTERPRETER, namespace_of(template), name_of(template))
-        if interpreter is None or warm_pool_size(interpreter) <= 0:
+        found = view.get(kinds.CODE_INTERPRETER, namespace_of(template), name_of(template))
+        if found is None:
+            continue
+        interpreter = with_kind(found, kinds.CODE_INTERPRETER)
+        if warm_pool_size(interpreter) <= 0:
             continue
         if template_mode(interpreter, settings) == "None":
             continue
