@@ -37,7 +37,15 @@ class WebhookServer:
     """``python -m webhook serve`` on a loopback port; stoppable and restartable on the same
     port and certificates, so the webhook configurations stay valid across a restart."""
 
-    def __init__(self, *, cert_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        cert_dir: Path,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        command: str = "serve",
+    ) -> None:
+        self.command = command  # serve, or run (the server and the reconciler)
         self.cert_dir = cert_dir
         self.log_path = log_path
         self.extra_args = extra_args
@@ -65,7 +73,7 @@ class WebhookServer:
             sys.executable,
             "-m",
             "webhook",
-            "serve",
+            self.command,
             f"--host={LOOPBACK}",
             f"--port={self.port}",
             f"--cert-dir={self.cert_dir}",

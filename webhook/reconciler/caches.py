@@ -18,7 +18,8 @@ from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.kube.informer import Informer
 from webhook.kube.rest import Rest
-from webhook.reconciler.sandboxes import INDEXES, uid_of
+from webhook.reconciler.sandboxes import INDEXES, labels_of, uid_of
+from webhook.reconciler.snapshot import Snapshot
 
 Handler = Callable[[Kind, Mapping[str, Any] | None, Mapping[str, Any] | None], None]
 
@@ -203,3 +204,35 @@ class Caches:
 
         claims = self.by_index(kinds.SANDBOX_CLAIM, BY_UID, ns_key(namespace, uid))
         return claims[0] if claims else None
+
+
+LIST_PAGE_SIZE = 500
+
+
+def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[str, Any]]:
+    """Every object of ``kind`` in the cluster, page by page (one consistent snapshot)."""
+    items: list[dict[str, Any]] = []
+    continue_: str | None = None
+    while True:
+        page = rest.list(kind, label_selector=label_selector, limit=LIST_PAGE_SIZE, continue_=continue_)
+        items += page.get("items") or []
+        continue_ = (page.get("metadata") or {}).get("continue") or None
+        if not continue_:
+            return items
+
+
+def list_cluster(rest: Rest) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
+    """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate."""
+    snapshot = Snapshot()
+    for kind, slim in SLIM.items():
+        if kind == kinds.NETWORK_POLICY:
+            continue
+        selectors = POD_SELECTORS if kind == kinds.POD else ("",)
+        for selector in selectors:
+            for obj in list_all(rest, kind, label_selector=selector):
+                snapshot.add(kind, slim(obj))
+    network_policies = list_all(rest, kinds.NETWORK_POLICY)
+    for policy in network_policies:
+        if labels_of(policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE:
+            snapshot.add(kinds.NETWORK_POLICY, slim_network_policy(policy))
+    return snapshot, network_policies, list_all(rest, kinds.SANDBOX_TEMPLATE)

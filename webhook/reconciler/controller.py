@@ -77,7 +77,9 @@ class Reconciler:
     def _on_change(
         self, kind: Kind, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     ) -> None:
-        for request in requests_for(kind, old, self._caches) | requests_for(kind, new, self._caches):
+        for request in requests_for(kind, old, self._caches) | requests_for(
+            kind, new, self._caches
+        ):
             self.queue.add(request)
 
     # --- leading ----------------------------------------------------------------------------

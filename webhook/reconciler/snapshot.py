@@ -24,7 +24,11 @@ class Snapshot:
                 self.add(kind, obj)
 
     def add(self, kind: Kind, obj: Mapping[str, Any]) -> None:
-        self._objects[kind][(namespace_of(obj), name_of(obj))] = obj
+        """Add ``obj``; one already there by that namespace and name is kept."""
+        key = (namespace_of(obj), name_of(obj))
+        if key in self._objects[kind]:
+            return
+        self._objects[kind][key] = obj
         for index, keys in INDEXES.get(kind, {}).items():
             for value in keys(obj):
                 self._indexes[(kind, index, value)].append(obj)
