@@ -21,6 +21,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from starlette.testclient import TestClient
 
+from tests import builders
 from webhook.admission import decide
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -43,16 +44,9 @@ class OneClaim:
         return self.claim if uid == self.claim["metadata"]["uid"] else None
 
 
-CLAIM = {
-    "apiVersion": kinds.SANDBOX_CLAIM.api_version,
-    "kind": kinds.SANDBOX_CLAIM.kind,
-    "metadata": {
-        "name": "ci-abc12345",
-        "namespace": "team-a",
-        "uid": "claim-uid-1",
-        "labels": {kinds.LABEL_SESSION_ID: "session-1"},
-    },
-}
+CLAIM = builders.sandbox_claim(
+    "ci-abc12345", uid="claim-uid-1", labels={kinds.LABEL_SESSION_ID: "session-1"}
+)
 
 
 @pytest.fixture
@@ -69,40 +63,18 @@ def client(claims: OneClaim) -> Iterator[TestClient]:
 def review(
     *,
     kind: kinds.Kind = kinds.POD,
-    operation: str = "CREATE",
     obj: dict[str, Any] | None = None,
     uid: str = "7f3c-uid",
-    api_version: str = "admission.k8s.io/v1",
+    **fields: Any,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
-            "resource": {"group": kind.group, "version": kind.version, "resource": kind.plural},
-            "namespace": "team-a",
-            "name": "pod-1",
-            "operation": operation,
-            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-            "object": obj if obj is not None else {"metadata": {"name": "pod-1"}},
-            "oldObject": None,
-            "dryRun": False,
-        },
-    }
+    """A tenant's review of ``obj`` (default: a plain pod "pod-1")."""
+    return builders.review_of(
+        obj if obj is not None else builders.sandbox_pod("pod-1"), kind=kind, uid=uid, **fields
+    )
 
 
 def claimed_pod() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "pool-x7k2p",
-            "namespace": "team-a",
-            "labels": {kinds.LABEL_CLAIM_UID: "claim-uid-1"},
-        },
-        "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
-    }
+    return builders.claimed_pod("claim-uid-1")
 
 
 def post(client: TestClient, path: str, body: Any, headers: Mapping[str, str] = JSON) -> Any:
@@ -267,13 +239,9 @@ def test_review_echoes_uid_api_version_and_kind(
 
 
 def test_validate_denies_an_invalid_code_interpreter(client: TestClient) -> None:
-    interpreter = {
-        "apiVersion": kinds.CODE_INTERPRETER.api_version,
-        "kind": kinds.CODE_INTERPRETER.kind,
-        "metadata": {"name": "ci", "namespace": "team-a"},
-        "spec": {"template": {"image": "python", "networkPolicy": {"mode": "Restricted",
-            "egress": [{"cidrs": ["10.0.0.1/8"]}]}}},
-    }  # fmt: skip
+    interpreter = builders.code_interpreter(
+        "ci", policy={"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}
+    )
     answer = post(client, "/validate", review(kind=kinds.CODE_INTERPRETER, obj=interpreter))
     result = answer.json()["response"]
     assert answer.status_code == 200
