@@ -13,6 +13,8 @@ import yaml
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests import builders
+from tests.builders import template
 from webhook.api.settings import Settings
 from webhook.policy.builder import (
     FAIL_CLOSED_POLICY,
@@ -364,11 +366,7 @@ def test_owner_becomes_a_blocking_controller_reference(owner: dict[str, Any]) ->
 
 
 def test_claim_owner_on_the_warm_path() -> None:
-    claim = {
-        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
-        "kind": "SandboxClaim",
-        "metadata": {"name": "ci-1-abcd1234", "uid": "claim-uid"},
-    }
+    claim = builders.sandbox_claim("ci-1-abcd1234", uid="claim-uid")
     built = build({"mode": "Custom"}, owner=claim)
     assert built is not None
     (reference,) = built["metadata"]["ownerReferences"]
@@ -398,22 +396,6 @@ def test_invalid_mode_raises_rather_than_opening_the_sandbox() -> None:
         build({"mode": "Restrcited"})
 
 
-def template(kind: str, policy: Any) -> dict[str, Any]:
-    if kind == "AgentRuntime":
-        return {
-            "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
-            "kind": kind,
-            "metadata": {"name": "agent"},
-            "spec": {"podTemplate": {"spec": {"containers": []}, "networkPolicy": policy}},
-        }
-    return {
-        "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
-        "kind": kind,
-        "metadata": {"name": "ci"},
-        "spec": {"template": {"image": "python:3.12", "networkPolicy": policy}},
-    }
-
-
 @pytest.mark.parametrize("kind", ["AgentRuntime", "CodeInterpreter"])
 def test_template_policy_reads_the_field_of_each_kind(kind: str) -> None:
     policy = {"mode": "Restricted"}
@@ -422,7 +404,7 @@ def test_template_policy_reads_the_field_of_each_kind(kind: str) -> None:
 
 def test_template_policy_absent_or_other_kind() -> None:
     runtime = template("AgentRuntime", None)
-    del runtime["spec"]["podTemplate"]["networkPolicy"]
+    assert "networkPolicy" not in runtime["spec"]["podTemplate"]
     assert template_policy(runtime) is None
     assert template_policy({"kind": "CodeInterpreter", "spec": None}) is None
     # A CodeInterpreter's policy is not read from an AgentRuntime's path.
