@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from webhook import __version__
+from webhook.api.exitcodes import EXIT_USAGE
 from webhook.api.settings import DEFAULT_DNS_PEERS, Settings
 from webhook.policy.builder import settings_errors
 
 if TYPE_CHECKING:
     from webhook.kube.cabundle import ClusterTrust
-
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import yaml
 
 from webhook.admission.decide import Verdict, validate_object
+from webhook.api.exitcodes import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from webhook.api.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
 from webhook.api.settings import Settings
 from webhook.policy.builder import (
@@ -38,10 +39,6 @@ from webhook.policy.k8srules import (
 )
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
 
 STDIN_PATH = "-"
 STDIN_NAME = "<stdin>"
