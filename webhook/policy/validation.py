@@ -118,29 +118,8 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
         return found
     found.errors.extend(unknown_fields(rule, _RULE_FIELDS, path))
 
-    cidrs_path = join(path, "cidrs")
     cidrs = rule.get("cidrs")
-    networks: list[Network] = []
-    if cidrs is None:
-        found.errors.append(FieldError(cidrs_path, "required: at least one CIDR"))
-    elif not isinstance(cidrs, list):
-        found.errors.append(
-            FieldError(cidrs_path, f"must be a list of CIDRs, not {type_name(cidrs)}", cidrs)
-        )
-    elif not cidrs:
-        found.errors.append(FieldError(cidrs_path, "must have at least one CIDR", cidrs))
-    elif len(cidrs) > limits.max_cidrs_per_rule:
-        found.errors.append(
-            too_many(cidrs_path, count=len(cidrs), limit=limits.max_cidrs_per_rule, noun="CIDRs")
-        )
-    else:
-        for index, parsed in enumerate(map(parse_cidr, cidrs)):
-            if isinstance(parsed, CidrProblem):
-                found.errors.append(
-                    FieldError(join(cidrs_path, index), parsed.message(), cidrs[index])
-                )
-            else:
-                networks.append(parsed)
+    networks = _simple_rule_networks(cidrs, join(path, "cidrs"), limits, found.errors)
 
     excepts = rule.get("except")
     except_path = join(path, "except")
@@ -170,6 +149,32 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
         ]
         found.warnings.extend(_egress_warnings(networks, excluded, path))
     return found
+
+
+def _simple_rule_networks(
+    cidrs: object, cidrs_path: str, limits: Limits, errors: list[FieldError]
+) -> list[Network]:
+    """The networks a simple rule's ``cidrs`` names; what is wrong goes to ``errors``."""
+    networks: list[Network] = []
+    if cidrs is None:
+        errors.append(FieldError(cidrs_path, "required: at least one CIDR"))
+    elif not isinstance(cidrs, list):
+        errors.append(
+            FieldError(cidrs_path, f"must be a list of CIDRs, not {type_name(cidrs)}", cidrs)
+        )
+    elif not cidrs:
+        errors.append(FieldError(cidrs_path, "must have at least one CIDR", cidrs))
+    elif len(cidrs) > limits.max_cidrs_per_rule:
+        errors.append(
+            too_many(cidrs_path, count=len(cidrs), limit=limits.max_cidrs_per_rule, noun="CIDRs")
+        )
+    else:
+        for index, parsed in enumerate(map(parse_cidr, cidrs)):
+            if isinstance(parsed, CidrProblem):
+                errors.append(FieldError(join(cidrs_path, index), parsed.message(), cidrs[index]))
+            else:
+                networks.append(parsed)
+    return networks
 
 
 def _egress_warnings(networks: list[Network], excluded: list[Network], path: str) -> list[str]:
