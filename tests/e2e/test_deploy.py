@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests import builders
 from tests.deploy.manifests import (
     CA_SECRET,
     CLAIMS,
@@ -66,28 +67,6 @@ NETWORK_POLICY = {
         "egress": [{"to": [{"ipBlock": {"cidr": "1.2.3.0/24"}}]}],
     },
 }
-CONTAINERS = [{"name": "main", "image": "registry.example/sandbox:1"}]
-
-
-def template_object(kind: kinds.Kind, name: str, policy: Any) -> Doc:
-    obj: Doc = {
-        "apiVersion": kind.api_version,
-        "kind": kind.kind,
-        "metadata": {"name": name, "namespace": TEAM},
-    }
-    if kind == kinds.AGENT_RUNTIME:
-        obj["spec"] = {
-            "targetPort": [{"port": 8080, "protocol": "HTTP"}],
-            "podTemplate": {"spec": {"containers": CONTAINERS}},
-        }
-    else:
-        obj["spec"] = {"warmPoolSize": 1, "template": {"image": "registry.example/ci:1"}}
-    path = kinds.TEMPLATE_POLICY_PATH[kind.kind]
-    node = obj
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = policy
-    return obj
 
 
 def policy_of(obj: Doc, kind: str) -> Any:
@@ -130,7 +109,7 @@ def stored_templates(control_plane: ControlPlane) -> dict[str, Doc]:
     stored = {}
     for kind in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER):
         created = apply_json(
-            control_plane, "create", obj=template_object(kind, "t", NETWORK_POLICY)
+            control_plane, "create", obj=builders.template(kind.kind, NETWORK_POLICY, name="t")
         )
         assert created.returncode == 0, created.stderr
         stored[kind.kind] = read(control_plane, f"{kind.plural}.{kind.group}", "t")
@@ -173,7 +152,7 @@ def test_patch_adds_network_policy_to_a_stored_crd(
         "--validate=false",
         "-o",
         "json",
-        obj=template_object(kind, "before-patch", NETWORK_POLICY),
+        obj=builders.template(kind.kind, NETWORK_POLICY, name="before-patch"),
     )
     assert before.returncode == 0, before.stderr
     assert policy_of(json.loads(before.stdout), kind.kind) is None
@@ -188,7 +167,7 @@ def test_patch_adds_network_policy_to_a_stored_crd(
         "--dry-run=server",
         "-o",
         "json",
-        obj=template_object(kind, "after-patch", NETWORK_POLICY),
+        obj=builders.template(kind.kind, NETWORK_POLICY, name="after-patch"),
     )
     assert stored.returncode == 0, stored.stderr
     assert policy_of(json.loads(stored.stdout), kind.kind) == NETWORK_POLICY
@@ -208,7 +187,7 @@ def test_deployment_pod_meets_the_namespace_pod_security(
     created = apply_json(control_plane, "create", "--dry-run=server", obj=pod)
     assert created.returncode == 0, created.stderr
     # The namespace really enforces "restricted": a plain pod is refused.
-    plain = {**pod, "spec": {"containers": CONTAINERS}}
+    plain = {**pod, "spec": builders.sandbox_pod()["spec"]}
     refused = apply_json(control_plane, "create", "--dry-run=server", obj=plain)
     assert refused.returncode != 0
     assert "violates PodSecurity" in refused.stderr
@@ -266,24 +245,6 @@ def test_service_account_permissions(control_plane: ControlPlane, installed_base
     assert [args for args in SERVICE_ACCOUNT_MAY_NOT if can(*args)] == []
 
 
-def sandbox(name: str, annotations: dict[str, str] | None = None) -> Doc:
-    return {
-        "apiVersion": kinds.SANDBOX.api_version,
-        "kind": kinds.SANDBOX.kind,
-        "metadata": {"name": name, "namespace": TEAM, "annotations": annotations or {}},
-        "spec": {"podTemplate": {"spec": {"containers": CONTAINERS}}},
-    }
-
-
-def pod(name: str, labels: dict[str, str], namespace: str = TEAM) -> Doc:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"containers": CONTAINERS},
-    }
-
-
 def called(result: subprocess.CompletedProcess[str]) -> str | None:
     """The fail-closed webhook that refused the request for being unreachable, if any."""
     match = re.search(r'failed calling webhook "([^"]+)"', result.stderr)
@@ -301,13 +262,19 @@ def test_fail_closed_webhooks_see_only_what_they_must(
     override = {kinds.ANNOTATION_NETWORK_POLICY: '{"mode": "None"}'}
     sandbox_pod = {kinds.LABEL_SANDBOX_NAME: "s1"}
     seen = {
-        "sandbox without override": called(apply_json(control_plane, "create", obj=sandbox("s1"))),
+        "sandbox without override": called(
+            apply_json(control_plane, "create", obj=builders.sandbox("s1", TEAM))
+        ),
         "sandbox with override": called(
-            apply_json(control_plane, "create", obj=sandbox("s2", override))
+            apply_json(
+                control_plane, "create", obj=builders.sandbox("s2", TEAM, annotations=override)
+            )
         ),
         "sandbox relabelled": called(k("label", "sandbox", "s1", "-n", TEAM, "x=y", check=False)),
         "sandbox pod created": called(
-            apply_json(control_plane, "create", obj=pod("p1", sandbox_pod))
+            apply_json(
+                control_plane, "create", obj=builders.sandbox_pod("p1", TEAM, labels=sandbox_pod)
+            )
         ),
         "sandbox pod, other label": called(k("label", "pod", "p1", "-n", TEAM, "x=y", check=False)),
         "sandbox pod, same sandbox-name": called(
@@ -338,18 +305,17 @@ def test_fail_closed_webhooks_see_only_what_they_must(
             k("label", "pod", "p1", "-n", TEAM, f"{kinds.LABEL_SANDBOX_NAME}-", check=False)
         ),
         "claimed pod created (fails open)": called(
-            apply_json(control_plane, "create", obj=pod("p2", {kinds.LABEL_CLAIM_UID: "u"}))
+            apply_json(
+                control_plane,
+                "create",
+                obj=builders.sandbox_pod("p2", TEAM, labels={kinds.LABEL_CLAIM_UID: "u"}),
+            )
         ),
         "claim created": called(
             apply_json(
                 control_plane,
                 "create",
-                obj={
-                    "apiVersion": kinds.SANDBOX_CLAIM.api_version,
-                    "kind": kinds.SANDBOX_CLAIM.kind,
-                    "metadata": {"name": "c1", "namespace": TEAM},
-                    "spec": {"sandboxTemplateRef": {"name": "t"}},
-                },
+                obj=builders.sandbox_claim("c1", TEAM, template="t"),
             )
         ),
         "template changed": called(
@@ -368,7 +334,7 @@ def test_fail_closed_webhooks_see_only_what_they_must(
                 control_plane,
                 "create",
                 "--dry-run=server",
-                obj=pod("p3", {kinds.LABEL_CLAIM_UID: "u"}, namespace="kube-system"),
+                obj=builders.sandbox_pod("p3", "kube-system", labels={kinds.LABEL_CLAIM_UID: "u"}),
             )
         ),
     }

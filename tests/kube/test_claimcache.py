@@ -15,23 +15,15 @@ import orjson
 import pytest
 from kubernetes.client import ApiException
 
+from tests import builders
 from webhook.kube import claimcache
 from webhook.kube.claimcache import ClaimCache, ClaimIndex, WatchExpiredError, lines
 
 
 def claim(name: str, uid: str, rv: str, namespace: str = "team-a", **labels: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
-        "kind": "SandboxClaim",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": uid,
-            "resourceVersion": rv,
-            "labels": labels,
-        },
-        "spec": {"sandboxTemplateRef": {"name": "demo"}},
-    }
+    stored = builders.sandbox_claim(name, namespace, uid=uid, labels=labels)
+    stored["metadata"]["resourceVersion"] = rv
+    return stored
 
 
 def claim_list(rv: str, *items: dict[str, Any]) -> dict[str, Any]:
