@@ -28,7 +28,9 @@ def sandbox_pod(**spec: Any) -> dict[str, Any]:
 
 def mutated(pod: dict[str, Any], operation: str = "CREATE") -> tuple[dict[str, Any], list[Any]]:
     answer = mutate(
-        request_for(pod, kind=kinds.POD, operation=operation), settings=Settings(), claims=NoClaims()
+        request_for(pod, kind=kinds.POD, operation=operation),
+        settings=Settings(),
+        claims=NoClaims(),
     )
     assert answer["allowed"] is True
     patch = json.loads(base64.b64decode(answer["patch"])) if "patch" in answer else []

@@ -30,7 +30,10 @@ from webhook.api.settings import Settings
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 from webhook.policy.builder import build_network_policy
 
-AGENTCUBE = ("--as=system:serviceaccount:agentcube:workloadmanager", "--as-group=system:serviceaccounts:agentcube")
+AGENTCUBE = (
+    "--as=system:serviceaccount:agentcube:workloadmanager",
+    "--as-group=system:serviceaccounts:agentcube",
+)
 WAIT_S = 20.0
 POLL_S = 0.1
 GATE = kinds.SCHEDULING_GATE
@@ -68,7 +71,9 @@ def service_account(cluster: ControlPlane) -> Path:
     return install_rbac(cluster, deploy_manifests(cluster))
 
 
-def start_run(cluster: ControlPlane, service_account: Path, work: Path, *extra: str) -> WebhookServer:
+def start_run(
+    cluster: ControlPlane, service_account: Path, work: Path, *extra: str
+) -> WebhookServer:
     server = WebhookServer(
         command="run",
         cert_dir=work / "certs",
@@ -104,7 +109,9 @@ def ns(kube: Kubectl, run: WebhookServer) -> Iterator[str]:
     kube("delete", "namespace", name, "--wait=false")
 
 
-def interpreter(ns: str, name: str = "py", policy: Any = RESTRICTED, *, warm: int = 0) -> dict[str, Any]:
+def interpreter(
+    ns: str, name: str = "py", policy: Any = RESTRICTED, *, warm: int = 0
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"template": {"image": "python:3.12", "networkPolicy": policy}}
     if warm:
         spec["warmPoolSize"] = warm
@@ -128,7 +135,9 @@ def sandbox(ns: str, name: str = "py-abcd1234", workload: str = "py") -> dict[st
         },
         "spec": {
             "podTemplate": {
-                "metadata": {"labels": {kinds.LABEL_SANDBOX_NAME: name, kinds.LABEL_SESSION_ID: "s-1"}},
+                "metadata": {
+                    "labels": {kinds.LABEL_SANDBOX_NAME: name, kinds.LABEL_SESSION_ID: "s-1"}
+                },
                 "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
             }
         },
@@ -146,9 +155,15 @@ def sandbox_pod(ns: str, owner: dict[str, Any]) -> dict[str, Any]:
             "namespace": ns,
             "labels": owner["spec"]["podTemplate"]["metadata"]["labels"],
             "ownerReferences": [
-                {"apiVersion": kinds.SANDBOX.api_version, "kind": "Sandbox", "name": name,
-                 "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
-            ],  # fmt: skip
+                {
+                    "apiVersion": kinds.SANDBOX.api_version,
+                    "kind": "Sandbox",
+                    "name": name,
+                    "uid": owner["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
         "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
     }
@@ -160,7 +175,9 @@ def policy_of(kube: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
 
 
 def desired(ns: str, name: str, policy: Any, owner: dict[str, Any]) -> dict[str, Any]:
-    built = build_network_policy(policy, sandbox=name, namespace=ns, settings=Settings(), owner=owner)
+    built = build_network_policy(
+        policy, sandbox=name, namespace=ns, settings=Settings(), owner=owner
+    )
     assert built is not None
     return built
 
@@ -177,7 +194,9 @@ def wait_policy(kube: Kubectl, ns: str, name: str, spec: dict[str, Any]) -> dict
 def test_a_direct_sandbox_gets_its_policy_and_its_pod_waits_for_it(kube: Kubectl, ns: str) -> None:
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
     created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
-    pod = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox_pod(ns, created))))
+    pod = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+    )
     # The pod webhook held it at creation (it could only have been added then).
     assert {"name": GATE} in pod["spec"]["schedulingGates"]
 
@@ -216,7 +235,9 @@ def test_a_deleted_or_edited_policy_comes_back(kube: Kubectl, ns: str) -> None:
     wait_policy(kube, ns, "py-abcd1234", want["spec"])
 
 
-def test_template_changes_override_changes_and_mode_none_reach_the_policy(kube: Kubectl, ns: str) -> None:
+def test_template_changes_override_changes_and_mode_none_reach_the_policy(
+    kube: Kubectl, ns: str
+) -> None:
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
     created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
     wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", RESTRICTED, created)["spec"])
@@ -226,14 +247,25 @@ def test_template_changes_override_changes_and_mode_none_reach_the_policy(kube: 
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns, policy=wider)))
     wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", wider, created)["spec"])
 
-    override = {"mode": "Custom", "custom": {"egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}}
+    override = {
+        "mode": "Custom",
+        "custom": {"egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]},
+    }
     kube.ok(
         "annotate", "sandbox", "py-abcd1234", "-n", ns,
         f"{kinds.ANNOTATION_NETWORK_POLICY}={json.dumps(override)}", *AGENTCUBE,
     )  # fmt: skip
     wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", override, created)["spec"])
 
-    kube.ok("annotate", "sandbox", "py-abcd1234", "-n", ns, f"{kinds.ANNOTATION_NETWORK_POLICY}-", *AGENTCUBE)
+    kube.ok(
+        "annotate",
+        "sandbox",
+        "py-abcd1234",
+        "-n",
+        ns,
+        f"{kinds.ANNOTATION_NETWORK_POLICY}-",
+        *AGENTCUBE,
+    )
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns, policy={"mode": "None"})))
     eventually(lambda: policy_of(kube, ns, "py-abcd1234") is None, "mode None to delete the policy")
 
@@ -243,12 +275,16 @@ def test_a_deleted_sandbox_takes_its_policy_with_it(kube: Kubectl, ns: str) -> N
     created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
     wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", RESTRICTED, created)["spec"])
     kube.ok("delete", "sandbox", "py-abcd1234", "-n", ns)
-    eventually(lambda: policy_of(kube, ns, "py-abcd1234") is None, "the policy to go with its sandbox")
+    eventually(
+        lambda: policy_of(kube, ns, "py-abcd1234") is None, "the policy to go with its sandbox"
+    )
 
 
 def test_an_isolated_warm_pool_gets_its_baseline(kube: Kubectl, ns: str) -> None:
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns, warm=2)))
-    policy = eventually(lambda: policy_of(kube, ns, "netpol-baseline.py"), "the warm pool's baseline")
+    policy = eventually(
+        lambda: policy_of(kube, ns, "netpol-baseline.py"), "the warm pool's baseline"
+    )
     assert policy["spec"]["podSelector"] == {
         "matchLabels": {"agents.x-k8s.io/sandbox-template-ref-hash": "584e6522"}
     }

@@ -214,7 +214,9 @@ def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[s
     items: list[dict[str, Any]] = []
     continue_: str | None = None
     while True:
-        page = rest.list(kind, label_selector=label_selector, limit=LIST_PAGE_SIZE, continue_=continue_)
+        page = rest.list(
+            kind, label_selector=label_selector, limit=LIST_PAGE_SIZE, continue_=continue_
+        )
         items += page.get("items") or []
         continue_ = (page.get("metadata") or {}).get("continue") or None
         if not continue_:
