@@ -63,7 +63,19 @@ def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="module")
 def kube(cluster: ControlPlane) -> Kubectl:
-    return Kubectl(cluster)
+    kubectl = Kubectl(cluster)
+    # AgentCube's workload manager, as its own install grants it: sandboxes and claims.
+    kubectl.ok(
+        "create", "clusterrole", "agentcube-workload-manager",
+        "--verb=get,list,watch,create,update,patch,delete",
+        f"--resource={kinds.SANDBOX.plural}.{kinds.SANDBOX.group}",
+        f"--resource={kinds.SANDBOX_CLAIM.plural}.{kinds.SANDBOX_CLAIM.group}",
+    )  # fmt: skip
+    kubectl.ok(
+        "create", "clusterrolebinding", "agentcube-workload-manager",
+        "--clusterrole=agentcube-workload-manager", "--group=system:serviceaccounts:agentcube",
+    )  # fmt: skip
+    return kubectl
 
 
 @pytest.fixture(scope="module")

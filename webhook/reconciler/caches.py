@@ -49,15 +49,7 @@ def _slim_metadata(obj: Mapping[str, Any], *, annotations: Iterable[str] = ()) -
         slim["annotations"] = kept
     owners = metadata.get("ownerReferences")
     if isinstance(owners, list) and owners:
-        slim["ownerReferences"] = [
-            {
-                k: owner[k]
-                for k in ("apiVersion", "kind", "name", "uid", "controller")
-                if isinstance(owner, Mapping) and k in owner
-            }
-            for owner in owners
-            if isinstance(owner, Mapping)
-        ]
+        slim["ownerReferences"] = owners  # small, and compared whole with the desired ones
     if metadata.get("deletionTimestamp"):
         slim["deletionTimestamp"] = metadata["deletionTimestamp"]
     return slim

@@ -22,7 +22,7 @@ from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.api.settings import Settings
 from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound
-from webhook.kube.rest import Rest
+from webhook.kube.rest import PatchType, Rest
 from webhook.kube.workqueue import WorkQueue
 from webhook.reconciler.caches import Caches
 from webhook.reconciler.metrics import ReconcilerMetrics
@@ -226,6 +226,7 @@ class Reconciler:
         return the_plan.current
 
     def _patch_pod(self, patch: PodPatch, _written: Mapping[str, Any] | None) -> None:
+        patch_type: PatchType
         if patch.gates is not None:
             body: Any = [
                 {"op": "test", "path": "/metadata/uid", "value": patch.uid},
@@ -290,7 +291,8 @@ def event_body(report: Report, instance: str, *, now: datetime | None = None) ->
         "apiVersion": kinds.EVENT.api_version,
         "kind": kinds.EVENT.kind,
         "metadata": {
-            "generateName": f"{name_of(regarding)[:200]}.",
+            # As client-go names Events: the object's name and the time in hex nanoseconds.
+            "name": f"{name_of(regarding)[:200]}.{time.time_ns():x}",
             "namespace": namespace_of(regarding),
         },
         "regarding": {
