@@ -25,9 +25,11 @@ from tests.e2e.deployed import (
     install_webhooks,
 )
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
+from tests.e2e.invariant import Recorder, breaches, is_runnable
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
+from webhook.kube.rest import Rest
 from webhook.policy.builder import build_network_policy
 
 AGENTCUBE = (
@@ -303,3 +305,40 @@ def test_an_isolated_warm_pool_gets_its_baseline(kube: Kubectl, ns: str) -> None
     assert "egress" not in policy["spec"]
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns, warm=0)))
     eventually(lambda: policy_of(kube, ns, "netpol-baseline.py") is None, "the baseline to go")
+
+
+def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
+    cluster: ControlPlane, kube: Kubectl, ns: str
+) -> None:
+    """Sandboxes and their pods created as fast as AgentCube and agent-sandbox would, while
+    every pod and NetworkPolicy change is recorded in the API server's order."""
+    rest = Rest.from_config(cluster.admin_kubeconfig)
+    start = rest.list(kinds.POD, namespace=ns)["metadata"]["resourceVersion"]
+    recorder = Recorder(rest, start)
+    recorder.start()
+    kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+    names = [f"py-inv{i:05d}" for i in range(6)]
+    specs: dict[str, Any] = {}
+    for name in names:
+        # The pod first, then its Sandbox: the tightest race a controller could make.
+        pod = sandbox_pod(ns, {**sandbox(ns, name), "metadata": {"name": name, "uid": "x"}})
+        del pod["metadata"]["ownerReferences"]
+        rest.create(kinds.POD, ns, pod)
+        created = rest.create(kinds.SANDBOX, ns, sandbox(ns, name))
+        specs[name] = desired(ns, name, RESTRICTED, created)["spec"]
+
+    def all_released() -> bool:
+        pods = kube.get("pods", "-n", ns)["items"]
+        return len(pods) == len(names) and all(
+            {"name": GATE} not in (p["spec"].get("schedulingGates") or []) for p in pods
+        )
+
+    eventually(all_released, "every sandbox pod to be released")
+    events = [e for e in recorder.stop() if (e[3].get("metadata") or {}).get("namespace") == ns]
+
+    def allowed(pod: Any) -> list[Any]:
+        return [specs[pod["metadata"]["labels"][kinds.LABEL_SANDBOX_NAME]]]
+
+    assert breaches(events, allowed_specs=allowed) == []
+    released = {e[3]["metadata"]["name"] for e in events if e[1] == "Pod" and is_runnable(e[3])}
+    assert released == set(names)  # the check above saw every pod running
