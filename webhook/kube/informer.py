@@ -113,7 +113,9 @@ class Store:
 
     def replace(self, items: Iterable[Mapping[str, Any]], resource_version: str) -> list[Delta]:
         """A fresh list: the deltas that turn what was stored into it."""
-        return self.replace_slimmed(((object_key(i), self.slim(i)) for i in items), resource_version)
+        return self.replace_slimmed(
+            ((object_key(i), self.slim(i)) for i in items), resource_version
+        )
 
     def replace_slimmed(
         self, objects: Iterable[tuple[Key, dict[str, Any]]], resource_version: str
@@ -297,7 +299,9 @@ class Informer:
                 if self._stopping.is_set():
                     break
                 delay = backoff * (1 + BACKOFF_JITTER * random.random())
-                logger.warning("%s: list/watch failed: %s; retrying in %.1fs", self.name, exc, delay)
+                logger.warning(
+                    "%s: list/watch failed: %s; retrying in %.1fs", self.name, exc, delay
+                )
                 self._stopping.wait(delay)
                 backoff = min(backoff * 2, self._backoff_max)
                 # A broken watch resumes from the last version (relist is still set if it
