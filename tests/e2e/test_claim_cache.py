@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.builders import sandbox_claim, sandbox_pod
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
-from tests.e2e.objects import sandbox_claim, sandbox_pod
 from webhook.api import kinds
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from webhook.admission.decide import ClaimLookup, NoClaims
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
 from webhook.server.app import create_app
@@ -47,8 +48,6 @@ GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS = 10
 # counts as closed. A client that is not reading never replies; after this
 # long such connections are dropped, so SIGTERM exits in about a second.
 IDLE_CLOSE_GRACE_SECONDS = 1.0
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 def serve(

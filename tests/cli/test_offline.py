@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import EXAMPLES, FIXTURES
 from webhook.api.settings import Settings
 from webhook.cli import offline
 from webhook.cli.main import main
 from webhook.policy.builder import build_network_policy, template_policy
 
-FIXTURES = Path(__file__).parent / "fixtures"
 VALID = sorted((FIXTURES / "valid").iterdir())
 INVALID = sorted((FIXTURES / "invalid").iterdir())
 
@@ -428,8 +428,6 @@ def test_render_without_sandbox_is_a_usage_error(capsys: pytest.CaptureFixture[s
 
 
 # --- the documented examples ----------------------------------------------------------------
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def test_documented_examples_pass_check(capsys: pytest.CaptureFixture[str]) -> None:

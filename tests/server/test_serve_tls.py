@@ -22,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests import builders
+from webhook.api import kinds
 from webhook.tls import certs
 
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -109,20 +111,7 @@ def wait_until_ready(server: Server) -> None:
 
 
 def review(uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "name": "pod-1",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice"},
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pod-1"}},
-        },
-    }
+    return builders.review_of(builders.sandbox_pod("pod-1"), kind=kinds.POD, uid=uid)
 
 
 @pytest.mark.parametrize("hostname", ["localhost", "127.0.0.1"])

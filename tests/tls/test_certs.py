@@ -13,9 +13,6 @@ from cryptography import x509
 
 from webhook.tls import certs
 from webhook.tls.certs import (
-    CA_VALIDITY,
-    RENEW_BEFORE,
-    SERVING_CERT_VALIDITY,
     CertificateError,
     CertificateReloader,
     create_ca,
@@ -26,6 +23,12 @@ from webhook.tls.certs import (
 )
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+# What an admin relies on, written out here rather than imported from certs.py: a serving
+# certificate lasts a year and is renewed a month before it expires; the CA lasts ten years.
+SERVING_CERT_VALIDITY = timedelta(days=365)
+RENEW_BEFORE = timedelta(days=30)
+RENEWAL_DUE = NOW + timedelta(days=335)  # 365 - 30: the first moment ours is renewed
+CA_VALIDITY = timedelta(days=3650)
 SERVICE_NAMES = ["webhook.agentcube-netpol-system.svc"]
 
 
@@ -113,8 +116,8 @@ def test_valid_for_another_ca_is_false() -> None:
     [
         (NOW - timedelta(minutes=1), True),  # not valid yet: replace it
         (NOW, False),
-        (NOW + SERVING_CERT_VALIDITY - RENEW_BEFORE - timedelta(seconds=1), False),
-        (NOW + SERVING_CERT_VALIDITY - RENEW_BEFORE, True),
+        (NOW + timedelta(days=335) - timedelta(seconds=1), False),
+        (NOW + timedelta(days=335), True),
         (NOW + SERVING_CERT_VALIDITY + timedelta(days=1), True),
     ],
 )
@@ -206,7 +209,7 @@ def test_due_renews_from_the_same_ca(tmp_path: Path) -> None:
     ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=NOW)
     ca_before = (tmp_path / "ca.crt").read_bytes()
     old = load_cert(tmp_path / "tls.crt")
-    later = NOW + SERVING_CERT_VALIDITY - RENEW_BEFORE + timedelta(hours=1)
+    later = RENEWAL_DUE + timedelta(hours=1)  # a month before expiry, not at it
 
     ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=later)
 
@@ -293,8 +296,9 @@ def test_reloader_renews_our_cert_before_expiry_without_waiting(tmp_path: Path) 
     assert reloader.check(at=NOW)
     first = served_serial(reloader)
     assert not reloader.check(at=NOW + timedelta(days=100))  # nothing due
+    assert not reloader.check(at=RENEWAL_DUE - timedelta(minutes=1))
     assert served_serial(reloader) == first
-    assert reloader.check(at=NOW + SERVING_CERT_VALIDITY - RENEW_BEFORE)
+    assert reloader.check(at=RENEWAL_DUE)  # 30 days before expiry
     assert served_serial(reloader) != first
     assert served_serial(reloader) == load_cert(tmp_path / "tls.crt").serial_number
 

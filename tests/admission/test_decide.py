@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import AGENTCUBE_SA, TENANT, template
+from tests import builders
+from tests.builders import AGENTCUBE_SA, TENANT, template
 from webhook.admission.decide import NoClaims, mutate, patch_labels, validate
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -122,15 +123,11 @@ def test_kinds_we_do_not_handle_pass_unchanged(adm_request: Request, settings: S
 
 
 def sandbox(annotation: str | None, *, kind: kinds.Kind = kinds.SANDBOX) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": kind.api_version,
-        "kind": kind.kind,
-        "metadata": {"name": "demo-ab12cd34", "namespace": "team-a"},
-        "spec": {},
-    }
-    if annotation is not None:
-        obj["metadata"]["annotations"] = {kinds.ANNOTATION_NETWORK_POLICY: annotation}
-    return obj
+    """A Sandbox or SandboxClaim carrying the override ``annotation`` (None: none)."""
+    annotations = {kinds.ANNOTATION_NETWORK_POLICY: annotation} if annotation is not None else {}
+    if kind == kinds.SANDBOX_CLAIM:
+        return builders.sandbox_claim(annotations=annotations)
+    return builders.sandbox(annotations=annotations)
 
 
 @pytest.mark.parametrize("kind", [kinds.SANDBOX, kinds.SANDBOX_CLAIM])
@@ -229,12 +226,7 @@ def test_privileged_users_are_configurable(adm_request: Request) -> None:
 
 
 def pod(labels: dict[str, str] | None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "p", "namespace": "team-a", "labels": labels},
-        "spec": {"containers": []},
-    }
+    return builders.sandbox_pod(labels=labels)
 
 
 @pytest.mark.parametrize(
@@ -286,12 +278,7 @@ def claim(
     labels: dict[str, str] | None = None,
     spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": kinds.SANDBOX_CLAIM.api_version,
-        "kind": "SandboxClaim",
-        "metadata": {"name": name, "namespace": "team-a", "uid": "c1a1m", "labels": labels or {}},
-        "spec": spec if spec is not None else {"sandboxTemplateRef": {"name": "demo"}},
-    }
+    return builders.sandbox_claim(name, uid="c1a1m", labels=labels, spec=spec)
 
 
 @pytest.mark.parametrize(
@@ -350,19 +337,11 @@ class Claims:
 
 
 def warm_pod(**extra_labels: str) -> dict[str, Any]:
-    labels = {
-        kinds.LABEL_CLAIM_UID: "c1a1m",
-        "agents.x-k8s.io/sandbox-template-ref-hash": "abc",
-        **extra_labels,
-    }
-    obj = pod(labels)
-    obj["metadata"]["name"] = "demo-x7k2p"
-    obj["spec"]["containers"] = [
-        {
-            "name": "c",
-            "image": "python",
-            "env": [{"name": f"E{i}", "value": "v" * 100} for i in range(100)],
-        }
+    """A claimed warm pod with a big spec: the patch must still touch labels only."""
+    obj = builders.claimed_pod("c1a1m")
+    obj["metadata"]["labels"].update(extra_labels)
+    obj["spec"]["containers"][0]["env"] = [
+        {"name": f"E{i}", "value": "v" * 100} for i in range(100)
     ]
     return obj
 

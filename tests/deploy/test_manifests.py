@@ -10,15 +10,10 @@ Whether a real kube-apiserver accepts them is the e2e tier's job.
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import jsonpatch
 import pytest
@@ -27,130 +22,37 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.deploy.manifests import (
+    CA_SECRET,
+    CERT_DIR,
+    CLAIMS,
+    CRDS,
+    DEPLOY,
+    MAX_WEBHOOK_TIMEOUT_SECONDS,
+    NAMESPACE,
+    NONROOT_UID,
+    OVERRIDES,
+    POD_LABELS,
+    PODS,
+    REPO,
+    SERVER_PORT,
+    SERVICE,
+    TEMPLATES,
+    Doc,
+    container,
+    hook_named,
+    only,
+    pod_spec,
+    root_schema,
+    run_kubectl,
+    schema_at,
+    webhooks,
+)
 from webhook.api import kinds
 from webhook.cli.main import build_parser
-from webhook.devtools.controlplane import (
-    KUBECTL,
-    ControlPlane,
-    ControlPlaneError,
-    find_binaries,
-    install_crds,
-)
-
-REPO = Path(__file__).resolve().parent.parent
-DEPLOY = REPO / "deploy"
-CRDS = DEPLOY / "crds"
-CERT_MANAGER = DEPLOY / "overlays" / "cert-manager"
-
-NAMESPACE = "agentcube-netpol-system"
-SERVICE = "agentcube-netpol-webhook"
-CA_SECRET = "agentcube-netpol-ca"  # the replicas' shared CA (webhook/cabundle.py)
-SERVER_PORT = 9443
-CERT_DIR = "/certs"
-NONROOT_UID = 65532
-MAX_WEBHOOK_TIMEOUT_SECONDS = 10
-KUSTOMIZE_TIMEOUT_SECONDS = 120
-
-Doc = dict[str, Any]
-
-
-# --- rendering ----------------------------------------------------------------
-
-
-def kubectl() -> str:
-    """``$KUBECTL``, else the one `make controlplane` built, else ``kubectl`` on PATH."""
-    path = os.environ.get("KUBECTL")
-    if not path:
-        try:
-            path = str(find_binaries(os.environ).path(KUBECTL))
-        except ControlPlaneError:
-            path = shutil.which("kubectl")
-    if not path:
-        pytest.fail(
-            "kubectl not found: set KUBECTL to a kubectl binary, build one with "
-            "`make controlplane`, or put one on PATH"
-        )
-    return path
-
-
-def run_kubectl(*args: str) -> str:
-    result = subprocess.run(
-        [kubectl(), *args],
-        capture_output=True,
-        text=True,
-        timeout=KUSTOMIZE_TIMEOUT_SECONDS,
-        check=False,
-    )
-    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
-    return result.stdout
-
-
-def kustomize(directory: Path) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(run_kubectl("kustomize", str(directory))) if doc]
-
-
-@pytest.fixture(scope="module")
-def base() -> list[Doc]:
-    return kustomize(DEPLOY)
-
-
-@pytest.fixture(scope="module")
-def cert_manager() -> list[Doc]:
-    return kustomize(CERT_MANAGER)
-
-
-@pytest.fixture(scope="module", params=["base", "cert-manager"])
-def install(request: pytest.FixtureRequest) -> list[Doc]:
-    """Each way of installing: every check on it holds for both."""
-    docs: list[Doc] = request.getfixturevalue(request.param.replace("-", "_"))
-    return docs
-
-
-@pytest.fixture(scope="module")
-def crds() -> dict[str, Doc]:
-    docs = kustomize(CRDS)
-    assert all(d["kind"] == "CustomResourceDefinition" for d in docs)
-    return {d["spec"]["names"]["kind"]: d for d in docs}
-
-
-def only(docs: Sequence[Doc], kind: str, name: str | None = None) -> Doc:
-    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-def webhooks(docs: Sequence[Doc]) -> Iterator[tuple[str, Doc]]:
-    for doc in docs:
-        if doc["kind"] in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
-            for hook in doc["webhooks"]:
-                yield doc["kind"], hook
-
-
-def hook_named(docs: Sequence[Doc], name: str) -> Doc:
-    found = [hook for _, hook in webhooks(docs) if hook["name"] == name]
-    assert len(found) == 1, f"expected one webhook {name}, found {len(found)}"
-    return found[0]
-
-
-def pod_spec(docs: Sequence[Doc]) -> Doc:
-    spec: Doc = only(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
-
-
-def container(docs: Sequence[Doc]) -> Doc:
-    containers = pod_spec(docs)["containers"]
-    assert len(containers) == 1
-    found: Doc = containers[0]
-    return found
-
 
 # --- webhook configurations ---------------------------------------------------
 
-TEMPLATES = "templates.netpol.agentcube.io"
-OVERRIDES = "overrides.netpol.agentcube.io"
-POD_LABELS = "pod-labels.netpol.agentcube.io"
-CLAIMS = "claims.netpol.agentcube.io"
-PODS = "pods.netpol.agentcube.io"
 
 # webhook name -> (configuration kind, path, {(group, version, plural): operations})
 EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]]]] = {
@@ -562,26 +464,6 @@ ALL_KINDS = [
 ]
 
 
-def root_schema(crd: Doc) -> Doc:
-    (version,) = crd["spec"]["versions"]
-    schema: Doc = version["schema"]["openAPIV3Schema"]
-    return schema
-
-
-def schema_at(schema: Doc, path: Sequence[str]) -> Doc | None:
-    """The schema of the field at ``path``; None when the field would be pruned."""
-    node = schema
-    for name in path:
-        properties = node.get("properties") or {}
-        if name in properties:
-            node = properties[name]
-        elif node.get("x-kubernetes-preserve-unknown-fields"):
-            return {"x-kubernetes-preserve-unknown-fields": True}
-        else:
-            return None
-    return node
-
-
 def structural_problems(schema: Doc, where: str = "") -> Iterator[str]:
     """Nodes without a type: the API server refuses a CRD that is not structural."""
     if not (
@@ -773,352 +655,3 @@ def test_dockerfile_copies_only_files_the_build_context_sends() -> None:
         for source in arg.split()[:-1]:
             assert (REPO / source).exists(), source
             assert source.rstrip("/") in allowed, f"{source} is left out by .dockerignore"
-
-
-# --- against a real kube-apiserver (e2e tier) ------------------------------------------
-#
-# What only the API server can tell: the CRDs are valid and keep networkPolicy through
-# storage, the patch works on a stored CRD, the base applies, the Deployment's pod meets
-# the namespace's Pod Security level, RBAC grants what it should, and the CEL
-# matchConditions compile and send a fail-closed webhook only the requests it must see.
-# For the last, the base is installed as is: its Service has no endpoints, so a request
-# that reaches a Fail webhook is refused with "failed calling webhook <name>".
-
-TEAM = "team-a"
-SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:agentcube-netpol"
-
-NETWORK_POLICY = {
-    "mode": "Restricted",
-    "ingress": [{"cidrs": ["10.8.0.0/16"], "ports": [{"protocol": "TCP", "port": 8080}]}],
-    "egress": [
-        {
-            "cidrs": ["0.0.0.0/0"],
-            "except": ["10.0.0.0/8", "169.254.0.0/16"],
-            "ports": [{"port": 443}, {"protocol": "TCP", "port": 8000, "endPort": 8100}],
-        }
-    ],
-    "custom": {
-        "ingress": [
-            {"from": [{"podSelector": {"matchLabels": {"app": "x"}}}], "ports": [{"port": "http"}]}
-        ],
-        "egress": [{"to": [{"ipBlock": {"cidr": "1.2.3.0/24"}}]}],
-    },
-}
-CONTAINERS = [{"name": "main", "image": "registry.example/sandbox:1"}]
-
-
-def template_object(kind: kinds.Kind, name: str, policy: Any) -> Doc:
-    obj: Doc = {
-        "apiVersion": kind.api_version,
-        "kind": kind.kind,
-        "metadata": {"name": name, "namespace": TEAM},
-    }
-    if kind == kinds.AGENT_RUNTIME:
-        obj["spec"] = {
-            "targetPort": [{"port": 8080, "protocol": "HTTP"}],
-            "podTemplate": {"spec": {"containers": CONTAINERS}},
-        }
-    else:
-        obj["spec"] = {"warmPoolSize": 1, "template": {"image": "registry.example/ci:1"}}
-    path = kinds.TEMPLATE_POLICY_PATH[kind.kind]
-    node = obj
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = policy
-    return obj
-
-
-def policy_of(obj: Doc, kind: str) -> Any:
-    node: Any = obj
-    for key in kinds.TEMPLATE_POLICY_PATH[kind]:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[ControlPlane]:
-    try:
-        binaries = find_binaries(os.environ)
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with ControlPlane(binaries=binaries) as started:
-        install_crds(started, CRDS)
-        started.kubectl("create", "namespace", TEAM)
-        yield started
-
-
-def apply_json(
-    control_plane: ControlPlane, *args: str, obj: Doc
-) -> subprocess.CompletedProcess[str]:
-    return control_plane.kubectl(*args, "-f", "-", input=json.dumps(obj), check=False)
-
-
-def read(control_plane: ControlPlane, resource: str, name: str) -> Doc:
-    found: Doc = json.loads(
-        control_plane.kubectl("get", resource, name, "-n", TEAM, "-o", "json").stdout
-    )
-    return found
-
-
-@pytest.fixture(scope="module")
-def stored_templates(control_plane: ControlPlane) -> dict[str, Doc]:
-    """Templates created and read back before any webhook is installed."""
-    stored = {}
-    for kind in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER):
-        created = apply_json(
-            control_plane, "create", obj=template_object(kind, "t", NETWORK_POLICY)
-        )
-        assert created.returncode == 0, created.stderr
-        stored[kind.kind] = read(control_plane, f"{kind.plural}.{kind.group}", "t")
-    return stored
-
-
-@pytest.fixture(scope="module")
-def installed_base(control_plane: ControlPlane, stored_templates: dict[str, Doc]) -> None:
-    control_plane.kubectl("apply", "--server-side", "-k", str(DEPLOY))
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("kind", sorted(kinds.TEMPLATE_POLICY_PATH))
-def test_api_server_stores_network_policy_whole(
-    stored_templates: dict[str, Doc], kind: str
-) -> None:
-    assert policy_of(stored_templates[kind], kind) == NETWORK_POLICY
-
-
-@pytest.mark.e2e
-def test_patch_adds_network_policy_to_a_stored_crd(
-    control_plane: ControlPlane, crds: dict[str, Doc], tmp_path: Path, stored_templates: Doc
-) -> None:
-    kind = kinds.AGENT_RUNTIME
-    crd_name = f"{kind.plural}.{kind.group}"
-    without = copy.deepcopy(crds[kind.kind])
-    path = kinds.TEMPLATE_POLICY_PATH[kind.kind]
-    parent = schema_at(root_schema(without), path[:-1])
-    assert parent is not None
-    del parent["properties"][path[-1]]
-    control_plane.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(without)
-    )
-    # Without the property a client that does not ask for strict field validation (a
-    # controller, say) has the field silently pruned.
-    before = apply_json(
-        control_plane,
-        "create",
-        "--dry-run=server",
-        "--validate=false",
-        "-o",
-        "json",
-        obj=template_object(kind, "before-patch", NETWORK_POLICY),
-    )
-    assert before.returncode == 0, before.stderr
-    assert policy_of(json.loads(before.stdout), kind.kind) is None
-    patch_file = str(CRDS / "patches" / f"{kind.plural}-networkpolicy.yaml")
-    for _ in range(2):  # idempotent
-        control_plane.kubectl(
-            "patch", "crd", crd_name, "--type", "json", "--patch-file", patch_file
-        )
-    stored = apply_json(
-        control_plane,
-        "create",
-        "--dry-run=server",
-        "-o",
-        "json",
-        obj=template_object(kind, "after-patch", NETWORK_POLICY),
-    )
-    assert stored.returncode == 0, stored.stderr
-    assert policy_of(json.loads(stored.stdout), kind.kind) == NETWORK_POLICY
-
-
-@pytest.mark.e2e
-def test_deployment_pod_meets_the_namespace_pod_security(
-    control_plane: ControlPlane, installed_base: None, base: list[Doc]
-) -> None:
-    template = only(base, "Deployment")["spec"]["template"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "pss-check", "namespace": NAMESPACE, **template["metadata"]},
-        "spec": template["spec"],
-    }
-    created = apply_json(control_plane, "create", "--dry-run=server", obj=pod)
-    assert created.returncode == 0, created.stderr
-    # The namespace really enforces "restricted": a plain pod is refused.
-    plain = {**pod, "spec": {"containers": CONTAINERS}}
-    refused = apply_json(control_plane, "create", "--dry-run=server", obj=plain)
-    assert refused.returncode != 0
-    assert "violates PodSecurity" in refused.stderr
-
-
-@pytest.mark.e2e
-def test_cert_manager_overlay_applies(control_plane: ControlPlane, cert_manager: list[Doc]) -> None:
-    without_cert_manager_kinds = [
-        d for d in cert_manager if "cert-manager.io" not in d["apiVersion"]
-    ]
-    applied = apply_json(
-        control_plane,
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        obj={"apiVersion": "v1", "kind": "List", "items": without_cert_manager_kinds},
-    )
-    assert applied.returncode == 0, applied.stderr
-
-
-SERVICE_ACCOUNT_MAY = [
-    ("list", "sandboxes.agents.x-k8s.io", "-A"),
-    ("watch", "sandboxclaims.extensions.agents.x-k8s.io", "-A"),
-    ("watch", "codeinterpreters.runtime.agentcube.volcano.sh", "-A"),
-    ("patch", "pods", "-n", TEAM),
-    ("delete", "networkpolicies.networking.k8s.io", "-n", TEAM),
-    ("create", "events.events.k8s.io", "-n", TEAM),
-    ("update", "leases.coordination.k8s.io", "-n", NAMESPACE),
-    ("get", f"secrets/{CA_SECRET}", "-n", NAMESPACE),
-    ("patch", "validatingwebhookconfigurations/agentcube-netpol"),
-    ("patch", "mutatingwebhookconfigurations/agentcube-netpol"),
-    ("update", "sandboxclaims.extensions.agents.x-k8s.io", "--subresource=finalizers", "-n", TEAM),
-]
-SERVICE_ACCOUNT_MAY_NOT = [
-    ("get", "secrets", "-n", TEAM),
-    ("get", "secrets/other", "-n", NAMESPACE),
-    ("list", "secrets", "-n", NAMESPACE),
-    ("delete", "pods", "-n", TEAM),
-    ("update", "sandboxes.agents.x-k8s.io", "-n", TEAM),
-    ("update", "leases.coordination.k8s.io", "-n", TEAM),
-    ("patch", "validatingwebhookconfigurations/someone-else"),
-    ("create", "clusterrolebindings"),
-]
-
-
-@pytest.mark.e2e
-def test_service_account_permissions(control_plane: ControlPlane, installed_base: None) -> None:
-    def can(*args: str) -> bool:
-        answer = control_plane.kubectl(
-            "auth", "can-i", f"--as={SERVICE_ACCOUNT_USER}", *args, check=False
-        )
-        return answer.stdout.strip() == "yes"
-
-    assert [args for args in SERVICE_ACCOUNT_MAY if not can(*args)] == []
-    assert [args for args in SERVICE_ACCOUNT_MAY_NOT if can(*args)] == []
-
-
-def sandbox(name: str, annotations: dict[str, str] | None = None) -> Doc:
-    return {
-        "apiVersion": kinds.SANDBOX.api_version,
-        "kind": kinds.SANDBOX.kind,
-        "metadata": {"name": name, "namespace": TEAM, "annotations": annotations or {}},
-        "spec": {"podTemplate": {"spec": {"containers": CONTAINERS}}},
-    }
-
-
-def pod(name: str, labels: dict[str, str], namespace: str = TEAM) -> Doc:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"containers": CONTAINERS},
-    }
-
-
-def called(result: subprocess.CompletedProcess[str]) -> str | None:
-    """The fail-closed webhook that refused the request for being unreachable, if any."""
-    match = re.search(r'failed calling webhook "([^"]+)"', result.stderr)
-    if match:
-        return match.group(1)
-    assert result.returncode == 0, result.stderr
-    return None
-
-
-@pytest.mark.e2e
-def test_fail_closed_webhooks_see_only_what_they_must(
-    control_plane: ControlPlane, installed_base: None
-) -> None:
-    k = control_plane.kubectl
-    override = {kinds.ANNOTATION_NETWORK_POLICY: '{"mode": "None"}'}
-    sandbox_pod = {kinds.LABEL_SANDBOX_NAME: "s1"}
-    seen = {
-        "sandbox without override": called(apply_json(control_plane, "create", obj=sandbox("s1"))),
-        "sandbox with override": called(
-            apply_json(control_plane, "create", obj=sandbox("s2", override))
-        ),
-        "sandbox relabelled": called(k("label", "sandbox", "s1", "-n", TEAM, "x=y", check=False)),
-        "sandbox pod created": called(
-            apply_json(control_plane, "create", obj=pod("p1", sandbox_pod))
-        ),
-        "sandbox pod, other label": called(k("label", "pod", "p1", "-n", TEAM, "x=y", check=False)),
-        "sandbox pod, same sandbox-name": called(
-            k(
-                "label",
-                "--overwrite",
-                "pod",
-                "p1",
-                "-n",
-                TEAM,
-                f"{kinds.LABEL_SANDBOX_NAME}=s1",
-                check=False,
-            )
-        ),
-        "sandbox pod, sandbox-name changed": called(
-            k(
-                "label",
-                "--overwrite",
-                "pod",
-                "p1",
-                "-n",
-                TEAM,
-                f"{kinds.LABEL_SANDBOX_NAME}=other",
-                check=False,
-            )
-        ),
-        "sandbox pod, sandbox-name removed": called(
-            k("label", "pod", "p1", "-n", TEAM, f"{kinds.LABEL_SANDBOX_NAME}-", check=False)
-        ),
-        "claimed pod created (fails open)": called(
-            apply_json(control_plane, "create", obj=pod("p2", {kinds.LABEL_CLAIM_UID: "u"}))
-        ),
-        "claim created": called(
-            apply_json(
-                control_plane,
-                "create",
-                obj={
-                    "apiVersion": kinds.SANDBOX_CLAIM.api_version,
-                    "kind": kinds.SANDBOX_CLAIM.kind,
-                    "metadata": {"name": "c1", "namespace": TEAM},
-                    "spec": {"sandboxTemplateRef": {"name": "t"}},
-                },
-            )
-        ),
-        "template changed": called(
-            k(
-                "label",
-                "codeinterpreters.runtime.agentcube.volcano.sh",
-                "t",
-                "-n",
-                TEAM,
-                "x=y",
-                check=False,
-            )
-        ),
-        "pod in kube-system": called(
-            apply_json(
-                control_plane,
-                "create",
-                "--dry-run=server",
-                obj=pod("p3", {kinds.LABEL_CLAIM_UID: "u"}, namespace="kube-system"),
-            )
-        ),
-    }
-    assert seen == {
-        "sandbox without override": None,
-        "sandbox with override": OVERRIDES,
-        "sandbox relabelled": None,
-        "sandbox pod created": None,
-        "sandbox pod, other label": None,
-        "sandbox pod, same sandbox-name": None,
-        "sandbox pod, sandbox-name changed": POD_LABELS,
-        "sandbox pod, sandbox-name removed": POD_LABELS,
-        "claimed pod created (fails open)": None,
-        "claim created": CLAIMS,
-        "template changed": TEMPLATES,
-        "pod in kube-system": None,
-    }

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import template
+from tests.builders import template
 from webhook.admission.decide import validate_object
 from webhook.api import kinds
 from webhook.api.settings import Limits, Settings

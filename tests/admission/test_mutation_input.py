@@ -12,7 +12,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import request_for
+from tests.builders import review_of
 from webhook.admission.decide import mutate
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -91,13 +91,7 @@ def test_schema_decoded_requests_get_the_same_answer(
     operation: str,
     sub_resource: str | None,
 ) -> None:
-    review = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": request_for(
-            obj, kind=kind, operation=operation, old=old, sub_resource=sub_resource
-        ),
-    }
+    review = review_of(obj, kind=kind, operation=operation, old=old, sub_resource=sub_resource)
     body = orjson.dumps(review)
     _, whole = decode_review(body, parse_whole)
     _, schema = decode_review(body, parse_for_mutation)
