@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import builders
 from tests.kube.scripted import ScriptedRest, ScriptedWatch, page
 from webhook.api import kinds
 from webhook.kube.claimcache import ClaimCache, slim_claim
@@ -22,18 +23,9 @@ DONE_WAIT_S = 10.0
 
 
 def claim(name: str, uid: str, rv: str, namespace: str = "team-a", **labels: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "extensions.agents.x-k8s.io/v1alpha1",
-        "kind": "SandboxClaim",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": uid,
-            "resourceVersion": rv,
-            "labels": labels,
-        },
-        "spec": {"sandboxTemplateRef": {"name": "demo"}},
-    }
+    stored = builders.sandbox_claim(name, namespace, uid=uid, labels=labels)
+    stored["metadata"]["resourceVersion"] = rv
+    return stored
 
 
 def cache_over(rest: ScriptedRest) -> ClaimCache:

@@ -230,6 +230,9 @@ class Informer:
         self._store.add_index(index, keys)
 
     def add_handler(self, handler: Handler) -> None:
+        """``handler(old, new)`` is called on the informer's thread, one change at a time,
+        after the store has it. It must be quick (queue a key) and must not change the
+        objects it is given: they are the stored ones. An exception is logged, not fatal."""
         if self._thread is not None:
             raise RuntimeError("add handlers before start(): they would miss the first list")
         self._handlers.append(handler)
@@ -243,6 +246,7 @@ class Informer:
         return self._store.by_index(index, value)
 
     def items(self) -> list[dict[str, Any]]:
+        """Every stored object (the stored dicts themselves: read, never change them)."""
         return self._store.items()
 
     def __len__(self) -> int:

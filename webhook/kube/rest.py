@@ -162,6 +162,10 @@ class Rest:
         self._pool: urllib3.PoolManager = api_client.rest_client.pool_manager
         self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=timeout_seconds)
 
+    def with_timeout(self, timeout_seconds: float) -> Rest:
+        """The same client and connections, another per-request timeout."""
+        return Rest(self.api_client, timeout_seconds=timeout_seconds)
+
     @classmethod
     def from_config(
         cls,
