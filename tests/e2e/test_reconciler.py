@@ -342,3 +342,52 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     assert breaches(events, allowed_specs=allowed) == []
     released = {e[3]["metadata"]["name"] for e in events if e[1] == "Pod" and is_runnable(e[3])}
     assert released == set(names)  # the check above saw every pod running
+
+
+def test_one_replica_writes_and_another_takes_over_when_it_goes(
+    kube: Kubectl,
+    ns: str,
+    run: WebhookServer,
+    service_account: Path,
+    tmp_path: Path,
+) -> None:
+    """Last in the module: it stops and restarts the module's `run`."""
+    second = start_run(kube.control_plane, service_account, tmp_path)
+    try:
+        eventually(lambda: run.metric("agentcube_netpol_leader") == 1, "the first replica to lead")
+        assert second.metric("agentcube_netpol_leader") == 0
+        kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+        created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+        before = wait_policy(
+            kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", RESTRICTED, created)["spec"]
+        )
+        assert second.metric('agentcube_netpol_writes_total{write="create"}') == 0
+
+        # A clean stop releases the Lease: the other replica leads at once.
+        run.stop()
+        eventually(lambda: second.metric("agentcube_netpol_leader") == 1, "a takeover", 3.0)
+        created2 = json.loads(
+            kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns, "py-efgh5678")))
+        )
+        wait_policy(
+            kube, ns, "py-efgh5678", desired(ns, "py-efgh5678", RESTRICTED, created2)["spec"]
+        )
+        # Its full pass found the first policy as it should be and wrote nothing to it.
+        assert (
+            policy_of(kube, ns, "py-abcd1234")["metadata"]["resourceVersion"]
+            == (before["metadata"]["resourceVersion"])
+        )
+
+        # Killed, it cannot release: the first replica (back, standing by) waits out the lease.
+        run.start()
+        assert run.metric("agentcube_netpol_leader") == 0
+        second.kill()
+        eventually(lambda: run.metric("agentcube_netpol_leader") == 1, "a takeover after expiry")
+        kube.ok("delete", "networkpolicy", "py-efgh5678", "-n", ns)
+        wait_policy(
+            kube, ns, "py-efgh5678", desired(ns, "py-efgh5678", RESTRICTED, created2)["spec"]
+        )
+    finally:
+        second.stop()
+        if not run.running:
+            run.start()

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +66,9 @@ class Reconciler:
         self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         self.queue: WorkQueue[Request] = WorkQueue()
         self._leading = threading.Event()
+        # Set by the runtime to the elector's own check (renewed within the renew deadline),
+        # so a worker stops writing the moment the lease may have passed to another replica.
+        self.lease_held: Callable[[], bool] = lambda: True
         self._threads: list[threading.Thread] = []
         self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._reported_lock = threading.Lock()
@@ -86,7 +89,7 @@ class Reconciler:
 
     @property
     def leading(self) -> bool:
-        return self._leading.is_set()
+        return self._leading.is_set() and self.lease_held()
 
     def start_leading(self) -> None:
         """Called when the Lease is ours: a full pass, then workers until we lose it."""

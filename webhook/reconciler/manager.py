@@ -67,6 +67,7 @@ class ReconcilerRuntime:
             renew_deadline_seconds=renew_deadline_seconds,
             retry_seconds=retry_seconds,
         )
+        self.reconciler.lease_held = lambda: self.elector.is_leader
         self._stopping = threading.Event()
         self._starter: threading.Thread | None = None
 
