@@ -9,7 +9,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from tests.conftest import request_for
+from tests.builders import admission_request
 from webhook.admission.decide import NoClaims, mutate
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -28,7 +28,7 @@ def sandbox_pod(**spec: Any) -> dict[str, Any]:
 
 def mutated(pod: dict[str, Any], operation: str = "CREATE") -> tuple[dict[str, Any], list[Any]]:
     answer = mutate(
-        request_for(pod, kind=kinds.POD, operation=operation),
+        admission_request(pod, kind=kinds.POD, operation=operation),
         settings=Settings(),
         claims=NoClaims(),
     )
