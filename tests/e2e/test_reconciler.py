@@ -344,6 +344,60 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     assert released == set(names)  # the check above saw every pod running
 
 
+def _without_verb(rules: list[dict[str, Any]], resource: str, verb: str) -> list[dict[str, Any]]:
+    out = copy.deepcopy(rules)
+    for rule in out:
+        if resource in rule.get("resources", []):
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("resource", "verb"),
+    [("networkpolicies", "create"), ("pods", "patch")],
+    ids=["no create on networkpolicies", "no patch on pods"],
+)
+def test_each_rule_deploy_grants_is_needed(
+    kube: Kubectl, ns: str, run: WebhookServer, resource: str, verb: str
+) -> None:
+    """With one verb taken from deploy/'s ClusterRole, what it is for stops happening."""
+    role = kube.get("clusterrole", "agentcube-netpol")
+    granted = role["rules"]
+    role["rules"] = _without_verb(granted, resource, verb)
+    assert role["rules"] != granted
+    errors_before = run.metric('agentcube_netpol_api_errors_total{status="403"}') or 0.0
+    kube.ok("replace", "-f", "-", input=as_json(role))
+    try:
+        kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+        created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+        kube.ok("create", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+        eventually(
+            lambda: (
+                (run.metric('agentcube_netpol_api_errors_total{status="403"}') or 0) > errors_before
+            ),
+            "the reconciler to be refused",
+        )
+        gates = kube.get("pod", "py-abcd1234", "-n", ns)["spec"].get("schedulingGates") or []
+        assert {"name": GATE} in gates  # still held: never released without its policy
+        if resource == "networkpolicies":
+            assert policy_of(kube, ns, "py-abcd1234") is None
+    finally:
+        role = kube.get("clusterrole", "agentcube-netpol")
+        role["rules"] = granted
+        kube.ok("replace", "-f", "-", input=as_json(role))
+    # Granted again, the retries (backed off) get through.
+    want = desired(ns, "py-abcd1234", RESTRICTED, created)
+    wait_policy(kube, ns, "py-abcd1234", want["spec"])
+    eventually(
+        lambda: (
+            {"name": GATE}
+            not in (kube.get("pod", "py-abcd1234", "-n", ns)["spec"].get("schedulingGates") or [])
+        ),
+        "the pod to be released once the rule is back",
+        timeout_s=40.0,
+    )
+
+
 def test_one_replica_writes_and_another_takes_over_when_it_goes(
     kube: Kubectl,
     ns: str,
