@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -342,6 +344,41 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     assert breaches(events, allowed_specs=allowed) == []
     released = {e[3]["metadata"]["name"] for e in events if e[1] == "Pod" and is_runnable(e[3])}
     assert released == set(names)  # the check above saw every pod running
+
+
+def audit(kube: Kubectl, service_account: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", "audit", f"--kubeconfig={service_account}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_audit_reports_what_leaves_a_sandbox_less_isolated(
+    kube: Kubectl, ns: str, service_account: Path
+) -> None:
+    kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+    created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+    wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", RESTRICTED, created)["spec"])
+    eventually(lambda: audit(kube, service_account, "-n", ns).returncode == 0, "a clean audit")
+    clean = audit(kube, service_account, "-n", ns)
+    assert clean.stdout.startswith("no findings")
+
+    allow_all = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "tenant-allow-all", "namespace": ns},
+        "spec": {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]},
+    }
+    kube.ok("create", "-f", "-", input=as_json(allow_all))
+    found = audit(kube, service_account, "-n", ns)
+    assert found.returncode == 1, found.stderr
+    assert f"{ns}  tenant-allow-all  widens" in found.stdout
+    as_json_output = audit(kube, service_account, "-n", ns, "-o", "json")
+    assert json.loads(as_json_output.stdout)["findings"][0]["name"] == "tenant-allow-all"
 
 
 def _without_verb(rules: list[dict[str, Any]], resource: str, verb: str) -> list[dict[str, Any]]:
