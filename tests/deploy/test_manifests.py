@@ -32,6 +32,7 @@ from tests.deploy.manifests import (
     NAMESPACE,
     NONROOT_UID,
     OVERRIDES,
+    POD_GATES,
     POD_LABELS,
     PODS,
     REPO,
@@ -92,6 +93,11 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
         "MutatingWebhookConfiguration",
         "/mutate",
         {(kinds.POD.group, kinds.POD.version, kinds.POD.plural): {"CREATE", "UPDATE"}},
+    ),
+    POD_GATES: (
+        "MutatingWebhookConfiguration",
+        "/mutate",
+        {(kinds.POD.group, kinds.POD.version, kinds.POD.plural): {"CREATE"}},
     ),
 }
 
@@ -174,6 +180,9 @@ def test_pod_webhooks_only_see_sandbox_pods(install: list[Doc]) -> None:
     # The mutation is for claimed warm-pool pods; the guard for pods that have the label.
     assert _exists_keys(hook_named(install, PODS)) == {kinds.LABEL_CLAIM_UID}
     assert _exists_keys(hook_named(install, POD_LABELS)) == {kinds.LABEL_SANDBOX_NAME}
+    # The gate: pods created with the sandbox-name label, and it fails closed.
+    assert _exists_keys(hook_named(install, POD_GATES)) == {kinds.LABEL_SANDBOX_NAME}
+    assert hook_named(install, POD_GATES)["failurePolicy"] == "Fail"
 
 
 def _exists_keys(hook: Doc) -> set[str]:

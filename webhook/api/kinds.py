@@ -57,6 +57,9 @@ LABEL_WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"
 ANNOTATION_POD_NAME = "agents.x-k8s.io/pod-name"
 
 # Ours.
+# The scheduling gate the pod webhook puts on a sandbox pod at creation; the reconciler
+# lifts it once the sandbox's NetworkPolicy is in place, so the pod never runs unisolated.
+SCHEDULING_GATE = "netpol.agentcube.io/network-policy"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "agentcube-netpol"
 
