@@ -15,7 +15,9 @@ its pod is Running and Ready with a pod IP. ``FakeKubelet`` plays both parts a n
   with grace period 0, which is what a kubelet does once the containers have stopped.
 
 Pod IPs come from a ``PodNetwork``: here ``CidrPodNetwork`` hands out unique addresses of a
-CIDR; a network that makes real network namespaces can take its place.
+CIDR; a network that makes real network namespaces can take its place. A new ``FakeKubelet``
+starts from a fresh network: a running pod it finds with an IP its network did not give is
+reported again with one that it did, so IPs stay unique among the pods it runs.
 
 It follows pods with a list, then a watch resumed from the last resourceVersion (relisting on
 410 Gone), in one daemon thread that ``stop()`` ends at once. Each pod is handled from what
