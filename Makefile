@@ -27,10 +27,12 @@ controlplane:
 	tests/controlplane/build.sh >/dev/null
 	tests/controlplane/build-agent-sandbox.sh >/dev/null
 
+## lint: ruff, mypy, and the layering contracts of pyproject.toml [tool.importlinter]
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(VENV)/bin/ruff format .

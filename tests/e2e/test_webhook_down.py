@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.builders import code_interpreter, sandbox, sandbox_claim, sandbox_pod
 from tests.e2e.harness import Kubectl, WebhookServer, as_json
-from tests.e2e.objects import code_interpreter, sandbox, sandbox_claim, sandbox_pod
 from webhook.api import kinds
 
 pytestmark = pytest.mark.usefixtures("webhook_configurations")

@@ -11,16 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-import orjson
-
 from webhook.admission import response
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.api.wire import AdmissionRequest, AdmissionResponse, UserInfo
-from webhook.policy.fielderrors import FieldError, show_value, type_name
+from webhook.policy.fielderrors import FieldError, show_value
+from webhook.policy.override import OVERRIDE_PATH, override_annotation, parse_override
 from webhook.policy.validation import Findings, describe, validate_network_policy
 
-OVERRIDE_PATH = f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]"
 SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"
 
 _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER)}
@@ -60,7 +58,7 @@ def validate_object(obj: Mapping[str, Any], *, settings: Settings) -> Verdict:
     if key in _TEMPLATE_KINDS:
         found = validate_template(obj, kind=key[1], settings=settings)
     elif key in _OVERRIDE_KINDS:
-        found = validate_override(_annotation(obj), settings=settings)
+        found = validate_override(override_annotation(obj), settings=settings)
     else:
         found = Findings()
     return Verdict([str(e) for e in found.errors], found.warnings)
@@ -77,26 +75,8 @@ def validate_override(value: str | None, *, settings: Settings) -> Findings:
     """The per-session override annotation: the JSON of a ``networkPolicy``."""
     if value is None:
         return Findings()
-    limit = settings.limits.max_annotation_bytes
-    if len(value) > limit:
-        return Findings(
-            [FieldError(OVERRIDE_PATH, f"must be at most {limit} bytes, not {len(value)}")]
-        )
-    try:
-        policy = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return Findings(
-            [
-                FieldError(
-                    OVERRIDE_PATH, f"must be the JSON of a networkPolicy object ({exc})", value
-                )
-            ]
-        )
-    if not isinstance(policy, dict):
-        return Findings(
-            [FieldError(OVERRIDE_PATH, f"must be a JSON object, not {type_name(policy)}", policy)]
-        )
-    return validate_network_policy(policy, OVERRIDE_PATH, limits=settings.limits)
+    _policy, found = parse_override(value, limits=settings.limits)
+    return found
 
 
 def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionResponse:
@@ -119,7 +99,7 @@ def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionRespo
         return _verdict(uid, key[1], request, found)
 
     if key in _OVERRIDE_KINDS:
-        new_value, old_value = _annotation(obj), _annotation(old)
+        new_value, old_value = override_annotation(obj), override_annotation(old)
         if new_value == old_value:
             return response.allowed(uid)
         if not is_privileged(user, settings):
@@ -179,7 +159,7 @@ def _privilege_problem(action: str, user: UserInfo, settings: Settings) -> str:
 # decodes /mutate bodies with this schema (msgspec skips everything else without
 # building it): a claimed pod's UPDATE carries two ~15 KB pods of which the
 # mutation needs the labels. Every field ``mutate`` reads must be declared here;
-# tests/test_mutation_input.py checks that the answer is the same either way.
+# tests/admission/test_mutation_input.py checks that the answer is the same either way.
 class _MutationMetadata(TypedDict, total=False):
     name: Any
     namespace: Any
@@ -189,6 +169,7 @@ class _MutationMetadata(TypedDict, total=False):
 
 class _MutationSpec(TypedDict, total=False):
     additionalPodMetadata: Any
+    schedulingGates: Any
 
 
 class _MutationObject(TypedDict, total=False):
@@ -243,18 +224,39 @@ def mutate(
         )
 
     if key == _POD and operation in ("CREATE", "UPDATE"):
+        patch: list[dict[str, Any]] = []
         claim_uid = _labels(obj).get(kinds.LABEL_CLAIM_UID)
-        if not claim_uid:
-            return response.allowed(uid)
-        namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
-        claim = claims.claim_by_uid(namespace, claim_uid)
-        if claim is None:
-            return response.allowed(uid)  # the reconciler labels it once the claim is known
-        return response.patched(
-            uid, patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
-        )
+        if claim_uid:
+            namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
+            claim = claims.claim_by_uid(namespace, claim_uid)
+            # An unknown claim: the reconciler labels the pod once it knows the claim.
+            if claim is not None:
+                patch += patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
+        elif operation == "CREATE" and _labels(obj).get(kinds.LABEL_SANDBOX_NAME):
+            # Direct path. A claimed pod is held by its warm pool's baseline policy instead.
+            patch += patch_scheduling_gate(obj)
+        return response.patched(uid, patch) if patch else response.allowed(uid)
 
     return response.allowed(uid)
+
+
+def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Hold a sandbox pod at creation until its NetworkPolicy is in place.
+
+    A gated pod is not scheduled, so it runs nothing; the reconciler lifts the
+    gate once the sandbox's NetworkPolicy exists (or its mode is None). Gates
+    can only be added when a pod is created, which is why this is a mutation.
+    """
+    gate = {"name": kinds.SCHEDULING_GATE}
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return [{"op": "add", "path": "/spec", "value": {"schedulingGates": [gate]}}]
+    if not isinstance(gates, list):
+        return [{"op": "add", "path": "/spec/schedulingGates", "value": [gate]}]
+    if any(isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates):
+        return []
+    return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
 
 
 def pod_labels_for_claim(claim: Mapping[str, Any]) -> dict[str, str]:
@@ -279,7 +281,7 @@ def patch_labels(
     operations are few and fixed: ``add`` the first missing map on the way (with
     everything below it), ``replace`` a leaf that is not a map, else ``add`` or
     ``replace`` each label that differs. Only add and replace, never a test or
-    remove; no change, no patch. tests/test_admission.py checks that applying it
+    remove; no change, no patch. tests/admission/test_decide.py checks that applying it
     gives what ``make_patch`` would have.
     """
     node: Any = obj
@@ -318,14 +320,6 @@ def _escape(key: str) -> str:
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     labels = kinds.get_path(obj, ("metadata", "labels"))
     return labels if isinstance(labels, Mapping) else {}
-
-
-def _annotation(obj: Mapping[str, Any]) -> str | None:
-    annotations = kinds.get_path(obj, ("metadata", "annotations"))
-    if not isinstance(annotations, Mapping):
-        return None
-    value = annotations.get(kinds.ANNOTATION_NETWORK_POLICY)
-    return value if isinstance(value, str) else None
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.devtools.controlplane import (
     KUBECTL,
@@ -38,14 +39,13 @@ from webhook.devtools.controlplane import (
     tls_context,
 )
 from webhook.kube.claimcache import ClaimCache
+from webhook.tls.certs import CA_CERT_FILE
 
 logger = logging.getLogger(__name__)
 
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 SERVER_READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 EXAMPLE = """\
 apiVersion: runtime.agentcube.volcano.sh/v1alpha1
@@ -189,7 +189,7 @@ def _register_when_ready(
     stop_waiting: threading.Event,
     stdout: TextIO,
 ) -> None:
-    ca_file = cert_dir / "ca.crt"
+    ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while not stop_waiting.is_set():
         if time.monotonic() > deadline:
