@@ -8,7 +8,8 @@ fake kubelet, then a SandboxClaim as AgentCube writes it, adopted by the real cl
 controller: the running pod ends up labelled with the claim's sandbox name and session.
 
 Direct path and the kubelet, on the session's cluster (fixtures ``agent_sandbox`` and
-``kubelet``): a Sandbox's pod runs and is cleaned up; a gated pod waits for its gates.
+``kubelet``): a Sandbox's pod, held by our webhook's scheduling gate, runs once the gate is
+lifted and is cleaned up after the Sandbox; any gated pod waits for its gates.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.builders import code_interpreter, sandbox, sandbox_claim, sandbox_pod
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
-from tests.e2e.objects import code_interpreter, sandbox, sandbox_claim, sandbox_pod
 from webhook.api import kinds
 from webhook.devtools.agentsandbox import (
     LABEL_POD_TEMPLATE_HASH,
@@ -33,10 +34,10 @@ from webhook.devtools.agentsandbox import (
     LABEL_TEMPLATE_REF_HASH,
     AgentSandboxBuild,
     AgentSandboxController,
-    name_hash,
 )
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 from webhook.devtools.kubelet import DEFAULT_POD_CIDR, CidrPodNetwork, FakeKubelet
+from webhook.reconciler.agentsandbox import name_hash
 
 NAMESPACE = "sessions"
 WARM_POOL_SIZE = 2
@@ -193,8 +194,9 @@ def state_of(cluster_kubectl: Kubectl, namespace: str, controller: AgentSandboxC
 def warm_pods(warm_cluster: Cluster) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A CodeInterpreter with a warm pool of 2, and its warm pods once Running and Ready."""
     kubectl = warm_cluster.kubectl
-    interpreter = code_interpreter("pyinterp", NAMESPACE, {"mode": "Restricted"})
-    interpreter["spec"]["warmPoolSize"] = WARM_POOL_SIZE
+    interpreter = code_interpreter(
+        "pyinterp", NAMESPACE, {"mode": "Restricted"}, warm_pool_size=WARM_POOL_SIZE
+    )
     created = json.loads(kubectl.ok("create", "-o", "json", "-f", "-", input=as_json(interpreter)))
     kubectl.ok("create", "-f", "-", input=as_json(*warm_pool_for(created)))
 
@@ -237,8 +239,8 @@ def test_warm_pool_pods_are_made_by_the_real_controllers_and_run(
 def test_name_hash_is_the_controllers_label_function(
     warm_pods: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> None:
-    """Our reimplementation of agent-sandbox's NameHash gives the labels the real controller
-    wrote: the template-ref hash of the template's name, the pool hash of the pool's name,
+    """The reconciler's reimplementation of agent-sandbox's NameHash gives the labels the real
+    controller wrote: the template-ref hash of the template's name, the pool hash of the pool's name,
     the sandbox-name hash of each Sandbox's name."""
     interpreter, pods = warm_pods
     name = interpreter["metadata"]["name"]
@@ -342,9 +344,22 @@ def test_sandbox_pod_is_made_run_and_cleaned_up(
     created = json.loads(kubectl.ok("create", "-o", "json", "-f", "-", input=as_json(direct)))
     explain = lambda: state_of(kubectl, namespace, agent_sandbox) + str(list(kubelet.problems))  # noqa: E731
 
-    def running_pod() -> dict[str, Any] | None:
+    def created_pod() -> dict[str, Any] | None:
         pods = items(kubectl, "pods", namespace)
-        return pods[0] if pods and is_running_and_ready(pods[0]) else None
+        return pods[0] if pods else None
+
+    # Our webhook holds it with the scheduling gate; no reconciler runs on this cluster, so
+    # the test lifts the gate the way the reconciler does once the policy exists.
+    gated = wait_for("the Sandbox's pod created", created_pod, explain=explain)
+    assert gated["spec"]["schedulingGates"] == [{"name": kinds.SCHEDULING_GATE}]
+    kubectl.ok(
+        "patch", "pod", name, "-n", namespace, "--type=json", "-p",
+        json.dumps([{"op": "replace", "path": "/spec/schedulingGates", "value": []}]),
+    )  # fmt: skip
+
+    def running_pod() -> dict[str, Any] | None:
+        pod = created_pod()
+        return pod if pod is not None and is_running_and_ready(pod) else None
 
     pod = wait_for("the Sandbox's pod Running and Ready", running_pod, explain=explain)
     assert pod["metadata"]["name"] == name
@@ -384,8 +399,8 @@ def test_sandbox_pod_is_made_run_and_cleaned_up(
 def test_gated_pod_waits_until_its_gates_are_lifted(
     kubectl: Kubectl, namespace: str, kubelet: FakeKubelet
 ) -> None:
-    gated = sandbox_pod("gated", namespace, labels={kinds.LABEL_SANDBOX_NAME: "gated"})
-    gated["spec"]["schedulingGates"] = [{"name": "netpol.agentcube.io/policy"}]
+    gated = sandbox_pod("gated", namespace, labels={"app": "gated"})
+    gated["spec"]["schedulingGates"] = [{"name": "example.com/not-yet"}]
     kubectl.ok("create", "-f", "-", input=as_json(gated))
     # A pod created after it runs: the kubelet has seen the gated pod by then (one watch,
     # in the order the API server wrote them).

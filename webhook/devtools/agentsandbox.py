@@ -77,26 +77,10 @@ CONTROLLERS_WITH_EXTENSIONS = 4  # Sandbox, SandboxClaim, SandboxTemplate, Sandb
 CONTROLLERS_WITHOUT_EXTENSIONS = 1  # Sandbox
 
 
-# --- the labels it computes (pure) -----------------------------------------------------------
-
-FNV32_OFFSET_BASIS = 0x811C9DC5
-FNV32_PRIME = 0x01000193
+# The labels it writes (values: webhook.reconciler.agentsandbox.name_hash of a name).
 LABEL_SANDBOX_NAME_HASH = "agents.x-k8s.io/sandbox-name-hash"
 LABEL_TEMPLATE_REF_HASH = "agents.x-k8s.io/sandbox-template-ref-hash"
 LABEL_POD_TEMPLATE_HASH = "agents.x-k8s.io/sandbox-pod-template-hash"
-
-
-def name_hash(name: str) -> str:
-    """agent-sandbox's ``NameHash`` (controllers/sandbox_controller.go, v0.4.6): FNV-1a, 32 bits,
-    of the name's UTF-8 bytes, as 8 lowercase hex digits (``fmt.Sprintf("%08x", ...)``).
-
-    The value of ``agents.x-k8s.io/sandbox-template-ref-hash`` (of the SandboxTemplate's
-    name), ``agents.x-k8s.io/warm-pool-sandbox`` (of the SandboxWarmPool's name) and
-    ``agents.x-k8s.io/sandbox-name-hash`` (of the Sandbox's name)."""
-    value = FNV32_OFFSET_BASIS
-    for byte in name.encode("utf-8"):
-        value = ((value ^ byte) * FNV32_PRIME) & 0xFFFFFFFF
-    return f"{value:08x}"
 
 
 # --- the build ---------------------------------------------------------------------------------

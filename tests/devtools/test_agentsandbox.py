@@ -15,7 +15,6 @@ from webhook.devtools.agentsandbox import (
     AgentSandboxBuild,
     controller_args,
     find_agent_sandbox,
-    name_hash,
     rbac_manifests,
 )
 from webhook.devtools.controlplane import ControlPlaneError
@@ -26,6 +25,7 @@ from webhook.devtools.kubelet import (
     is_running_here,
     running_status,
 )
+from webhook.reconciler.agentsandbox import name_hash
 
 
 @pytest.mark.parametrize(
