@@ -65,10 +65,8 @@ def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
         yield control_plane
 
 
-@pytest.fixture(scope="module")
-def kube(cluster: ControlPlane) -> Kubectl:
-    kubectl = Kubectl(cluster)
-    # AgentCube's workload manager, as its own install grants it: sandboxes and claims.
+def grant_agentcube(kubectl: Kubectl) -> None:
+    """AgentCube's workload manager, as its own install grants it: sandboxes and claims."""
     kubectl.ok(
         "create", "clusterrole", "agentcube-workload-manager",
         "--verb=get,list,watch,create,update,patch,delete",
@@ -79,6 +77,12 @@ def kube(cluster: ControlPlane) -> Kubectl:
         "create", "clusterrolebinding", "agentcube-workload-manager",
         "--clusterrole=agentcube-workload-manager", "--group=system:serviceaccounts:agentcube",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: ControlPlane) -> Kubectl:
+    kubectl = Kubectl(cluster)
+    grant_agentcube(kubectl)
     return kubectl
 
 
@@ -315,8 +319,7 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     """Sandboxes and their pods created as fast as AgentCube and agent-sandbox would, while
     every pod and NetworkPolicy change is recorded in the API server's order."""
     rest = Rest.from_config(cluster.admin_kubeconfig)
-    start = rest.list(kinds.POD, namespace=ns)["metadata"]["resourceVersion"]
-    recorder = Recorder(rest, start)
+    recorder = Recorder(rest)
     recorder.start()
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
     names = [f"py-inv{i:05d}" for i in range(6)]
