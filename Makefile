@@ -22,9 +22,10 @@ serve: install
 dev: install controlplane
 	$(PY) -m webhook dev
 
-## controlplane: build kube-apiserver, kube-controller-manager, kubectl and etcd (cached)
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd and the agent-sandbox controller (cached)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
+	tests/controlplane/build-agent-sandbox.sh >/dev/null
 
 ## lint: ruff, mypy, and the layering contracts of pyproject.toml [tool.importlinter]
 lint: install

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import Kubectl, as_json
-from tests.e2e.objects import (
+from tests.builders import (
     agent_runtime,
     code_interpreter,
     sandbox,
     sandbox_claim,
     sandbox_pod,
 )
+from tests.e2e.harness import Kubectl, as_json
 from webhook.api import kinds
 from webhook.devtools.controlplane import ControlPlane
 

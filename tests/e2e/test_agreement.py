@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.builders import agent_runtime, code_interpreter
 from tests.e2e.harness import REPO_ROOT, Kubectl, as_json
-from tests.e2e.objects import agent_runtime, code_interpreter
 from webhook.policy.cidr import CidrProblem, parse_cidr
 
 RENDER_TIMEOUT_S = 30

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.builders import sandbox_claim, sandbox_pod
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
-from tests.e2e.objects import sandbox_claim, sandbox_pod
 from webhook.api import kinds
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 
@@ -120,17 +120,14 @@ def test_pod_of_a_claim_nobody_knows_is_created_unchanged(cluster: ControlPlane)
 
 
 def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
-    from kubernetes.client import CustomObjectsApi
-    from kubernetes.config import new_client_from_config
-
     from webhook.kube.claimcache import ClaimCache
+    from webhook.kube.rest import Rest
 
-    api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
-    cache = ClaimCache(CustomObjectsApi(api_client))
+    cache = ClaimCache(Rest.from_config(cluster.admin_kubeconfig))
     cache.start()
     assert cache.wait_synced(10)
     time.sleep(0.5)  # the watch is open and waiting for events
     started = time.monotonic()
     cache.stop()
     assert time.monotonic() - started < 3
-    assert cache._thread is not None and not cache._thread.is_alive()
+    assert not cache.informer.running

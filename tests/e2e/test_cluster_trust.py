@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
+from tests import builders
 from tests.e2e.deployed import (
     NAMESPACE,
     SERVICE_ACCOUNT_GROUPS,
@@ -82,7 +82,7 @@ def test_replicas_share_one_ca_and_write_it_into_every_webhook(
     assert first.ca_pem == ca_pem
     assert second.ca_pem == ca_pem
     bundles = ca_bundles(kubectl)
-    assert len(bundles) == 5
+    assert len(bundles) == 6  # every webhook of deploy/: 3 validating, 3 mutating
     assert set(bundles) == {base64.b64encode(ca_pem).decode()}
     # Each replica serves its own certificate, and the shared CA vouches for both.
     assert (first.cert_dir / "tls.crt").read_bytes() != (second.cert_dir / "tls.crt").read_bytes()
@@ -94,17 +94,9 @@ def test_api_server_trusts_the_server_it_could_not_reach_before(
 ) -> None:
     kubectl = Kubectl(cluster)
     kubectl.ok("create", "namespace", "trust")
-    bad: dict[str, Any] = {
-        "apiVersion": "runtime.agentcube.volcano.sh/v1alpha1",
-        "kind": "CodeInterpreter",
-        "metadata": {"name": "py", "namespace": "trust"},
-        "spec": {
-            "template": {
-                "image": "python:3.12",
-                "networkPolicy": {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]},
-            }
-        },
-    }
+    bad = builders.code_interpreter(
+        "py", "trust", {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}
+    )
     result = kubectl("apply", "-f", "-", input=json.dumps(bad))
     assert result.returncode != 0
     # Denied by our webhook (TLS worked), not "failed calling webhook ... x509".

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.builders import code_interpreter, sandbox_claim, sandbox_pod
 from tests.e2e.harness import REPO_ROOT, as_json
-from tests.e2e.objects import code_interpreter, sandbox_claim, sandbox_pod
 from webhook.api import kinds
 from webhook.devtools.controlplane import KUBECTL, Binaries
 

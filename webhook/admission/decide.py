@@ -159,7 +159,7 @@ def _privilege_problem(action: str, user: UserInfo, settings: Settings) -> str:
 # decodes /mutate bodies with this schema (msgspec skips everything else without
 # building it): a claimed pod's UPDATE carries two ~15 KB pods of which the
 # mutation needs the labels. Every field ``mutate`` reads must be declared here;
-# tests/test_mutation_input.py checks that the answer is the same either way.
+# tests/admission/test_mutation_input.py checks that the answer is the same either way.
 class _MutationMetadata(TypedDict, total=False):
     name: Any
     namespace: Any
@@ -169,6 +169,7 @@ class _MutationMetadata(TypedDict, total=False):
 
 class _MutationSpec(TypedDict, total=False):
     additionalPodMetadata: Any
+    schedulingGates: Any
 
 
 class _MutationObject(TypedDict, total=False):
@@ -223,18 +224,39 @@ def mutate(
         )
 
     if key == _POD and operation in ("CREATE", "UPDATE"):
+        patch: list[dict[str, Any]] = []
         claim_uid = _labels(obj).get(kinds.LABEL_CLAIM_UID)
-        if not claim_uid:
-            return response.allowed(uid)
-        namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
-        claim = claims.claim_by_uid(namespace, claim_uid)
-        if claim is None:
-            return response.allowed(uid)  # the reconciler labels it once the claim is known
-        return response.patched(
-            uid, patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
-        )
+        if claim_uid:
+            namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
+            claim = claims.claim_by_uid(namespace, claim_uid)
+            # An unknown claim: the reconciler labels the pod once it knows the claim.
+            if claim is not None:
+                patch += patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
+        elif operation == "CREATE" and _labels(obj).get(kinds.LABEL_SANDBOX_NAME):
+            # Direct path. A claimed pod is held by its warm pool's baseline policy instead.
+            patch += patch_scheduling_gate(obj)
+        return response.patched(uid, patch) if patch else response.allowed(uid)
 
     return response.allowed(uid)
+
+
+def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Hold a sandbox pod at creation until its NetworkPolicy is in place.
+
+    A gated pod is not scheduled, so it runs nothing; the reconciler lifts the
+    gate once the sandbox's NetworkPolicy exists (or its mode is None). Gates
+    can only be added when a pod is created, which is why this is a mutation.
+    """
+    gate = {"name": kinds.SCHEDULING_GATE}
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return [{"op": "add", "path": "/spec", "value": {"schedulingGates": [gate]}}]
+    if not isinstance(gates, list):
+        return [{"op": "add", "path": "/spec/schedulingGates", "value": [gate]}]
+    if any(isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates):
+        return []
+    return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
 
 
 def pod_labels_for_claim(claim: Mapping[str, Any]) -> dict[str, str]:
@@ -259,7 +281,7 @@ def patch_labels(
     operations are few and fixed: ``add`` the first missing map on the way (with
     everything below it), ``replace`` a leaf that is not a map, else ``add`` or
     ``replace`` each label that differs. Only add and replace, never a test or
-    remove; no change, no patch. tests/test_admission.py checks that applying it
+    remove; no change, no patch. tests/admission/test_decide.py checks that applying it
     gives what ``make_patch`` would have.
     """
     node: Any = obj

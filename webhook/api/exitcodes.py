@@ -9,3 +9,5 @@ EXIT_INVALID = 1
 EXIT_FAILED = 1
 # Unreadable input or a usage error (argparse exits with 2 too).
 EXIT_USAGE = 2
+# audit: some sandbox is less isolated than its policy says (2: the cluster could not be read).
+EXIT_FINDINGS = 1

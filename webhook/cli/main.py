@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from webhook import __version__
 from webhook.api.exitcodes import EXIT_USAGE
-from webhook.cli import dev, offline, serve
+from webhook.cli import dev, offline, reconcile, serve
 from webhook.cli.options import Run, settings_from_args
 from webhook.policy.builder import settings_errors
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 # In the order ``--help`` lists them.
 COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     serve.register,
+    reconcile.register,
     offline.register,
     dev.register,
 )

@@ -25,6 +25,13 @@ CERT_CHECK_INTERVAL_S = 10.0
 def register(commands: Commands) -> None:
     parser = commands.add_parser("serve", help="run the HTTPS admission server")
     parser.set_defaults(run=run)
+    add_server_options(parser)
+    add_cluster_options(parser)
+    add_policy_options(parser)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the HTTPS server listens (``serve`` and ``run``)."""
     parser.add_argument(
         "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
     )
@@ -61,11 +68,14 @@ def register(commands: Commands) -> None:
         metavar="SECONDS",
         help="how often to look for a renewed or replaced certificate (default: %(default)s)",
     )
-    _add_cluster_options(parser)
-    add_policy_options(parser)
 
 
-def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
+def add_cluster_options(
+    parser: argparse.ArgumentParser,
+    *,
+    watch_claims: bool = True,
+    kubeconfig_purpose: str = "--ca-secret and --watch-claims",
+) -> None:
     cluster = parser.add_argument_group(
         "in-cluster trust (without cert-manager)",
         "keep one CA in a Secret shared by every replica and write it into the webhooks' "
@@ -84,7 +94,9 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="name of the Validating- and MutatingWebhookConfiguration (default: %(default)s)",
     )
-    add_kubeconfig_option(cluster, purpose="--ca-secret and --watch-claims")
+    add_kubeconfig_option(cluster, purpose=kubeconfig_purpose)
+    if not watch_claims:
+        return
     cluster.add_argument(
         "--watch-claims",
         action="store_true",

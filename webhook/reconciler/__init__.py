@@ -1,1 +1,1 @@
-"""The NetworkPolicy reconciler (DESIGN.md section 6): level-based, a runtime beside the server."""
+"""The reconciler: one NetworkPolicy per isolated sandbox, kept true (DESIGN.md section 6)."""

@@ -1,10 +1,12 @@
 """The HTTP layer: decode an AdmissionReview, call the decision, encode the answer.
 
-Two error channels, as in controller-runtime's ``http.go``: a request that is
-not a usable AdmissionReview gets an HTTP 4xx with a short reason; anything that
-goes wrong inside a decision becomes HTTP 200 with ``allowed: false`` and code
-500, the uid echoed, so the API server applies the webhook's failurePolicy and
-the server itself never answers 5xx.
+Two error channels. A request that is not a usable AdmissionReview (no body, not
+JSON, not an AdmissionReview, too large, wrong content type) gets an HTTP 4xx
+with a short reason, as kopf's webhook server does (``kopf/_kits/webhooks.py``
+raises ``HTTPBadRequest``); controller-runtime's ``http.go`` answers those with
+HTTP 200 and a code-400 review instead. Anything that goes wrong inside a
+decision becomes HTTP 200 with ``allowed: false`` and code 500, the uid echoed,
+as controller-runtime's ``Errored`` does; the server itself never answers 5xx.
 """
 
 from __future__ import annotations

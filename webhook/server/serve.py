@@ -26,6 +26,7 @@ from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
 from webhook.server.app import create_app
+from webhook.server.metrics import AdmissionMetrics
 from webhook.tls.certs import (
     CERT_CHECK_INTERVAL_SECONDS,
     CertificateError,
@@ -62,6 +63,7 @@ def serve(
     cert_check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS,
     http_implementation: str = HTTP_IMPLEMENTATION,
     trust: ClusterTrust | None = None,
+    metrics: AdmissionMetrics | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
 
@@ -90,7 +92,10 @@ def serve(
         return reloader.loaded and (ready is None or ready())
 
     app = create_app(
-        settings=settings, claims=claims if claims is not None else NoClaims(), ready=is_ready
+        settings=settings,
+        claims=claims if claims is not None else NoClaims(),
+        ready=is_ready,
+        metrics=metrics,
     )
     config = uvicorn_config(
         app, host=host, port=port, ssl_context=reloader.context, http=http_implementation

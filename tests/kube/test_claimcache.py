@@ -1,0 +1,119 @@
+"""The SandboxClaim cache: claims looked up by (namespace, uid), kept current by an informer.
+
+How the list + watch loop recovers (410 Gone, a broken connection, an API error) is tested
+once, for every informer, in tests/kube/test_informer.py; the real API server path (list,
+watch, a claimed pod labelled through it) is in tests/e2e/test_claim_cache.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tests import builders
+from tests.kube.scripted import ScriptedRest, ScriptedWatch, page
+from webhook.api import kinds
+from webhook.kube.claimcache import ClaimCache, slim_claim
+from webhook.kube.informer import Informer
+from webhook.kube.rest import Rest
+
+DONE_WAIT_S = 10.0
+
+
+def claim(name: str, uid: str, rv: str, namespace: str = "team-a", **labels: str) -> dict[str, Any]:
+    stored = builders.sandbox_claim(name, namespace, uid=uid, labels=labels)
+    stored["metadata"]["resourceVersion"] = rv
+    return stored
+
+
+def cache_over(rest: ScriptedRest) -> ClaimCache:
+    informer = Informer(
+        rest,  # type: ignore[arg-type]
+        kinds.SANDBOX_CLAIM,
+        slim=slim_claim,
+        backoff_initial_seconds=0.01,
+    )
+    return ClaimCache.over(informer)
+
+
+def test_list_then_events_keep_the_lookup_by_uid_current() -> None:
+    rest = ScriptedRest(
+        [
+            page("10", claim("a", "u1", "9", session="s"), claim("gone", "u9", "8")),
+            ScriptedWatch(
+                [
+                    {"type": "ADDED", "object": claim("b", "u2", "11")},
+                    {"type": "MODIFIED", "object": claim("a", "u1", "12", session="t")},
+                    {"type": "DELETED", "object": claim("gone", "u9", "13")},
+                ]
+            ),
+        ]
+    )
+    cache = cache_over(rest)
+    cache.start()
+    try:
+        assert rest.done.wait(DONE_WAIT_S)
+        assert cache.synced
+        found = cache.claim_by_uid("team-a", "u1")
+        assert found is not None
+        assert found["metadata"]["name"] == "a"
+        assert found["metadata"]["labels"] == {"session": "t"}
+        assert cache.claim_by_uid("team-a", "u2") is not None
+        assert cache.claim_by_uid("team-a", "u9") is None
+        # Only what the pod mutation needs is kept.
+        assert set(found) == {"metadata"}
+        assert set(found["metadata"]) == {"name", "namespace", "uid", "labels"}
+    finally:
+        cache.stop()
+
+
+def test_same_uid_in_another_namespace_is_another_claim() -> None:
+    rest = ScriptedRest([page("1", claim("a", "u1", "1", namespace="x")), ScriptedWatch([])])
+    cache = cache_over(rest)
+    cache.start()
+    try:
+        assert cache.wait_synced(DONE_WAIT_S)
+        assert cache.claim_by_uid("y", "u1") is None
+        assert cache.claim_by_uid("x", "u1") is not None
+    finally:
+        cache.stop()
+
+
+def test_not_synced_until_the_first_list_lands() -> None:
+    gate = threading.Event()
+
+    class SlowRest(ScriptedRest):
+        def list(self, kind: Any, **kwargs: Any) -> Any:
+            gate.wait(DONE_WAIT_S)
+            return super().list(kind, **kwargs)
+
+    cache = cache_over(SlowRest([page("1")]))
+    cache.start()
+    assert not cache.synced
+    gate.set()
+    assert cache.wait_synced(DONE_WAIT_S)
+    cache.stop()
+
+
+def test_serve_can_still_pass_a_kubernetes_api_object() -> None:
+    from kubernetes.client import ApiClient, CustomObjectsApi
+
+    api_client = ApiClient()
+    try:
+        cache = ClaimCache(CustomObjectsApi(api_client))
+        assert cache.informer.kind == kinds.SANDBOX_CLAIM
+        assert ClaimCache(Rest(api_client)).informer.kind == kinds.SANDBOX_CLAIM
+    finally:
+        api_client.close()
+
+
+def test_only_an_informer_of_claims_can_back_the_cache() -> None:
+    informer = Informer(
+        ScriptedRest([]),  # type: ignore[arg-type]
+        kinds.SANDBOX,
+        slim=slim_claim,
+    )
+    with pytest.raises(ValueError, match="Sandbox"):
+        ClaimCache.over(informer)

@@ -1,0 +1,190 @@
+"""A real ``python -m webhook serve`` process, reached over verified TLS."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests import builders
+from webhook.api import kinds
+from webhook.tls import certs
+
+STARTUP_TIMEOUT_SECONDS = 30.0
+RELOAD_TIMEOUT_SECONDS = 15.0
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+CHECK_INTERVAL_SECONDS = 0.2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    cert_dir: Path
+    log: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, *, hostname: str = "localhost"
+    ) -> tuple[int, bytes]:
+        connection = http.client.HTTPSConnection(
+            hostname, self.port, context=self.client_context(), timeout=10
+        )
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            answer = connection.getresponse()
+            return answer.status, answer.read()
+        finally:
+            connection.close()
+
+    def presented_certificate(self) -> x509.Certificate:
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw,
+            self.client_context().wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return x509.load_der_x509_certificate(der)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port, cert_dir, log = free_port(), tmp_path / "certs", tmp_path / "serve.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1",
+                "--port", str(port), "--cert-dir", str(cert_dir),
+                "--cert-check-interval", str(CHECK_INTERVAL_SECONDS),
+            ],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    running = Server(process=process, port=port, cert_dir=cert_dir, log=log)
+    try:
+        wait_until_ready(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_until_ready(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"serve exited {server.process.returncode}:\n{server.log.read_text()}")
+        if (server.cert_dir / "ca.crt").exists():
+            try:
+                if server.request("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    pytest.fail(f"serve was not ready in {STARTUP_TIMEOUT_SECONDS} s:\n{server.log.read_text()}")
+
+
+def review(uid: str) -> dict[str, Any]:
+    return builders.review_of(builders.sandbox_pod("pod-1"), kind=kinds.POD, uid=uid)
+
+
+@pytest.mark.parametrize("hostname", ["localhost", "127.0.0.1"])
+def test_serves_healthz_with_its_generated_ca(server: Server, hostname: str) -> None:
+    assert server.request("GET", "/healthz", hostname=hostname) == (200, b"ok")
+    assert "ca.crt" in server.log.read_text()  # it says where the CA is
+
+
+def test_answers_an_admission_review_over_tls(server: Server) -> None:
+    status, body = server.request("POST", "/validate", orjson.dumps(review("tls-uid")))
+    assert status == 200
+    answer = orjson.loads(body)
+    assert answer["kind"] == "AdmissionReview"
+    assert answer["response"] == {"uid": "tls-uid", "allowed": True}
+    status, body = server.request("GET", "/metrics")
+    assert status == 200
+    assert b'agentcube_netpol_admission_requests_total{kind="Pod"' in body
+
+
+def test_an_unverified_client_is_refused(server: Server) -> None:
+    with pytest.raises(ssl.SSLCertVerificationError):
+        context = ssl.create_default_context()  # the system CAs, not ours
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost"),
+        ):
+            pass
+
+
+def test_presents_a_replaced_certificate_without_a_restart(server: Server) -> None:
+    before = server.presented_certificate()
+    ca_key = serialization.load_pem_private_key((server.cert_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca = certs.KeyPair(
+        cert=x509.load_pem_x509_certificate((server.cert_dir / "ca.crt").read_bytes()), key=ca_key
+    )
+    now = datetime.now(UTC)
+    # The same names: a certificate in our directory that lacks one is reissued.
+    dns_names, ip_addresses = certs.subject_alt_names(before)
+    replacement = certs.create_serving_cert(
+        ca,
+        dns_names=dns_names,
+        ip_addresses=[str(ip) for ip in ip_addresses],
+        not_before=now - certs.CLOCK_SKEW_ALLOWANCE,
+        not_after=now + certs.SERVING_CERT_VALIDITY,
+    )
+    certs.write_atomically(server.cert_dir / "tls.key", replacement.key_pem, mode=0o600)
+    certs.write_atomically(server.cert_dir / "tls.crt", replacement.cert_pem, mode=0o600)
+
+    deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
+    presented = before
+    while time.monotonic() < deadline:
+        presented = server.presented_certificate()
+        if presented.serial_number == replacement.cert.serial_number:
+            break
+        time.sleep(CHECK_INTERVAL_SECONDS)
+    assert presented.serial_number == replacement.cert.serial_number != before.serial_number
+    assert server.process.poll() is None  # the same process
+    assert server.request("GET", "/healthz") == (200, b"ok")
+
+
+def test_sigterm_exits_zero_promptly_with_a_keep_alive_connection_open(server: Server) -> None:
+    # The API server keeps connections to its webhooks open between requests.
+    idle = http.client.HTTPSConnection(
+        "localhost", server.port, context=server.client_context(), timeout=10
+    )
+    idle.request("GET", "/healthz")
+    assert idle.getresponse().read() == b"ok"
+    try:
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        assert code == 0, server.log.read_text()
+        assert time.monotonic() - started < 5.0
+    finally:
+        idle.close()
