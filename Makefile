@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast controlplane bench clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,12 @@ fmt: install
 test-fast: install
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-## test: lint, types, and every tier, end-to-end against a real kube-apiserver included
-test: lint controlplane
+## wheel-check: the wheel, installed (not editable) in a fresh venv, run outside the checkout
+wheel-check: controlplane
+	PYTHON=$(PYTHON) tests/wheel/check.sh
+
+## test: lint, types, the installed wheel, and every tier, end-to-end against a real kube-apiserver included
+test: lint controlplane wheel-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -201,7 +201,7 @@ def test_match_conditions_name_the_label_and_annotation_we_use(install: list[Doc
 
 
 def test_every_failure_policy_has_its_reason_written_beside_it() -> None:
-    lines = (DEPLOY / "base" / "webhooks.yaml").read_text().splitlines()
+    lines = (REPO / "webhook" / "manifests" / "webhooks" / "webhooks.yaml").read_text().splitlines()
     policies = [i for i, line in enumerate(lines) if line.strip().startswith("failurePolicy:")]
     assert len(policies) == len(EXPECTED_WEBHOOKS)
     for index in policies:
