@@ -386,6 +386,31 @@ def test_pod_of_an_unknown_claim_or_no_claim_is_left_alone(
     )
 
 
+def test_a_claim_in_another_namespace_never_labels_the_pod(
+    adm_request: Request, settings: Settings
+) -> None:
+    """The pod in team-a carries the uid of a claim in team-b: it gets nothing of that claim."""
+    elsewhere = builders.sandbox_claim(
+        "demo-ab12cd34", "team-b", uid="c1a1m", labels={kinds.LABEL_SESSION_ID: "s-b"}
+    )
+    pod = warm_pod()
+    assert pod["metadata"]["namespace"] == "team-a"
+    answer = mutate(
+        adm_request(pod, kind=kinds.POD, namespace="team-a"),
+        settings=settings,
+        claims=Claims(elsewhere),
+    )
+    assert "patch" not in answer
+    # The same claim in the pod's own namespace does label it.
+    own = builders.sandbox_claim("demo-ab12cd34", "team-a", uid="c1a1m")
+    answer = mutate(
+        adm_request(pod, kind=kinds.POD, namespace="team-a"),
+        settings=settings,
+        claims=Claims(elsewhere, own),
+    )
+    assert apply(pod, answer)["metadata"]["labels"][kinds.LABEL_SANDBOX_NAME] == "demo-ab12cd34"
+
+
 def test_mutation_of_a_dry_run_is_the_same(adm_request: Request, settings: Settings) -> None:
     obj = claim()
     real = mutate(adm_request(obj, kind=kinds.SANDBOX_CLAIM), settings=settings, claims=NoClaims())

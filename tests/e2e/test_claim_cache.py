@@ -119,6 +119,37 @@ def test_pod_of_a_claim_nobody_knows_is_created_unchanged(cluster: ControlPlane)
     assert kinds.LABEL_SANDBOX_NAME not in created["metadata"]["labels"]
 
 
+def test_a_claim_in_another_namespace_never_labels_the_pod(cluster: ControlPlane) -> None:
+    """A tenant copies another namespace's claim uid (and name) onto its pod: no label."""
+    kubectl = Kubectl(cluster)
+    kubectl.ok("create", "namespace", "elsewhere")
+    claim = sandbox_claim(
+        "ci-ef56ab78",
+        "elsewhere",
+        template="ci",
+        labels={kinds.LABEL_SANDBOX_NAME: "ci-ef56ab78", kinds.LABEL_SESSION_ID: "session-3"},
+    )
+    uid = json.loads(kubectl.ok("create", "-o", "json", "-f", "-", input=as_json(claim)))[
+        "metadata"
+    ]["uid"]
+    # The same claim is known in its own namespace (so the cache has it) ...
+    probe = sandbox_pod("probe", "elsewhere", labels={**WARM_LABELS, kinds.LABEL_CLAIM_UID: uid})
+    deadline = time.monotonic() + CACHE_CATCH_UP_S
+    while True:
+        dry = json.loads(
+            kubectl.ok("create", "--dry-run=server", "-o", "json", "-f", "-", input=as_json(probe))
+        )
+        if kinds.LABEL_SANDBOX_NAME in dry["metadata"]["labels"]:
+            break
+        assert time.monotonic() < deadline, "the claim did not reach the server's cache"
+        time.sleep(0.2)
+    # ... and a pod of another namespace that names it gets nothing from it.
+    pod = sandbox_pod("ci-ef56ab78", NAMESPACE, labels={**WARM_LABELS, kinds.LABEL_CLAIM_UID: uid})
+    created = json.loads(kubectl.ok("create", "-f", "-", "-o", "json", input=as_json(pod)))
+    assert kinds.LABEL_SANDBOX_NAME not in created["metadata"]["labels"]
+    assert kinds.LABEL_SESSION_ID not in created["metadata"]["labels"]
+
+
 def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
     from kubernetes.client import CustomObjectsApi
     from kubernetes.config import new_client_from_config

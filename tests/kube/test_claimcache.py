@@ -50,6 +50,25 @@ def test_same_uid_in_another_namespace_is_another_claim() -> None:
     assert ("y", "u1") not in index.claims
 
 
+def test_lookup_finds_a_claim_only_in_its_own_namespace() -> None:
+    """A tenant in team-b must not borrow team-a's claim (and so its NetworkPolicy's label) by
+    copying the claim's uid, or by naming its claim the same."""
+    mine = claim("ci-1", "u1", "1", namespace="team-a", session="s-a")
+    same_name = claim("ci-1", "u2", "2", namespace="team-b", session="s-b")
+    cache = run_until_done(ScriptedApi([claim_list("5", mine, same_name)]))
+    cache.stop()
+    assert cache.claim_by_uid("team-a", "u1") == kept_of(mine)
+    assert cache.claim_by_uid("team-b", "u1") is None
+    assert cache.claim_by_uid("team-a", "u2") is None
+    assert cache.claim_by_uid("team-b", "u2") == kept_of(same_name)
+
+
+def kept_of(stored: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a claim: name, namespace, uid and labels."""
+    metadata = stored["metadata"]
+    return {"metadata": {k: metadata[k] for k in ("name", "namespace", "uid", "labels")}}
+
+
 def test_gone_means_relist_and_other_errors_are_errors() -> None:
     index = ClaimIndex()
     with pytest.raises(WatchExpiredError):
