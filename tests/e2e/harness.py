@@ -60,7 +60,8 @@ class WebhookServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
+    def start(self, *, until: str = "/readyz") -> None:
+        """Start it and wait until ``until`` answers 200 (``/healthz``: up, maybe not ready)."""
         argv = [
             sys.executable,
             "-m",
@@ -88,17 +89,20 @@ class WebhookServer:
                 raise RuntimeError(
                     f"webhook server exited with code {code}:\n{log_tail(self.log_path)}"
                 )
-            if self.ca_file.is_file() and self._ready():
+            if self.ca_file.is_file() and self.answers_200(until):
                 return
             time.sleep(POLL_INTERVAL_S)
         self.stop()
         raise RuntimeError(
-            f"webhook server not ready at {self.url}/readyz after {SERVER_START_TIMEOUT_S:.0f}s:"
+            f"webhook server: no 200 from {self.url}{until} after {SERVER_START_TIMEOUT_S:.0f}s:"
             f"\n{log_tail(self.log_path)}"
         )
 
-    def _ready(self) -> bool:
-        return is_healthy(f"{self.url}/readyz", tls_context(ca_file=self.ca_file, client=None))
+    def answers_200(self, path: str) -> bool:
+        return is_healthy(f"{self.url}{path}", tls_context(ca_file=self.ca_file, client=None))
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -165,3 +165,38 @@ def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane)
     cache.stop()
     assert time.monotonic() - started < 3
     assert cache._thread is not None and not cache._thread.is_alive()
+
+
+def test_readyz_waits_for_the_first_list_of_claims(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A replica whose claim cache has not listed yet would answer pod mutations from an empty
+    cache (claimed pods left unlabelled): it must not be Ready until the first list lands."""
+    kubectl = Kubectl(cluster)
+    user = "claims-not-yet"
+    work = tmp_path_factory.mktemp("readyz")
+    server = WebhookServer(
+        cert_dir=work / "certs",
+        log_path=work / "server.log",
+        extra_args=("--watch-claims", f"--kubeconfig={cluster.mint_user(user)}"),
+    )
+    server.start(until="/healthz")
+    try:
+        # RBAC refuses the list: the cache retries and the server stays not ready.
+        deadline = time.monotonic() + CACHE_CATCH_UP_S
+        while "claim watch failed" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert not server.answers_200("/readyz")
+        assert server.answers_200("/healthz")
+
+        kubectl.ok("create", "clusterrole", user, "--verb=list,watch",
+                   "--resource=sandboxclaims.extensions.agents.x-k8s.io")  # fmt: skip
+        kubectl.ok("create", "clusterrolebinding", user, f"--clusterrole={user}", f"--user={user}")
+        deadline = time.monotonic() + 2 * CACHE_CATCH_UP_S  # the retry backs off
+        while not server.answers_200("/readyz"):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert "listed" in server.log()
+    finally:
+        server.stop()
