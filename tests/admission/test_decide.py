@@ -60,13 +60,6 @@ def test_good_template_is_allowed_with_warnings(adm_request: Request, settings: 
     assert any("0.0.0.0/0" in w for w in response["warnings"])
 
 
-def test_dry_run_gets_the_same_verdict(adm_request: Request, settings: Settings) -> None:
-    obj = template("CodeInterpreter", BAD)
-    real = validate(adm_request(obj, kind=kinds.CODE_INTERPRETER), settings=settings)
-    dry = validate(adm_request(obj, kind=kinds.CODE_INTERPRETER, dry_run=True), settings=settings)
-    assert dry == real
-
-
 def test_update_that_leaves_an_old_bad_policy_alone_is_allowed(
     adm_request: Request, settings: Settings
 ) -> None:
@@ -411,17 +404,6 @@ def test_a_claim_in_another_namespace_never_labels_the_pod(
     assert apply(pod, answer)["metadata"]["labels"][kinds.LABEL_SANDBOX_NAME] == "demo-ab12cd34"
 
 
-def test_mutation_of_a_dry_run_is_the_same(adm_request: Request, settings: Settings) -> None:
-    obj = claim()
-    real = mutate(adm_request(obj, kind=kinds.SANDBOX_CLAIM), settings=settings, claims=NoClaims())
-    dry = mutate(
-        adm_request(obj, kind=kinds.SANDBOX_CLAIM, dry_run=True),
-        settings=settings,
-        claims=NoClaims(),
-    )
-    assert real == dry and "patch" in real
-
-
 # --- the patch, against jsonpatch.make_patch ------------------------------------------
 
 _keys = st.sampled_from(["a", "b", "x/y", "t~1", kinds.LABEL_SANDBOX_NAME])
@@ -542,7 +524,7 @@ def requestish(draw: st.DrawFn) -> dict[str, Any]:
     return request
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(request=requestish())
 def test_no_request_makes_a_decision_raise(request: dict[str, Any]) -> None:
     """A raise would be answered allowed: false, code 500: a denial, even where the webhook's
