@@ -20,6 +20,7 @@ from webhook.devtools.controlplane import (
     free_loopback_ports,
     is_healthy,
     log_tail,
+    lost_a_port,
     stop_process_group,
     tls_context,
 )
@@ -29,8 +30,13 @@ DEPLOY_DIR = REPO_ROOT / "deploy"
 CRD_DIR = DEPLOY_DIR / "crds"
 
 SERVER_START_TIMEOUT_S = 30.0
+PORT_ATTEMPTS = 3
 SERVER_STOP_GRACE_S = 15.0
 POLL_INTERVAL_S = 0.1
+
+
+class PortTakenError(RuntimeError):
+    """The server could not bind its port: another process took it."""
 
 
 class WebhookServer:
@@ -43,6 +49,7 @@ class WebhookServer:
         self.extra_args = extra_args
         self.port = free_loopback_ports(1)[0]
         self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     @property
     def url(self) -> str:
@@ -61,7 +68,22 @@ class WebhookServer:
         return self._process is not None and self._process.poll() is None
 
     def start(self, *, until: str = "/readyz") -> None:
-        """Start it and wait until ``until`` answers 200 (``/healthz``: up, maybe not ready)."""
+        """Start it and wait until ``until`` answers 200 (``/healthz``: up, maybe not ready).
+
+        The port was free when picked; if another process took it before the server bound it,
+        the first start moves to a new port (later starts keep theirs: webhook configurations
+        point at it)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start(until)
+                self._started_once = True
+                return
+            except PortTakenError:
+                if self._started_once or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_loopback_ports(1)[0]
+
+    def _start(self, until: str) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -86,6 +108,8 @@ class WebhookServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
+                if lost_a_port(log_tail(self.log_path)):
+                    raise PortTakenError(f"port {self.port}: {log_tail(self.log_path)}")
                 raise RuntimeError(
                     f"webhook server exited with code {code}:\n{log_tail(self.log_path)}"
                 )
