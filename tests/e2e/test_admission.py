@@ -122,6 +122,10 @@ def test_mode_typo_names_the_right_mode(kubectl: Kubectl, namespace: str) -> Non
 def test_server_dry_run_gets_the_same_verdict_and_stores_nothing(
     kubectl: Kubectl, namespace: str
 ) -> None:
+    """The decisions never read dryRun (they have no side effects), so what this guards is the
+    API server calling both webhooks on a dry run at all, as installed (sideEffects,
+    matchConditions, rules): if it did not, the bad template would pass and the claim would
+    come back without the label."""
     bad = kubectl(
         "apply",
         "--dry-run=server",
@@ -142,6 +146,15 @@ def test_server_dry_run_gets_the_same_verdict_and_stores_nothing(
     assert good.returncode == 0, good.stderr
     assert "(server dry run)" in good.stdout
     assert not_found(kubectl, CI, "good", "-n", namespace)
+
+    claim = sandbox_claim("dry-claim", namespace)
+    patched = json.loads(
+        kubectl.ok("create", "--dry-run=server", "-o", "json", "-f", "-", input=as_json(claim))
+    )
+    labels = patched["spec"]["additionalPodMetadata"]["labels"]
+    assert labels == {kinds.LABEL_SANDBOX_NAME: "dry-claim"}
+    claims = f"{kinds.SANDBOX_CLAIM.plural}.{kinds.SANDBOX_CLAIM.group}"
+    assert not_found(kubectl, claims, "dry-claim", "-n", namespace)
 
 
 def test_warnings_are_shown_by_kubectl_and_the_object_is_stored(

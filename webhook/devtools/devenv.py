@@ -31,8 +31,8 @@ from webhook.devtools.controlplane import (
     WEBHOOKS_DIR,
     ControlPlane,
     ControlPlaneError,
+    bound_loopback_socket,
     find_binaries,
-    free_loopback_ports,
     install_crds,
     install_webhooks,
     is_healthy,
@@ -104,7 +104,13 @@ def run_dev(
     except ControlPlaneError as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
-    webhook_port = port or free_loopback_ports(1)[0]
+    try:
+        # Bound here, served by the server: no other process can take it in between.
+        webhook_socket = bound_loopback_socket(port or 0)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", LOOPBACK, port, exc)
+        return EXIT_FAILED
+    webhook_port = int(webhook_socket.getsockname()[1])
     webhook_url = f"https://{LOOPBACK}:{webhook_port}"
     work_dir = Path(tempfile.mkdtemp(prefix="agentcube-netpol-dev-"))
     cert_dir = work_dir / "webhook-certs"
@@ -135,15 +141,21 @@ def run_dev(
             )
             registrar.start()
             cache = claims = _claim_cache(control_plane)
-            code = serve(
-                settings=settings,
-                host=LOOPBACK,
-                port=webhook_port,
-                cert_dir=cert_dir,
-                dns_names=["localhost"],
-                claims=cache,
-                ready=lambda: cache.synced,
-            )
+            try:
+                code = serve(
+                    settings=settings,
+                    host=LOOPBACK,
+                    port=webhook_port,
+                    cert_dir=cert_dir,
+                    dns_names=["localhost"],
+                    claims=cache,
+                    ready=lambda: cache.synced,
+                    sock=webhook_socket,
+                )
+            finally:
+                # Before the API server stops: it waits for open watches to end (about ten
+                # seconds), and the cache ends its own at once.
+                cache.stop()
             stop_waiting.set()
             registrar.join()
             return code
@@ -154,10 +166,9 @@ def run_dev(
         return EXIT_OK
     finally:
         if claims is not None:
-            # Only once the API server is gone: closing the watch while its thread is
-            # blocked reading from the live connection hangs (http.client on an SSL socket).
-            claims.stop()
+            claims.stop()  # again, harmless: the control plane may have failed first
         stop_waiting.set()
+        webhook_socket.close()
         signal.signal(signal.SIGTERM, previous_sigterm)
         kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -191,13 +191,22 @@ def parse_for_mutation(body: bytes) -> Any:
         return parse_whole(body)
     except msgspec.DecodeError:
         raise BadRequestError(400, "request body is not JSON") from None
+    except RecursionError:  # msgspec stops at Python's recursion limit
+        raise _nested_too_deeply() from None
 
 
 def parse_whole(body: bytes) -> Any:
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson stops at 1024 levels
+            raise _nested_too_deeply() from None
         raise BadRequestError(400, "request body is not JSON") from None
+
+
+def _nested_too_deeply() -> BadRequestError:
+    # The objects our webhooks match are a few dozen levels deep at most.
+    return BadRequestError(400, "request body is not JSON we read: nested too deeply")
 
 
 def decode_review(
