@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 from webhook.admission import response
+from webhook.admission.widening import (
+    NoSandboxes,
+    SandboxLookup,
+    network_policy_problem,
+    sandbox_template_problem,
+)
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.api.wire import AdmissionRequest, AdmissionResponse, UserInfo
@@ -32,6 +38,11 @@ _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_I
 _OVERRIDE_KINDS = {(k.group, k.kind) for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)}
 _POD = (kinds.POD.group, kinds.POD.kind)
 _CLAIM = (kinds.SANDBOX_CLAIM.group, kinds.SANDBOX_CLAIM.kind)
+# Objects that could loosen a sandbox's isolation (NetworkPolicies add up): warned or denied.
+_WIDENING = {
+    (kinds.NETWORK_POLICY.group, kinds.NETWORK_POLICY.kind): network_policy_problem,
+    (kinds.SANDBOX_TEMPLATE.group, kinds.SANDBOX_TEMPLATE.kind): sandbox_template_problem,
+}
 
 
 class ClaimLookup(Protocol):
@@ -165,17 +176,23 @@ def validate_override(value: str | None, *, settings: Settings) -> Findings:
     return found
 
 
-def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionResponse:
-    """The validating webhook."""
+def validate(
+    request: AdmissionRequest, *, settings: Settings, sandboxes: SandboxLookup | None = None
+) -> AdmissionResponse:
+    """The validating webhook. ``sandboxes``: the reconciler's caches, for the widening check."""
     try:
-        return _validate(read_request(request), settings=settings)
+        return _validate(
+            read_request(request),
+            settings=settings,
+            sandboxes=sandboxes if sandboxes is not None else NoSandboxes(),
+        )
     except MalformedRequestError as exc:
         return _malformed(request, str(exc))
     except RecursionError:
         return _malformed(request, TOO_DEEP)
 
 
-def _validate(req: Request, *, settings: Settings) -> AdmissionResponse:
+def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> AdmissionResponse:
     uid, operation = req.uid, req.operation
     if operation not in ("CREATE", "UPDATE") or req.sub_resource:
         return response.allowed(uid)
@@ -200,6 +217,17 @@ def _validate(req: Request, *, settings: Settings) -> AdmissionResponse:
                 f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', req.user, settings)}",
             )
         return _verdict(req, validate_override(new_value, settings=settings))
+
+    if key in _WIDENING:
+        problem = _WIDENING[key](obj, req.namespace, sandboxes)
+        if problem is None:
+            return response.allowed(uid)
+        if settings.deny_widening:
+            name = _metadata_text(obj, "name") or req.name
+            return response.denied(
+                uid, f'{req.kind} "{name}" is forbidden: {problem}', code=403, reason="Forbidden"
+            )
+        return response.allowed(uid, warnings=[problem])
 
     if key == _POD and operation == "UPDATE":
         old_name = _label(old, kinds.LABEL_SANDBOX_NAME)

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from webhook.admission.decide import ClaimLookup, NoClaims
+from webhook.admission.widening import SandboxLookup
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
@@ -64,6 +65,7 @@ def serve(
     http_implementation: str = HTTP_IMPLEMENTATION,
     trust: ClusterTrust | None = None,
     metrics: AdmissionMetrics | None = None,
+    sandboxes: SandboxLookup | None = None,
     sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
@@ -99,6 +101,7 @@ def serve(
     app = create_app(
         settings=settings,
         claims=claims if claims is not None else NoClaims(),
+        sandboxes=sandboxes,
         ready=is_ready,
         metrics=metrics,
     )
