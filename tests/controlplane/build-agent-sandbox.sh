@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the real agent-sandbox controller (sigs.k8s.io/agent-sandbox, the version in
-# webhook/devtools/versions.env) from the Go module proxy, for the end-to-end tier and `dev`,
+# Builds the real agent-sandbox controller (sigs.k8s.io/agent-sandbox) from the Go module proxy:
+#   build-agent-sandbox.sh [VERSION]
+# VERSION defaults to AGENT_SANDBOX_VERSION in webhook/devtools/versions.env; it must be one of
+# AGENT_SANDBOX_VERSIONS there (each has its wrapper module in agent-sandbox/<VERSION>/), for the end-to-end tier and `dev`,
 # and copies its four CRDs (sandboxes, sandboxtemplates, sandboxclaims, sandboxwarmpools) and
 # its RBAC from the SAME module, so the controller always runs against the schema it was
 # built for, with the rights its release grants it.
@@ -18,6 +20,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../../webhook/devtools/versions.env
 source "${here}/../../webhook/devtools/versions.env"
+
+version="${1:-${AGENT_SANDBOX_VERSION}}"
+wrapper_dir="${here}/agent-sandbox/${version}"
 
 module="sigs.k8s.io/agent-sandbox"
 binary="agent-sandbox-controller"
@@ -50,26 +55,33 @@ is_complete() {
 }
 
 cache_root="${AGENTCUBE_NETPOL_CACHE:-${HOME}/.cache/agentcube-netpol}"
-out_dir="${cache_root}/bin/agent-sandbox-${AGENT_SANDBOX_VERSION}"
+out_dir="${cache_root}/bin/agent-sandbox-${version}"
 
 if is_complete "${out_dir}"; then
-  log "agent-sandbox ${AGENT_SANDBOX_VERSION} already built in ${out_dir}"
+  log "agent-sandbox ${version} already built in ${out_dir}"
   echo "${out_dir}"
   exit 0
+fi
+
+if [[ ",${AGENT_SANDBOX_VERSIONS}," != *",${version},"* || ! -f "${wrapper_dir}/go.mod" ]]; then
+  log "agent-sandbox ${version} is not pinned: AGENT_SANDBOX_VERSIONS=${AGENT_SANDBOX_VERSIONS}" \
+    "in webhook/devtools/versions.env, each with its wrapper module in agent-sandbox/<version>/" \
+    "(tests/controlplane/update-modules.sh writes them)"
+  exit 1
 fi
 
 if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
   PATH="/usr/local/go/bin:${PATH}"   # the official tarball's place, when not on PATH
 fi
 if ! command -v go >/dev/null; then
-  log "go is not installed; install Go $(sed -n 's/^go //p' "${here}/agent-sandbox/go.mod") or newer"
+  log "go is not installed; install Go $(sed -n 's/^go //p' "${wrapper_dir}/go.mod") or newer"
   exit 1
 fi
 
-wrapper_version="$(cd "${here}/agent-sandbox" && go list -m -f '{{.Version}}' "${module}")"
-if [[ "${wrapper_version}" != "${AGENT_SANDBOX_VERSION}" ]]; then
-  log "agent-sandbox/go.mod requires ${module} ${wrapper_version}, versions.env says" \
-    "${AGENT_SANDBOX_VERSION}: run tests/controlplane/update-modules.sh"
+wrapper_version="$(cd "${wrapper_dir}" && go list -m -f '{{.Version}}' "${module}")"
+if [[ "${wrapper_version}" != "${version}" ]]; then
+  log "agent-sandbox/${version}/go.mod requires ${module} ${wrapper_version}:" \
+    "run tests/controlplane/update-modules.sh"
   exit 1
 fi
 
@@ -83,19 +95,19 @@ export GOFLAGS="-mod=readonly -buildvcs=false"
 
 # The module's own directory in the module cache: the CRDs come from there, so they are
 # exactly the release the binary is built from (go.sum checks both).
-module_dir="$(cd "${here}/agent-sandbox" && go list -m -f '{{.Dir}}' "${module}")"
+module_dir="$(cd "${wrapper_dir}" && go list -m -f '{{.Dir}}' "${module}")"
 if [[ -z "${module_dir}" || ! -d "${module_dir}" ]]; then
-  (cd "${here}/agent-sandbox" && go mod download "${module}")
-  module_dir="$(cd "${here}/agent-sandbox" && go list -m -f '{{.Dir}}' "${module}")"
+  (cd "${wrapper_dir}" && go mod download "${module}")
+  module_dir="$(cd "${wrapper_dir}" && go list -m -f '{{.Dir}}' "${module}")"
 fi
-release_time="$(cd "${here}/agent-sandbox" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "${module}")"
+release_time="$(cd "${wrapper_dir}" && go list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "${module}")"
 
 # `--version` reports the release, as the upstream image's Makefile sets it.
 version_pkg="${module}/internal/version"
-ldflags="-s -w -X ${version_pkg}.gitVersion=${AGENT_SANDBOX_VERSION} -X ${version_pkg}.buildDate=${release_time}"
+ldflags="-s -w -X ${version_pkg}.gitVersion=${version} -X ${version_pkg}.buildDate=${release_time}"
 
-log "building ${binary} ${AGENT_SANDBOX_VERSION} into ${out_dir}"
-(cd "${here}/agent-sandbox" && go build -trimpath -ldflags "${ldflags}" \
+log "building ${binary} ${version} into ${out_dir}"
+(cd "${wrapper_dir}" && go build -trimpath -ldflags "${ldflags}" \
   -o "${staging_dir}/${binary}" "${module}/cmd/${binary}")
 
 copy_from_module() {

@@ -15,6 +15,7 @@ from webhook.devtools.agentsandbox import (
     AgentSandboxBuild,
     controller_args,
     find_agent_sandbox,
+    pinned_agent_sandbox_versions,
     rbac_manifests,
 )
 from webhook.devtools.controlplane import ControlPlaneError
@@ -51,8 +52,8 @@ def test_name_hash_is_always_8_lowercase_hex_digits() -> None:
     assert any(h.startswith("0") for h in hashes)
 
 
-def make_build(root: Path, *, complete: bool = True) -> Path:
-    directory = root / "bin" / "agent-sandbox-v0.4.6"
+def make_build(root: Path, *, complete: bool = True, version: str = "v0.4.6") -> Path:
+    directory = root / "bin" / f"agent-sandbox-{version}"
     (directory / "crds").mkdir(parents=True)
     (directory / "rbac").mkdir()
     for name in ("a", "b", "c", "d"):
@@ -70,7 +71,10 @@ def make_build(root: Path, *, complete: bool = True) -> Path:
 
 def versions(tmp_path: Path) -> Path:
     path = tmp_path / "versions.env"
-    path.write_text("K8S_VERSION=v1.37.2\nAGENT_SANDBOX_VERSION=v0.4.6\n")
+    path.write_text(
+        "K8S_VERSION=v1.37.2\nAGENT_SANDBOX_VERSIONS=v0.4.6,v0.5.6,v1.0.1\n"
+        "AGENT_SANDBOX_VERSION=v0.4.6\n"
+    )
     return path
 
 
@@ -81,6 +85,33 @@ def test_find_agent_sandbox_in_the_cache(tmp_path: Path) -> None:
     )
     assert build == AgentSandboxBuild(directory, "v0.4.6")
     assert build.controller == directory / "agent-sandbox-controller"
+
+
+def test_a_named_version_is_found_in_its_own_folder(tmp_path: Path) -> None:
+    make_build(tmp_path / "cache")
+    directory = make_build(tmp_path / "cache", version="v1.0.1")
+    build = find_agent_sandbox(
+        {"AGENTCUBE_NETPOL_CACHE": str(tmp_path / "cache")},
+        "v1.0.1",
+        versions_file=versions(tmp_path),
+    )
+    assert build == AgentSandboxBuild(directory, "v1.0.1")
+
+
+def test_a_version_not_built_names_the_command_with_that_version(tmp_path: Path) -> None:
+    make_build(tmp_path / "cache")
+    with pytest.raises(ControlPlaneError) as raised:
+        find_agent_sandbox(
+            {"AGENTCUBE_NETPOL_CACHE": str(tmp_path / "cache")},
+            "v0.5.6",
+            versions_file=versions(tmp_path),
+        )
+    assert "tests/controlplane/build-agent-sandbox.sh v0.5.6" in str(raised.value)
+
+
+def test_the_pinned_versions_are_one_per_line(tmp_path: Path) -> None:
+    assert pinned_agent_sandbox_versions(versions(tmp_path)) == ("v0.4.6", "v0.5.6", "v1.0.1")
+    assert pinned_agent_sandbox_versions() == ("v0.4.6", "v0.5.6", "v1.0.1")
 
 
 def test_an_unfinished_build_fails_with_the_command_that_builds_it(tmp_path: Path) -> None:

@@ -110,14 +110,24 @@ def agent_sandbox_dir_for(cache_root: Path, version: str) -> Path:
     return cache_root / "bin" / f"agent-sandbox-{version}"
 
 
+def pinned_agent_sandbox_versions(versions_file: Path = VERSIONS_FILE) -> tuple[str, ...]:
+    """``AGENT_SANDBOX_VERSIONS`` of versions.env: one release per line, oldest first."""
+    listed = read_versions(versions_file).get("AGENT_SANDBOX_VERSIONS", "")
+    return tuple(version for version in listed.split(",") if version)
+
+
 def find_agent_sandbox(
-    environ: Mapping[str, str], *, versions_file: Path = VERSIONS_FILE
+    environ: Mapping[str, str],
+    version: str | None = None,
+    *,
+    versions_file: Path = VERSIONS_FILE,
 ) -> AgentSandboxBuild:
-    """The build for ``AGENT_SANDBOX_VERSION`` in the cache; ``ControlPlaneError`` naming what
-    is missing and the command that builds it otherwise."""
-    version = read_versions(versions_file).get("AGENT_SANDBOX_VERSION", "")
-    if not version:
-        raise ControlPlaneError(f"no AGENT_SANDBOX_VERSION in {versions_file}")
+    """The build of ``version`` (default: ``AGENT_SANDBOX_VERSION``) in the cache;
+    ``ControlPlaneError`` naming what is missing and the command that builds it otherwise."""
+    if version is None:
+        version = read_versions(versions_file).get("AGENT_SANDBOX_VERSION", "")
+        if not version:
+            raise ControlPlaneError(f"no AGENT_SANDBOX_VERSION in {versions_file}")
     cache_root = Path(environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
     build = AgentSandboxBuild(agent_sandbox_dir_for(cache_root, version), version)
     missing = []
@@ -132,8 +142,8 @@ def find_agent_sandbox(
     if missing:
         raise ControlPlaneError(
             f"agent-sandbox {version} is not built in {build.directory} "
-            f"(missing: {', '.join(missing)}). Build it with `{BUILD_SCRIPT}` "
-            "(about 2 minutes the first time, instant after)."
+            f"(missing: {', '.join(missing)}). Build it with `{BUILD_SCRIPT} {version}` "
+            "(a few minutes the first time, instant after)."
         )
     return build
 
