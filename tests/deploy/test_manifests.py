@@ -57,6 +57,17 @@ from webhook.cli.main import build_parser
 
 
 # webhook name -> (configuration kind, path, {(group, version, plural): operations})
+def in_every_version(*of: kinds.Kind) -> list[tuple[str, str, str]]:
+    """(group, version, plural) of each kind, agent-sandbox's in every version it serves."""
+    return [
+        (k.group, version, k.plural)
+        for k in of
+        for version in (
+            kinds.AGENT_SANDBOX_VERSIONS if k in kinds.AGENT_SANDBOX_KINDS else (k.version,)
+        )
+    ]
+
+
 EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]]]] = {
     TEMPLATES: (
         "ValidatingWebhookConfiguration",
@@ -70,8 +81,8 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
         "ValidatingWebhookConfiguration",
         "/validate",
         {
-            (k.group, k.version, k.plural): {"CREATE", "UPDATE"}
-            for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)
+            rule: {"CREATE", "UPDATE"}
+            for rule in in_every_version(kinds.SANDBOX, kinds.SANDBOX_CLAIM)
         },
     ),
     POD_LABELS: (
@@ -82,13 +93,7 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
     CLAIMS: (
         "MutatingWebhookConfiguration",
         "/mutate",
-        {
-            (
-                kinds.SANDBOX_CLAIM.group,
-                kinds.SANDBOX_CLAIM.version,
-                kinds.SANDBOX_CLAIM.plural,
-            ): {"CREATE"}
-        },
+        {rule: {"CREATE"} for rule in in_every_version(kinds.SANDBOX_CLAIM)},
     ),
     PODS: (
         "MutatingWebhookConfiguration",
@@ -104,8 +109,8 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
         "ValidatingWebhookConfiguration",
         "/validate",
         {
-            (k.group, k.version, k.plural): {"CREATE", "UPDATE"}
-            for k in (kinds.NETWORK_POLICY, kinds.SANDBOX_TEMPLATE)
+            rule: {"CREATE", "UPDATE"}
+            for rule in in_every_version(kinds.NETWORK_POLICY, kinds.SANDBOX_TEMPLATE)
         },
     ),
 }
@@ -392,8 +397,14 @@ def test_rbac_is_least_privilege(install: list[Doc]) -> None:
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), rule
         assert "nonResourceURLs" not in rule, rule
+    any_name = [rule for rule in rules if not rule.get("resourceNames")]
     for group, resource, verb in NEVER:
-        assert not allows(rules, group, resource, verb), (group, resource, verb)
+        assert not allows(any_name, group, resource, verb), (group, resource, verb)
+    # ConfigMaps: only agent-sandbox's allow-list, read by name.
+    for rule in rules:
+        if "configmaps" in rule.get("resources", []):
+            assert (rule["resources"], rule["verbs"]) == (["configmaps"], ["get"]), rule
+            assert rule["resourceNames"] == [kinds.AGENT_SANDBOX_CONFIG_MAP], rule
     # Secrets: at most the shared CA, in our namespace: read by name, or created.
     for doc, rule in rbac_rules(install):
         if any("secrets" in resource for resource in rule.get("resources", [])):

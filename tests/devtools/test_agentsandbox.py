@@ -17,6 +17,7 @@ from webhook.devtools.agentsandbox import (
     find_agent_sandbox,
     pinned_agent_sandbox_versions,
     rbac_manifests,
+    without_conversion_webhook,
 )
 from webhook.devtools.controlplane import ControlPlaneError
 from webhook.devtools.kubelet import (
@@ -193,3 +194,23 @@ def test_scheduling_gates_are_seen() -> None:
     assert is_gated(pod("a", "1", schedulingGates=[{"name": "x"}]))
     assert not is_gated(pod("a", "1", schedulingGates=[]))
     assert not is_gated(pod("a", "1"))
+
+
+@pytest.mark.parametrize(
+    ("version", "webhook_off"), [("v0.4.6", False), ("v0.5.6", True), ("v1.0.1", False)]
+)
+def test_only_v0_5_runs_with_its_conversion_webhook_off(version: str, webhook_off: bool) -> None:
+    args = controller_args(
+        kubeconfig=Path("k"), metrics_port=1, probe_port=2, extensions=True, log_level="info",
+        version=version,
+    )  # fmt: skip
+    assert ("--enable-webhook=false" in args) is webhook_off
+
+
+def test_v0_5_crds_are_installed_without_their_conversion_webhook() -> None:
+    crd = {"spec": {"group": "g", "conversion": {"strategy": "Webhook", "webhook": {}}}}
+    assert without_conversion_webhook(crd)["spec"] == {
+        "group": "g",
+        "conversion": {"strategy": "None"},
+    }
+    assert crd["spec"]["conversion"]["strategy"] == "Webhook"  # the release's file untouched

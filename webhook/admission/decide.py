@@ -325,14 +325,24 @@ def mutate(
 ) -> AdmissionResponse:
     """The mutating webhook: label what a NetworkPolicy must select."""
     try:
-        return _mutate(read_request(request), claims=claims)
+        return _mutate(read_request(request), settings=settings, claims=claims)
     except MalformedRequestError as exc:
         return _malformed(request, str(exc))
     except RecursionError:
         return _malformed(request, TOO_DEEP)
 
 
-def _mutate(req: Request, *, claims: ClaimLookup) -> AdmissionResponse:
+def inject_claim_label(settings: Settings, claim: Mapping[str, Any]) -> bool:
+    """Whether the claim mutation adds the sandbox-name label to the claim's
+    ``spec.additionalPodMetadata.labels``. "auto" not resolved against a cluster (no
+    ``--watch-claims``): only into v1alpha1 claims, the version of the one release without
+    an allow-list (v0.4); a v0.5 cluster converting v1alpha1 is told by resolving "auto"."""
+    if settings.claim_label_injection == "auto":
+        return str(claim.get("apiVersion", "")).endswith("/v1alpha1")
+    return settings.claim_label_injection == "on"
+
+
+def _mutate(req: Request, *, settings: Settings, claims: ClaimLookup) -> AdmissionResponse:
     uid = req.uid
     if req.sub_resource:
         return response.allowed(uid)
@@ -341,6 +351,8 @@ def _mutate(req: Request, *, claims: ClaimLookup) -> AdmissionResponse:
     obj = req.obj
 
     if key == _CLAIM and operation == "CREATE":
+        if not inject_claim_label(settings, obj):
+            return response.allowed(uid)  # the pod webhook and the reconciler label the pod
         name = _label(obj, kinds.LABEL_SANDBOX_NAME) or _metadata_text(obj, "name")
         if not name:
             return response.allowed(uid)  # generateName: nothing to select on yet

@@ -1,20 +1,27 @@
 """Names of the objects we work with, kept in one place.
 
-agent-sandbox v0.5+ serves v1beta1; moving to it is a change of the versions here
-(and of the claim's template reference, ``spec.sandboxTemplateRef`` in v1alpha1).
+agent-sandbox's four kinds are served in different versions by its releases: v0.4 serves
+v1alpha1; v0.5 serves v1beta1 (storage) and v1alpha1 through its conversion webhook; v1.0
+serves v1beta1 only. The constants below name them in v1alpha1; ``served_kinds`` picks, from
+what the API server serves, the version to watch and write (``webhook.kube.discovery`` asks
+it at start).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Kind:
+    """A kind, addressed in one of its versions. Two Kinds are equal (and hash alike) when
+    group, kind and plural are: the same kind in another version is the same kind, so the
+    Kind discovery returns finds what was registered under the constant."""
+
     group: str
-    version: str
+    version: str = field(compare=False)
     kind: str
     plural: str
 
@@ -37,7 +44,31 @@ POD = Kind("", "v1", "Pod", "pods")
 NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
 LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 EVENT = Kind("events.k8s.io", "v1", "Event", "events")
+CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps")
 NODE = Kind("", "v1", "Node", "nodes")  # cluster-scoped: addressed with namespace ""
+
+# agent-sandbox's kinds, and the versions we can read and write them in, preferred first:
+# v1beta1 is the storage version from v0.5 on (no conversion webhook on the way), v1alpha1
+# the only one before.
+AGENT_SANDBOX_KINDS = (SANDBOX, SANDBOX_TEMPLATE, SANDBOX_CLAIM, SANDBOX_WARM_POOL)
+AGENT_SANDBOX_VERSIONS = ("v1beta1", "v1alpha1")
+
+
+def served_kinds(served: Mapping[str, Collection[str]]) -> dict[Kind, Kind]:
+    """For each of agent-sandbox's kinds, that kind in the version to watch and write.
+
+    ``served`` maps a group version (``"agents.x-k8s.io/v1beta1"``) to the plurals the API
+    server serves in it (its discovery document). A kind served in none of our versions is
+    left out: the caller keeps the constant and says so.
+    """
+    chosen: dict[Kind, Kind] = {}
+    for kind in AGENT_SANDBOX_KINDS:
+        for version in AGENT_SANDBOX_VERSIONS:
+            if kind.plural in served.get(f"{kind.group}/{version}", ()):
+                chosen[kind] = replace(kind, version=version)
+                break
+    return chosen
+
 
 # Where the networkPolicy field lives in each template kind, as a field path.
 TEMPLATE_POLICY_PATH: dict[str, tuple[str, ...]] = {
@@ -55,6 +86,34 @@ LABEL_CLAIM_UID = "agents.x-k8s.io/claim-uid"
 LABEL_CLAIMED_SANDBOX = "agents.x-k8s.io/sandbox-name"
 LABEL_WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"
 ANNOTATION_POD_NAME = "agents.x-k8s.io/pod-name"
+
+# agent-sandbox v0.5+ accepts a label in a claim's spec.additionalPodMetadata only if its
+# domain is on an allow-list: the allowed-label-domains key of the ConfigMap
+# agent-sandbox-config in the controller's namespace (mounted at
+# /etc/sandbox-config/allowed-label-domains), comma or newline separated, suffix match;
+# sandbox.users.io alone when absent or empty (extensions/controllers/sandboxclaim_controller.go).
+AGENT_SANDBOX_NAMESPACE = "agent-sandbox-system"
+AGENT_SANDBOX_CONFIG_MAP = "agent-sandbox-config"
+ALLOWED_LABEL_DOMAINS_KEY = "allowed-label-domains"
+DEFAULT_ALLOWED_LABEL_DOMAINS = ("sandbox.users.io",)
+
+
+def allowed_label_domains(text: str | None) -> tuple[str, ...]:
+    """The allow-list as agent-sandbox reads it from ``text`` (the ConfigMap value)."""
+    domains = tuple(
+        d.strip().lower() for d in (text or "").replace("\r", "\n").replace(",", "\n").split("\n")
+    )
+    return tuple(d for d in domains if d) or DEFAULT_ALLOWED_LABEL_DOMAINS
+
+
+def label_domain_allowed(label: str, domains: Sequence[str]) -> bool:
+    """Whether agent-sandbox v0.5+ accepts ``label`` in a claim's additionalPodMetadata."""
+    domain, slash, _name = label.partition("/")
+    if not slash:
+        return False
+    domain = domain.lower()
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
 
 # Ours.
 # The scheduling gate the pod webhook puts on a sandbox pod at creation; the reconciler

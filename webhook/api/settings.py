@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from webhook.api.networking import NAMESPACE_NAME_LABEL
 
@@ -38,6 +38,15 @@ class Limits:
     max_annotation_bytes: int = 64 * 1024  # the override annotation's JSON
 
 
+# Whether the claim mutation puts runtime.agentcube.io/sandbox-name into a SandboxClaim's
+# spec.additionalPodMetadata.labels: "on", "off", or "auto", which the commands that talk to
+# a cluster resolve at start to "on" exactly where agent-sandbox accepts the label
+# (webhook.kube.discovery). agent-sandbox v0.5+ refuses a claim whose additional pod labels
+# are outside its allow-list (the claim goes Ready=False, InvalidMetadata, and gets no
+# Sandbox); without the label the pod webhook and the reconciler label the claimed pod.
+ClaimLabelInjection = Literal["auto", "on", "off"]
+
+
 @dataclass(frozen=True)
 class Settings:
     # The AgentCube control plane that must reach every sandbox pod.
@@ -60,4 +69,5 @@ class Settings:
     # A NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation (policies add
     # up) is admitted with a warning; with this set it is refused.
     deny_widening: bool = False
+    claim_label_injection: ClaimLabelInjection = "auto"
     limits: Limits = field(default_factory=Limits)

@@ -90,6 +90,15 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         help="refuse a NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation "
         "(default: admit it with a warning; run and audit report it either way)",
     )
+    group.add_argument(
+        "--claim-label-injection",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="add runtime.agentcube.io/sandbox-name to a SandboxClaim's additionalPodMetadata "
+        "labels; auto (default): where agent-sandbox accepts it (v0.4, or v0.5+ with "
+        "runtime.agentcube.io in its allowed-label-domains); otherwise the claimed pod is "
+        "labelled by the pod webhook and the reconciler",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -103,6 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         privileged_groups=tuple(args.privileged_group or [f"system:serviceaccounts:{namespace}"]),
         privileged_users=tuple(args.privileged_user or ()),
         deny_widening=args.deny_widening,
+        claim_label_injection=args.claim_label_injection,
     )
 
 

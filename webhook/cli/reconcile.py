@@ -123,10 +123,12 @@ def _runtime(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import serve
 
     metrics = AdmissionMetrics()
+    settings = resolve_claim_label_injection(settings, _rest(args.kubeconfig))
     runtime = _runtime(args, settings, metrics.registry)
     runtime.start()
     try:

@@ -119,6 +119,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     trust = cluster_trust(args)
     claims = claim_cache(args) if args.watch_claims else None
+    if args.watch_claims:
+        from webhook.kube.discovery import resolve_claim_label_injection
+        from webhook.kube.rest import Rest
+
+        settings = resolve_claim_label_injection(settings, Rest(api_client(args)))
     return serve(
         trust=trust,
         claims=claims,

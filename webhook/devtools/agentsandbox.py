@@ -160,12 +160,28 @@ def rbac_manifests(rbac_dir: Path) -> list[dict[str, Any]]:
     return documents
 
 
+def has_conversion_webhook(version: str) -> bool:
+    """v0.5.x serves v1alpha1 through a conversion webhook in the controller (a Service in
+    its namespace, certificates it makes itself); v0.4 had none, v1.0 dropped v1alpha1."""
+    return version.startswith("v0.5.")
+
+
 def controller_args(
-    *, kubeconfig: Path, metrics_port: int, probe_port: int, extensions: bool, log_level: str
+    *,
+    kubeconfig: Path,
+    metrics_port: int,
+    probe_port: int,
+    extensions: bool,
+    log_level: str,
+    version: str = "",
 ) -> list[str]:
-    """Flags of ``cmd/agent-sandbox-controller`` (v0.4.6): loopback ports, no leader election
-    (one replica; no Lease to wait for), the kubeconfig flag registered by controller-runtime."""
-    return [
+    """Flags of ``cmd/agent-sandbox-controller`` (v0.4.6, v0.5.6, v1.0.1): loopback ports, no
+    leader election (one replica; no Lease to wait for), the kubeconfig flag registered by
+    controller-runtime. v0.5's webhook server is off (``--enable-webhook=false``): it would
+    write certificates under /tmp/k8s-webhook-server and patch the CRDs for a Service no
+    process here backs; its CRDs are installed with ``conversion: None`` instead, as its own
+    log asks (see ``AgentSandboxController.install``)."""
+    args = [
         f"--kubeconfig={kubeconfig}",
         f"--extensions={'true' if extensions else 'false'}",
         "--leader-elect=false",
@@ -173,6 +189,14 @@ def controller_args(
         f"--health-probe-bind-address={LOOPBACK}:{probe_port}",
         f"--zap-log-level={log_level}",
     ]
+    if has_conversion_webhook(version):
+        args.append("--enable-webhook=false")
+    return args
+
+
+def without_conversion_webhook(crd: dict[str, Any]) -> dict[str, Any]:
+    """A CRD whose versions are converted by the API server alone (``strategy: None``)."""
+    return {**crd, "spec": {**crd["spec"], "conversion": {"strategy": "None"}}}
 
 
 class AgentSandboxController:
@@ -229,7 +253,16 @@ class AgentSandboxController:
     def install(self) -> list[str]:
         """The module's CRDs (Established when this returns) and, as the service account,
         its RBAC. Idempotent (server-side apply); their names."""
-        names = install_crds(self.control_plane, self.build.crd_dir)
+        crd_dir = self.build.crd_dir
+        if has_conversion_webhook(self.build.version):
+            crd_dir = self.work_dir / "crds"
+            crd_dir.mkdir(parents=True, exist_ok=True)
+            for path in sorted(self.build.crd_dir.glob("*.yaml")):
+                crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+                (crd_dir / path.name).write_text(
+                    yaml.safe_dump(without_conversion_webhook(crd)), encoding="utf-8"
+                )
+        names = install_crds(self.control_plane, crd_dir)
         missing = sorted(set(CRD_NAMES) - set(names))
         if missing:
             raise ControlPlaneError(f"{self.build.crd_dir} lacks the CRDs {', '.join(missing)}")
@@ -262,6 +295,7 @@ class AgentSandboxController:
                 probe_port=self.probe_port,
                 extensions=self.extensions,
                 log_level=self.log_level,
+                version=self.build.version,
             ),
         ]
         with self.log_path.open("ab") as log_file:

@@ -4,19 +4,24 @@ The admission request must never wait on an API call, so the claims a claimed wa
 pod is looked up against come from an ``Informer`` of SandboxClaims (list, then watch;
 resumed, relisted on 410 Gone, backed off on errors), indexed by (namespace, uid): the pod
 carries its claim's uid, not its name. Until the first list has landed the cache is not
-synced, and ``/readyz`` says so.
+synced, and ``/readyz`` says so. Claims are watched in the version the cluster serves
+(``webhook.kube.discovery``, asked in ``start``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from webhook.api import kinds
+from webhook.kube import errors
+from webhook.kube.discovery import discover_kinds
 from webhook.kube.informer import Informer, interned
 from webhook.kube.rest import Rest
 
 UID_INDEX = "namespace/uid"
+logger = logging.getLogger(__name__)
 
 
 def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,6 +53,7 @@ class ClaimCache:
 
     def __init__(self, api: Rest | Any) -> None:
         rest = api if isinstance(api, Rest) else Rest(api.api_client)
+        self._rest: Rest | None = rest
         self.informer = Informer(rest, kinds.SANDBOX_CLAIM, slim=slim_claim, name="sandboxclaims")
         self.informer.add_index(UID_INDEX, claim_uid_keys)
 
@@ -58,6 +64,7 @@ class ClaimCache:
         if informer.kind != kinds.SANDBOX_CLAIM:
             raise ValueError(f"an informer of {informer.kind.kind}, not of SandboxClaims")
         cache = cls.__new__(cls)
+        cache._rest = None  # whoever owns the informer picks its version
         cache.informer = informer
         informer.add_index(UID_INDEX, claim_uid_keys)
         return cache
@@ -75,6 +82,12 @@ class ClaimCache:
         return self.informer.wait_synced(timeout_seconds)
 
     def start(self) -> None:
+        if self._rest is not None:
+            try:
+                served = discover_kinds(self._rest)
+                self.informer.kind = served.get(kinds.SANDBOX_CLAIM, self.informer.kind)
+            except errors.ApiError as exc:
+                logger.warning("discovery failed (%s): watching SandboxClaims in v1alpha1", exc)
         self.informer.start()
 
     def stop(self) -> None:

@@ -196,6 +196,12 @@ class Rest:
 
     # Reads.
 
+    def api_resources(self, group_version: str) -> dict[str, Any]:
+        """The discovery document (APIResourceList) of ``group/version``; ``NotFound`` when
+        the API server does not serve it. Every authenticated user may read it."""
+        root = "/api" if "/" not in group_version else "/apis"
+        return self._json("GET", f"{root}/{group_version}")
+
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
         return self._json("GET", resource_path(kind, namespace, name))
 

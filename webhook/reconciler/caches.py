@@ -6,10 +6,16 @@ stored. Pods are watched through label selectors only: those carrying a
 sandbox-name label (direct path, labelled claimed pods) and those carrying a
 claim-uid label (claimed warm-pool pods); never every pod of the cluster.
 NetworkPolicies are watched by our managed-by label.
+
+agent-sandbox's kinds are watched in the version the cluster serves (v1beta1 on v0.5+,
+v1alpha1 on v0.4): ``start`` asks discovery (``webhook.kube.discovery``) before the first
+list. Objects keep their ``apiVersion``, so an ownerReference made from one names the
+version it was read in.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +24,8 @@ from typing import Any
 from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.api.settings import Settings
+from webhook.kube import errors
+from webhook.kube.discovery import discover_kinds
 from webhook.kube.informer import Informer
 from webhook.kube.rest import Rest
 from webhook.reconciler.sandboxes import BY_NAMESPACE, INDEXES, labels_of, uid_of
@@ -29,6 +37,7 @@ POD_SELECTORS = (kinds.LABEL_SANDBOX_NAME, kinds.LABEL_CLAIM_UID)
 MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY_VALUE}"
 
 _intern = sys.intern
+logger = logging.getLogger(__name__)
 
 
 def _slim_metadata(obj: Mapping[str, Any], *, annotations: Iterable[str] = ()) -> dict[str, Any]:
@@ -87,14 +96,29 @@ def slim_code_interpreter(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _api_version(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The version the object was served in (custom resources carry it in lists too)."""
+    api_version = obj.get("apiVersion")
+    return {"apiVersion": _intern(api_version)} if isinstance(api_version, str) else {}
+
+
 def slim_sandbox(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {"metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_NETWORK_POLICY,))}
+    return {
+        **_api_version(obj),
+        "metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_NETWORK_POLICY,)),
+    }
 
 
 def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
+        **_api_version(obj),
         "metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_NETWORK_POLICY,)),
-        **_pick(obj, ("spec", "sandboxTemplateRef", "name"), ("status", "sandbox", "name")),
+        **_pick(
+            obj,
+            ("spec", "sandboxTemplateRef", "name"),  # v1alpha1
+            ("spec", "warmPoolRef", "name"),  # v1beta1
+            ("status", "sandbox", "name"),
+        ),
     }
 
 
@@ -123,6 +147,7 @@ class Caches:
     """The informers, read as one ``View``; handlers hear every change of every kind."""
 
     def __init__(self, rest: Rest, settings: Settings) -> None:
+        self._rest = rest
         self._settings = settings
         self.informers: dict[Kind, list[Informer]] = {}
         for kind, slim in SLIM.items():
@@ -147,7 +172,17 @@ class Caches:
                     lambda old, new, kind=kind: handler(kind, old, new)  # type: ignore[misc]
                 )
 
+    def use_versions(self, resolved: Mapping[Kind, Kind]) -> None:
+        """Watch each kind of ``resolved`` in its version there (before ``start``)."""
+        for kind, informers in self.informers.items():
+            for informer in informers:
+                informer.kind = resolved.get(kind, informer.kind)
+
     def start(self) -> None:
+        try:
+            self.use_versions(discover_kinds(self._rest))
+        except errors.ApiError as exc:
+            logger.warning("discovery failed (%s): watching agent-sandbox's kinds in v1alpha1", exc)
         for informer in self._all():
             informer.start()
 
@@ -240,15 +275,17 @@ def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[s
 def list_cluster(rest: Rest) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
     """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate."""
     snapshot = Snapshot()
+    served = discover_kinds(rest)
     for kind, slim in SLIM.items():
         if kind == kinds.NETWORK_POLICY:
             continue
         selectors = POD_SELECTORS if kind == kinds.POD else ("",)
         for selector in selectors:
-            for obj in list_all(rest, kind, label_selector=selector):
+            for obj in list_all(rest, served.get(kind, kind), label_selector=selector):
                 snapshot.add(kind, slim(obj))
     network_policies = list_all(rest, kinds.NETWORK_POLICY)
     for policy in network_policies:
         if labels_of(policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE:
             snapshot.add(kinds.NETWORK_POLICY, slim_network_policy(policy))
-    return snapshot, network_policies, list_all(rest, kinds.SANDBOX_TEMPLATE)
+    templates = list_all(rest, served.get(kinds.SANDBOX_TEMPLATE, kinds.SANDBOX_TEMPLATE))
+    return snapshot, network_policies, templates

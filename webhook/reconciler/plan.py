@@ -161,8 +161,13 @@ def choose_write(desired: Mapping[str, Any] | None, current: Mapping[str, Any] |
 
 
 def with_kind(obj: Mapping[str, Any], kind: kinds.Kind) -> dict[str, Any]:
-    """``obj`` with apiVersion and kind set (cached objects may lack them)."""
-    return {**obj, "apiVersion": kind.api_version, "kind": kind.kind}
+    """``obj`` with apiVersion and kind set (cached objects may lack them). An apiVersion
+    of the kind's group that the object already carries is kept: it is the version the
+    cluster served it in (v1beta1 on agent-sandbox v0.5+), which an ownerReference must name."""
+    api_version = obj.get("apiVersion")
+    if not (isinstance(api_version, str) and api_version.startswith(f"{kind.group}/")):
+        api_version = kind.api_version
+    return {**obj, "apiVersion": api_version, "kind": kind.kind}
 
 
 def plan(request: Request, view: View, settings: Settings) -> Plan:

@@ -6,7 +6,8 @@ gets and the value of ``runtime.agentcube.io/sandbox-name`` on its pod:
 - direct path: a Sandbox labelled ``runtime.agentcube.io/workload-name`` (AgentCube
   made it for an AgentRuntime, or a CodeInterpreter without warm pool); the
   sandbox name is the Sandbox's name and the Sandbox owns the NetworkPolicy;
-- warm path: a SandboxClaim whose template reference names a CodeInterpreter;
+- warm path: a SandboxClaim whose template reference (v1alpha1) or warm pool reference
+  (v1beta1) names a CodeInterpreter;
   the sandbox name is the claim's ``runtime.agentcube.io/sandbox-name`` label,
   else its name, and the claim owns the NetworkPolicy.
 
@@ -75,13 +76,23 @@ def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def claim_template_name(claim: Mapping[str, Any]) -> str | None:
-    """The CodeInterpreter a claim was made from: ``spec.sandboxTemplateRef.name``.
+    """The CodeInterpreter a claim was made from, in either version of SandboxClaim:
+    ``spec.sandboxTemplateRef.name`` (v1alpha1, agent-sandbox v0.4) or
+    ``spec.warmPoolRef.name`` (v1beta1, v0.5+; the field is required there).
 
-    AgentCube names the SandboxTemplate (and the SandboxWarmPool) after the
-    CodeInterpreter, so the template's name is the CodeInterpreter's.
+    AgentCube names the SandboxTemplate and the SandboxWarmPool after the CodeInterpreter,
+    so either name is the CodeInterpreter's. The claim's spec is authoritative, not its
+    ownerReference to the CodeInterpreter: the spec is what agent-sandbox acts on (the
+    claimed pod is made from that template, or taken from that pool), so the policy follows
+    what the pod is; an ownerReference only drives garbage collection and anyone who may
+    create the claim may set either. A claim naming both (a v0.5 cluster converting) is
+    read by its template reference, the one a v1alpha1 controller would act on.
     """
-    name = kinds.get_path(claim, ("spec", "sandboxTemplateRef", "name"))
-    return name if isinstance(name, str) and name else None
+    for path in (("spec", "sandboxTemplateRef", "name"), ("spec", "warmPoolRef", "name")):
+        name = kinds.get_path(claim, path)
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 def claim_sandbox_name(claim: Mapping[str, Any]) -> str:
