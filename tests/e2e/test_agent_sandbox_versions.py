@@ -1,0 +1,295 @@
+"""The warm path and the direct path with the real agent-sandbox controller of each newer line.
+
+A cluster per version with only that release's own CRDs installed (v1.0.1: v1beta1 only, no
+v1alpha1 at all), deploy/'s manifests (webhooks and RBAC) applied unchanged, `run` under
+deploy/'s RBAC, the real controller, and the fake kubelet. AgentCube's objects are made in
+v1beta1 (a claim names its warm pool, which AgentCube names after the CodeInterpreter). The
+controller runs with its default allow-list (no /etc/sandbox-config on this host), so
+``--claim-label-injection=auto`` must decide "off": claims are left alone (one carrying our
+label would be refused by the controller), and the claimed pod still ends up selected by its
+own NetworkPolicy, labelled by the pod webhook and the reconciler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.builders import code_interpreter, sandbox_claim
+from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
+from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
+from tests.e2e.invariant import Recorder, breaches, is_runnable, is_sandbox_pod
+from tests.e2e.test_agent_sandbox import is_running_and_ready, owner_reference, warm_pool_for
+from tests.e2e.test_reconciler import (
+    AGENTCUBE,
+    RESTRICTED,
+    desired,
+    eventually,
+    grant_agentcube,
+    policy_of,
+    sandbox,
+    start_run,
+)
+from webhook.api import kinds
+from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
+from webhook.devtools.controlplane import (
+    Binaries,
+    ControlPlane,
+    ControlPlaneError,
+    load_manifests,
+)
+from webhook.devtools.kubelet import FakeKubelet
+from webhook.kube.rest import Rest
+from webhook.reconciler.agentsandbox import name_hash
+
+WAIT_S = 60.0
+VERSIONS = ("v1.0.1",)
+V1BETA1 = "v1beta1"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    version: str
+    control_plane: ControlPlane
+    kube: Kubectl
+    run: WebhookServer
+    rest: Rest
+    controller: AgentSandboxController
+
+
+def in_v1beta1(obj: dict[str, Any]) -> dict[str, Any]:
+    """An agent-sandbox object as AgentCube writes it for v0.5+."""
+    group = obj["apiVersion"].rpartition("/")[0]
+    out = {**obj, "apiVersion": f"{group}/{V1BETA1}"}
+    if obj["kind"] == kinds.SANDBOX_CLAIM.kind:
+        out["spec"] = {"warmPoolRef": {"name": obj["spec"]["sandboxTemplateRef"]["name"]}}
+    return out
+
+
+def install_agentcube_crds(control_plane: ControlPlane) -> None:
+    """deploy/'s AgentRuntime and CodeInterpreter CRDs only: agent-sandbox's come from the
+    release under test."""
+    crds = [
+        doc
+        for doc in load_manifests(CRD_DIR, control_plane=control_plane)
+        if doc.get("kind") == "CustomResourceDefinition"
+        and doc["spec"]["group"] == kinds.AGENTCUBE_GROUP
+    ]
+    assert crds, f"no AgentCube CRDs in {CRD_DIR}"
+    kube = Kubectl(control_plane)
+    kube.ok("apply", "--server-side", "-f", "-", input=as_json(*crds))
+    kube.ok(
+        "wait", "--for=condition=Established", "--timeout=30s",
+        *[f"customresourcedefinition/{crd['metadata']['name']}" for crd in crds],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def cluster(
+    request: pytest.FixtureRequest, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    version: str = request.param
+    try:
+        build = find_agent_sandbox(os.environ, version)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    work = tmp_path_factory.mktemp(f"agent-sandbox-{version}")
+    with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
+        install_agentcube_crds(control_plane)
+        controller = AgentSandboxController(
+            build=build, control_plane=control_plane, work_dir=work / "as"
+        )
+        controller.install()  # its CRDs first: `run` discovers their versions at start
+        manifests = deploy_manifests(control_plane)
+        service_account = install_rbac(control_plane, manifests)
+        kube = Kubectl(control_plane)
+        grant_agentcube(kube)
+        api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+        with controller:
+            run = start_run(control_plane, service_account, work)
+            try:
+                install_webhooks(control_plane, manifests, base_url=run.url, ca_pem=run.ca_pem)
+                with FakeKubelet(CoreV1Api(api_client)):
+                    yield Cluster(
+                        version,
+                        control_plane,
+                        kube,
+                        run,
+                        Rest.from_config(control_plane.admin_kubeconfig),
+                        controller,
+                    )
+            finally:
+                run.stop()
+                api_client.close()
+
+
+@pytest.fixture
+def ns(cluster: Cluster) -> Iterator[str]:
+    name = f"v-{uuid.uuid4().hex[:6]}"
+    cluster.kube.ok("create", "namespace", name)
+    yield name
+    cluster.kube("delete", "namespace", name, "--wait=false")
+
+
+def check_invariant(
+    ns: str, events: list[Any], specs: dict[str, Any], baselines: list[Any]
+) -> None:
+    """No recorded moment found a runnable sandbox pod selected by nothing, or by anything
+    looser than its own policy (or the warm pool's baseline)."""
+
+    def allowed(pod: Any) -> list[Any]:
+        labels = pod["metadata"].get("labels") or {}
+        own = specs.get(labels.get(kinds.LABEL_SANDBOX_NAME, ""))
+        return [s for s in (own, *baselines) if s is not None]
+
+    events = [e for e in events if (e[3].get("metadata") or {}).get("namespace") == ns]
+    assert breaches(events, allowed_specs=allowed) == []
+    assert any(e[1] == "Pod" and is_sandbox_pod(e[3]) and is_runnable(e[3]) for e in events)
+
+
+def selects(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels") or {}
+    labels = pod["metadata"].get("labels") or {}
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+def test_the_cluster_serves_only_v1beta1_and_run_watches_it(cluster: Cluster) -> None:
+    served = cluster.kube.ok("api-versions").split()
+    assert "extensions.agents.x-k8s.io/v1beta1" in served
+    assert "extensions.agents.x-k8s.io/v1alpha1" not in served
+    log = cluster.run.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "SandboxClaim extensions.agents.x-k8s.io/v1beta1" in log
+    assert "claim label injection off" in log
+
+
+def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster, ns: str) -> None:
+    kube = cluster.kube
+    interpreter = json.loads(
+        kube.ok(
+            "create", "-o", "json", "-f", "-",
+            input=as_json(code_interpreter("pyv", ns, RESTRICTED, warm_pool_size=2)),
+        )
+    )  # fmt: skip
+    kube.ok("create", "-f", "-", input=as_json(*map(in_v1beta1, warm_pool_for(interpreter))))
+
+    def warm_running() -> bool:
+        pods = kube.get(
+            "pods", "-n", ns, "-l", f"agents.x-k8s.io/sandbox-template-ref-hash={name_hash('pyv')}"
+        )["items"]
+        return len([p for p in pods if is_running_and_ready(p)]) >= 2
+
+    eventually(
+        warm_running, f"the warm pool running ({cluster.controller.describe_log(10)})", WAIT_S
+    )
+    baseline = eventually(lambda: policy_of(kube, ns, "netpol-baseline.pyv"), "the baseline")
+    recorder = Recorder(cluster.rest)
+    recorder.start()
+    claim_name = f"pyv-{uuid.uuid4().hex[:8]}"
+    claim = in_v1beta1(
+        sandbox_claim(
+            claim_name,
+            ns,
+            template="pyv",
+            labels={kinds.LABEL_SANDBOX_NAME: claim_name, kinds.LABEL_SESSION_ID: "session-1"},
+        )
+    )
+    claim["metadata"]["ownerReferences"] = [owner_reference(interpreter)]
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", *AGENTCUBE, input=as_json(claim))
+    )
+    # Left alone: with our label in additionalPodMetadata the controller would refuse it.
+    assert "additionalPodMetadata" not in created["spec"]
+    uid = created["metadata"]["uid"]
+
+    def claimed_pod() -> dict[str, Any] | None:
+        pods = kube.get("pods", "-n", ns, "-l", f"{kinds.LABEL_CLAIM_UID}={uid}")["items"]
+        return pods[0] if pods else None
+
+    pod = eventually(
+        claimed_pod,
+        f"the real claim controller to adopt a warm pod ({cluster.controller.describe_log(20)})",
+        WAIT_S,
+    )
+    want = desired(ns, claim_name, RESTRICTED, created)
+
+    def isolated() -> dict[str, Any] | None:
+        policy = policy_of(kube, ns, claim_name)
+        now = kube.get("pod", pod["metadata"]["name"], "-n", ns)
+        if policy is None or policy["spec"] != want["spec"] or not selects(policy, now):
+            return None
+        return policy
+
+    policy = eventually(isolated, "the claimed pod selected by its own policy", WAIT_S)
+    [owner] = policy["metadata"]["ownerReferences"]
+    assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
+        "extensions.agents.x-k8s.io/v1beta1",
+        "SandboxClaim",
+        uid,
+    )
+    status = kube.get("sandboxclaim", claim_name, "-n", ns).get("status") or {}
+    assert not any(c.get("reason") == "InvalidMetadata" for c in status.get("conditions") or []), (
+        status
+    )
+    check_invariant(ns, recorder.stop(), {claim_name: want["spec"]}, [baseline["spec"]])
+
+
+def test_a_direct_sandbox_pod_runs_only_once_isolated(cluster: Cluster, ns: str) -> None:
+    kube = cluster.kube
+    kube.ok("apply", "-f", "-", input=as_json(code_interpreter("pyd", ns, RESTRICTED)))
+    recorder = Recorder(cluster.rest)
+    recorder.start()
+    name = "pyd-abcd1234"
+    created = json.loads(
+        kube.ok(
+            "create", "-o", "json", "-f", "-", input=as_json(in_v1beta1(sandbox(ns, name, "pyd")))
+        )
+    )
+    want = desired(ns, name, RESTRICTED, created)
+
+    def running() -> dict[str, Any] | None:
+        result = kube("get", "pod", name, "-n", ns, "-o", "json")
+        if result.returncode != 0:
+            return None
+        pod: dict[str, Any] = json.loads(result.stdout)
+        return pod if is_running_and_ready(pod) else None
+
+    pod = eventually(
+        running, f"the Sandbox's pod running ({cluster.controller.describe_log(20)})", WAIT_S
+    )
+    policy = policy_of(kube, ns, name)
+    assert policy is not None and policy["spec"] == want["spec"] and selects(policy, pod)
+    assert policy["metadata"]["ownerReferences"][0]["apiVersion"] == "agents.x-k8s.io/v1beta1"
+    events = recorder.stop()
+    check_invariant(ns, events, {name: want["spec"]}, [])
+    pod_events = [e for e in events if e[1] == "Pod" and e[3]["metadata"]["name"] == name]
+    assert {"name": kinds.SCHEDULING_GATE} in (
+        pod_events[0][3]["spec"].get("schedulingGates") or []
+    )
+
+
+def test_the_controller_refuses_a_claim_carrying_our_label_by_default(
+    cluster: Cluster, ns: str
+) -> None:
+    """Why "auto" is "off" here: the release's own claim controller refuses our label in
+    additionalPodMetadata unless runtime.agentcube.io is allow-listed."""
+    claim = in_v1beta1(sandbox_claim("refused", ns, template="nopool"))
+    claim["spec"]["additionalPodMetadata"] = {"labels": {kinds.LABEL_SANDBOX_NAME: "refused"}}
+    cluster.kube.ok("create", "-f", "-", input=as_json(claim))
+
+    def reason() -> str | None:
+        status = cluster.kube.get("sandboxclaim", "refused", "-n", ns).get("status") or {}
+        reasons = [c.get("reason") for c in status.get("conditions") or []]
+        return "InvalidMetadata" if "InvalidMetadata" in reasons else None
+
+    eventually(
+        reason, f"Ready=False InvalidMetadata ({cluster.controller.describe_log(10)})", WAIT_S
+    )
