@@ -3,11 +3,17 @@
 A cluster per version with only that release's own CRDs installed (v1.0.1: v1beta1 only, no
 v1alpha1 at all), deploy/'s manifests (webhooks and RBAC) applied unchanged, `run` under
 deploy/'s RBAC, the real controller, and the fake kubelet. AgentCube's objects are made in
-v1beta1 (a claim names its warm pool, which AgentCube names after the CodeInterpreter). The
-controller runs with its default allow-list (no /etc/sandbox-config on this host), so
-``--claim-label-injection=auto`` must decide "off": claims are left alone (one carrying our
-label would be refused by the controller), and the claimed pod still ends up selected by its
-own NetworkPolicy, labelled by the pod webhook and the reconciler.
+v1beta1 (a claim names its warm pool, which AgentCube names after the CodeInterpreter). Each
+version runs twice:
+
+- default: the controller's default allow-list (sandbox.users.io), so
+  ``--claim-label-injection=auto`` must decide "off": claims are left alone (one carrying our
+  label is refused by the controller) and the claimed pod still ends up selected by its own
+  NetworkPolicy, labelled by the pod webhook and the reconciler;
+- allow-listed: runtime.agentcube.io added, in the ConfigMap `run` reads and in the file the
+  controller reads (``/etc/sandbox-config/allowed-label-domains``, in a mount namespace of
+  its own: the host's /etc is never written), so "auto" decides "on" and the label reaches
+  the pod at adoption.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ from webhook.reconciler.agentsandbox import name_hash
 WAIT_S = 60.0
 VERSIONS = ("v1.0.1",)
 V1BETA1 = "v1beta1"
+ALLOW_LISTED = "sandbox.users.io,runtime.agentcube.io"
+VARIANTS = [
+    pytest.param((version, allow_listed), id=f"{version}{'-allow-listed' if allow_listed else ''}")
+    for version in VERSIONS
+    for allow_listed in (False, True)
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Cluster:
     run: WebhookServer
     rest: Rest
     controller: AgentSandboxController
+    allow_listed: bool
 
 
 def in_v1beta1(obj: dict[str, Any]) -> dict[str, Any]:
@@ -90,25 +103,35 @@ def install_agentcube_crds(control_plane: ControlPlane) -> None:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=VERSIONS)
+@pytest.fixture(scope="module", params=VARIANTS)
 def cluster(
     request: pytest.FixtureRequest, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     from kubernetes.client import CoreV1Api
     from kubernetes.config import new_client_from_config
 
-    version: str = request.param
+    version, allow_listed = request.param
     try:
         build = find_agent_sandbox(os.environ, version)
     except ControlPlaneError as exc:
         pytest.fail(str(exc), pytrace=False)
     work = tmp_path_factory.mktemp(f"agent-sandbox-{version}")
+    allow_list = ALLOW_LISTED if allow_listed else None
     with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
         install_agentcube_crds(control_plane)
         controller = AgentSandboxController(
-            build=build, control_plane=control_plane, work_dir=work / "as"
+            build=build,
+            control_plane=control_plane,
+            work_dir=work / "as",
+            allowed_label_domains=allow_list,
         )
         controller.install()  # its CRDs first: `run` discovers their versions at start
+        if allow_list is not None:  # what `run` reads (the controller reads its file)
+            Kubectl(control_plane).ok(
+                "create", "configmap", kinds.AGENT_SANDBOX_CONFIG_MAP,
+                f"--namespace={kinds.AGENT_SANDBOX_NAMESPACE}",
+                f"--from-literal={kinds.ALLOWED_LABEL_DOMAINS_KEY}={allow_list}",
+            )  # fmt: skip
         manifests = deploy_manifests(control_plane)
         service_account = install_rbac(control_plane, manifests)
         kube = Kubectl(control_plane)
@@ -126,6 +149,7 @@ def cluster(
                         run,
                         Rest.from_config(control_plane.admin_kubeconfig),
                         controller,
+                        allow_listed,
                     )
             finally:
                 run.stop()
@@ -168,7 +192,7 @@ def test_the_cluster_serves_only_v1beta1_and_run_watches_it(cluster: Cluster) ->
     assert "extensions.agents.x-k8s.io/v1alpha1" not in served
     log = cluster.run.log_path.read_text(encoding="utf-8", errors="replace")
     assert "SandboxClaim extensions.agents.x-k8s.io/v1beta1" in log
-    assert "claim label injection off" in log
+    assert f"claim label injection {'on' if cluster.allow_listed else 'off'}" in log
 
 
 def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster, ns: str) -> None:
@@ -206,8 +230,9 @@ def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster,
     created = json.loads(
         kube.ok("create", "-o", "json", "-f", "-", *AGENTCUBE, input=as_json(claim))
     )
-    # Left alone: with our label in additionalPodMetadata the controller would refuse it.
-    assert "additionalPodMetadata" not in created["spec"]
+    # Left alone unless allow-listed: the controller would refuse our label otherwise.
+    injected = (created["spec"].get("additionalPodMetadata") or {}).get("labels") or {}
+    assert injected == ({kinds.LABEL_SANDBOX_NAME: claim_name} if cluster.allow_listed else {})
     uid = created["metadata"]["uid"]
 
     def claimed_pod() -> dict[str, Any] | None:
@@ -276,20 +301,19 @@ def test_a_direct_sandbox_pod_runs_only_once_isolated(cluster: Cluster, ns: str)
     )
 
 
-def test_the_controller_refuses_a_claim_carrying_our_label_by_default(
+def test_the_controller_accepts_our_label_only_where_allow_listed(
     cluster: Cluster, ns: str
 ) -> None:
-    """Why "auto" is "off" here: the release's own claim controller refuses our label in
+    """Why "auto" decides as it does: the release's own claim controller refuses our label in
     additionalPodMetadata unless runtime.agentcube.io is allow-listed."""
-    claim = in_v1beta1(sandbox_claim("refused", ns, template="nopool"))
-    claim["spec"]["additionalPodMetadata"] = {"labels": {kinds.LABEL_SANDBOX_NAME: "refused"}}
+    claim = in_v1beta1(sandbox_claim("labelled", ns, template="nopool"))
+    claim["spec"]["additionalPodMetadata"] = {"labels": {kinds.LABEL_SANDBOX_NAME: "labelled"}}
     cluster.kube.ok("create", "-f", "-", input=as_json(claim))
 
-    def reason() -> str | None:
-        status = cluster.kube.get("sandboxclaim", "refused", "-n", ns).get("status") or {}
-        reasons = [c.get("reason") for c in status.get("conditions") or []]
-        return "InvalidMetadata" if "InvalidMetadata" in reasons else None
+    def reasons() -> list[str] | None:
+        status = cluster.kube.get("sandboxclaim", "labelled", "-n", ns).get("status") or {}
+        found = [str(c.get("reason")) for c in status.get("conditions") or []]
+        return found or None
 
-    eventually(
-        reason, f"Ready=False InvalidMetadata ({cluster.controller.describe_log(10)})", WAIT_S
-    )
+    found = eventually(reasons, f"a condition ({cluster.controller.describe_log(10)})", WAIT_S)
+    assert ("InvalidMetadata" in found) is not cluster.allow_listed, found

@@ -194,6 +194,37 @@ def controller_args(
     return args
 
 
+# Where agent-sandbox v0.5+ reads its allow-list of claim pod label domains (the mounted
+# ConfigMap agent-sandbox-config in a cluster): a fixed path, so never written on this host.
+ALLOW_LIST_DIR = "/etc/sandbox-config"
+ALLOW_LIST_FILE = "allowed-label-domains"
+
+# Run in a mount namespace of its own (`unshare -m`, private propagation): /etc there is a
+# tmpfs of symlinks to the host's /etc entries (bind-mounted aside first) plus
+# sandbox-config/allowed-label-domains. Nothing outside the namespace sees a change.
+_WITH_ALLOW_LIST = """set -eu
+aside="$1"; allow_list="$2"; shift 2
+mkdir -p "$aside"
+mount --rbind /etc "$aside"
+mount -t tmpfs -o mode=0755 agentcube-netpol-etc /etc
+for entry in "$aside"/* "$aside"/.[!.]*; do
+  if [ -e "$entry" ] || [ -L "$entry" ]; then ln -s "$entry" "/etc/${entry##*/}"; fi
+done
+mkdir /etc/sandbox-config
+cp "$allow_list" /etc/sandbox-config/allowed-label-domains
+exec "$@"
+"""
+
+
+def with_allow_list(argv: list[str], *, aside: Path, allow_list: Path) -> list[str]:
+    """``argv`` run where ``/etc/sandbox-config/allowed-label-domains`` is ``allow_list``'s
+    content, in a mount namespace of its own (root only; the host's /etc is untouched)."""
+    return [
+        "unshare", "--mount", "--propagation", "private", "--",
+        "sh", "-c", _WITH_ALLOW_LIST, "with-allow-list", str(aside), str(allow_list), *argv,
+    ]  # fmt: skip
+
+
 def without_conversion_webhook(crd: dict[str, Any]) -> dict[str, Any]:
     """A CRD whose versions are converted by the API server alone (``strategy: None``)."""
     return {**crd, "spec": {**crd["spec"], "conversion": {"strategy": "None"}}}
@@ -212,6 +243,7 @@ class AgentSandboxController:
         log_level: str = "info",
         work_dir: Path | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        allowed_label_domains: str | None = None,
     ) -> None:
         self.build = build
         self.control_plane = control_plane
@@ -219,6 +251,8 @@ class AgentSandboxController:
         self.as_service_account = as_service_account
         self.log_level = log_level
         self.start_timeout_s = start_timeout_s
+        # v0.5+: the allow-list file's content; None runs it without (its default).
+        self.allowed_label_domains = allowed_label_domains
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="agentcube-netpol-as-"))
         self.log_path = self.work_dir / f"{CONTROLLER_BINARY}.log"
         self.probe_port = 0
@@ -298,6 +332,10 @@ class AgentSandboxController:
                 version=self.build.version,
             ),
         ]
+        if self.allowed_label_domains is not None:
+            allow_list = self.work_dir / ALLOW_LIST_FILE
+            allow_list.write_text(self.allowed_label_domains + "\n", encoding="utf-8")
+            argv = with_allow_list(argv, aside=self.work_dir / "host-etc", allow_list=allow_list)
         with self.log_path.open("ab") as log_file:
             self._popen = subprocess.Popen(
                 argv,
