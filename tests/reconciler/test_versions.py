@@ -126,3 +126,29 @@ def test_the_caches_keep_the_version_objects_were_served_in() -> None:
     sandbox = {"apiVersion": "agents.x-k8s.io/v1beta1", "kind": "Sandbox", "metadata": {}}
     assert slim_sandbox(sandbox)["apiVersion"] == "agents.x-k8s.io/v1beta1"
     assert slim_claim(v1beta1_claim())["spec"] == {"warmPoolRef": {"name": "py"}}
+
+
+def test_a_change_of_an_unlabelled_claimed_pod_reaches_its_claim_through_its_sandbox() -> None:
+    # v0.5.x: no claim-uid on the pod, and (allow-list) no sandbox-name label either.
+    adopted = {
+        "metadata": {
+            "name": "py-pool-x1",
+            "namespace": NS,
+            "uid": "uid-py-pool-x1",
+            "labels": {kinds.LABEL_TEMPLATE_REF_HASH: "5769833c"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "extensions.agents.x-k8s.io/v1beta1",
+                    "kind": "SandboxClaim",
+                    "name": "py-claim0001",
+                    "uid": "uid-py-claim0001",
+                    "controller": True,
+                }
+            ],
+        }
+    }
+    claimed = pod("py-pool-x1", {kinds.LABEL_TEMPLATE_REF_HASH: "5769833c"}, owner="py-pool-x1")
+    the_view = view(sandboxes=[adopted], claims=[slim_claim(v1beta1_claim())], pods=[claimed])
+    assert sandbox_names_for(kinds.POD, claimed, the_view) == ["py-claim0001"]
+    unclaimed = pod("py-pool-x2", {kinds.LABEL_TEMPLATE_REF_HASH: "5769833c"}, owner="py-pool-x2")
+    assert sandbox_names_for(kinds.POD, unclaimed, the_view) == []

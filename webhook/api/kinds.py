@@ -85,6 +85,7 @@ ANNOTATION_NETWORK_POLICY = "runtime.agentcube.io/network-policy"
 LABEL_CLAIM_UID = "agents.x-k8s.io/claim-uid"
 LABEL_CLAIMED_SANDBOX = "agents.x-k8s.io/sandbox-name"
 LABEL_WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"
+LABEL_TEMPLATE_REF_HASH = "agents.x-k8s.io/sandbox-template-ref-hash"
 ANNOTATION_POD_NAME = "agents.x-k8s.io/pod-name"
 
 # agent-sandbox v0.5+ accepts a label in a claim's spec.additionalPodMetadata only if its

@@ -27,6 +27,14 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="webhook port (default: a free one)")
     parser.add_argument(
+        "--agent-sandbox",
+        metavar="VERSION",
+        default=None,
+        help="the agent-sandbox release to run (one of AGENT_SANDBOX_VERSIONS in versions.env, "
+        "built with tests/controlplane/build-agent-sandbox.sh VERSION; default: "
+        "AGENT_SANDBOX_VERSION)",
+    )
+    parser.add_argument(
         "--without-agent-sandbox",
         action="store_true",
         help="start no agent-sandbox controller nor stand-in kubelet (nothing to build first)",
@@ -43,4 +51,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
         environ=os.environ,
         with_agent_sandbox=not args.without_agent_sandbox,
+        agent_sandbox_version=args.agent_sandbox,
     )

@@ -24,7 +24,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+import yaml
+
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
+from webhook.api.kinds import AGENTCUBE_GROUP
 from webhook.api.settings import Settings
 from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
 from webhook.devtools.controlplane import (
@@ -45,6 +48,7 @@ from webhook.devtools.controlplane import (
     tls_context,
 )
 from webhook.devtools.kubelet import FakeKubelet
+from webhook.kube.discovery import resolve_claim_label_injection
 from webhook.kube.rest import Rest
 from webhook.reconciler.manager import ReconcilerRuntime
 from webhook.tls.certs import CA_CERT_FILE
@@ -67,14 +71,27 @@ spec:
       egress: [{cidrs: ["10.0.0.1/8"]}]"""
 
 
+def agentcube_crds(control_plane: ControlPlane, directory: Path) -> Path:
+    """``directory`` holding the package's CRDs (as its kustomization renders them) of
+    AgentCube's own group only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = [
+        doc
+        for doc in load_manifests(CRDS_DIR, control_plane=control_plane)
+        if (doc.get("spec") or {}).get("group") == AGENTCUBE_GROUP
+    ]
+    (directory / "agentcube.yaml").write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    return directory
+
+
 def banner(
-    *, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str, agent_sandbox: bool
+    *, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str, agent_sandbox: str | None
 ) -> str:
     versions = read_versions(VERSIONS_FILE) if VERSIONS_FILE.is_file() else {}
     sandbox_line = (
-        f"agent-sandbox {versions.get('AGENT_SANDBOX_VERSION', '')} controller and a stand-in "
+        f"agent-sandbox {agent_sandbox} controller and a stand-in "
         "kubelet: warm pools fill, claims are adopted, pods run"
-        if agent_sandbox
+        if agent_sandbox is not None
         else "no agent-sandbox controller (--without-agent-sandbox)"
     )
     kubectl = control_plane.binaries.path(KUBECTL)
@@ -110,6 +127,7 @@ def run_dev(
     environ: Mapping[str, str] | None = None,
     stdout: TextIO = sys.stdout,
     with_agent_sandbox: bool = True,
+    agent_sandbox_version: str | None = None,
 ) -> int:
     """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start.
 
@@ -121,7 +139,9 @@ def run_dev(
 
     try:
         binaries = find_binaries(environ or {})
-        build = find_agent_sandbox(environ or {}) if with_agent_sandbox else None
+        build = (
+            find_agent_sandbox(environ or {}, agent_sandbox_version) if with_agent_sandbox else None
+        )
     except ControlPlaneError as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
@@ -146,9 +166,12 @@ def run_dev(
                     work_dir=work_dir / "control-plane",
                 )
             )
-            install_crds(control_plane, CRDS_DIR)
-            if build is not None:
-                # Its own CRDs replace the package's four agent-sandbox ones.
+            if build is None:
+                install_crds(control_plane, CRDS_DIR)
+            else:
+                # AgentCube's CRDs from the package, agent-sandbox's four from the release
+                # (v1.0 serves no v1alpha1: the package's would be in the way).
+                install_crds(control_plane, agentcube_crds(control_plane, work_dir / "crds"))
                 stack.enter_context(
                     AgentSandboxController(
                         build=build, control_plane=control_plane, work_dir=work_dir / "as"
@@ -157,8 +180,10 @@ def run_dev(
                 stack.enter_context(FakeKubelet(_core_v1(control_plane)))
             manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
             metrics = AdmissionMetrics()
+            rest = Rest.from_config(control_plane.admin_kubeconfig)
+            settings = resolve_claim_label_injection(settings, rest)
             runtime = ReconcilerRuntime(
-                rest=Rest.from_config(control_plane.admin_kubeconfig),
+                rest=rest,
                 settings=settings,
                 registry=metrics.registry,
                 lease_namespace=LEASE_NAMESPACE,
@@ -177,7 +202,7 @@ def run_dev(
                     "kubeconfig": kubeconfig,
                     "stop_waiting": stop_waiting,
                     "stdout": stdout,
-                    "agent_sandbox": build is not None,
+                    "agent_sandbox": None if build is None else build.version,
                 },
                 name="register-webhooks",
                 daemon=True,
@@ -234,7 +259,7 @@ def _register_when_ready(
     kubeconfig: Path,
     stop_waiting: threading.Event,
     stdout: TextIO,
-    agent_sandbox: bool,
+    agent_sandbox: str | None,
 ) -> None:
     ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S

@@ -3,8 +3,9 @@
 Memory has to stay flat with tens of thousands of sandboxes, so each object is
 cut down (``slim``) to the fields ``plan`` and the pod mutation read before it is
 stored. Pods are watched through label selectors only: those carrying a
-sandbox-name label (direct path, labelled claimed pods) and those carrying a
-claim-uid label (claimed warm-pool pods); never every pod of the cluster.
+sandbox-name label (direct path, labelled claimed pods), those carrying a
+claim-uid label (claimed warm-pool pods) and warm-pool pods (template-ref-hash);
+never every pod of the cluster.
 NetworkPolicies are watched by our managed-by label.
 
 agent-sandbox's kinds are watched in the version the cluster serves (v1beta1 on v0.5+,
@@ -33,7 +34,10 @@ from webhook.reconciler.snapshot import Snapshot
 
 Handler = Callable[[Kind, Mapping[str, Any] | None, Mapping[str, Any] | None], None]
 
-POD_SELECTORS = (kinds.LABEL_SANDBOX_NAME, kinds.LABEL_CLAIM_UID)
+# The third: warm-pool pods by their template hash, claimed or not. agent-sandbox v0.5.x may
+# leave claim-uid off a claimed pod, and on v0.5+ the claim may not carry our label (its
+# allow-list), so such a pod is found only as the pod of the Sandbox its claim adopted.
+POD_SELECTORS = (kinds.LABEL_SANDBOX_NAME, kinds.LABEL_CLAIM_UID, kinds.LABEL_TEMPLATE_REF_HASH)
 MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY_VALUE}"
 
 _intern = sys.intern

@@ -227,6 +227,13 @@ def sandbox_names_for(kind: Kind, obj: Mapping[str, Any], view: View) -> list[st
         if isinstance(claim_uid, str) and claim_uid:
             for claim in view.by_index(kinds.SANDBOX_CLAIM, BY_UID, ns_key(namespace, claim_uid)):
                 names.append(claim_sandbox_name(claim))
+        # A pod of a Sandbox a claim adopted, whatever labels it carries (v0.5.x may leave
+        # claim-uid off): its Sandbox's claim.
+        owner = controller_of(obj)
+        if owner is not None and owner.get("kind") == kinds.SANDBOX.kind:
+            sandbox = view.get(kinds.SANDBOX, namespace, str(owner.get("name", "")))
+            if sandbox is not None and not is_direct_sandbox(sandbox):
+                names += sandbox_names_for(kinds.SANDBOX, sandbox, view)
         return sorted(set(names))
     if kind == kinds.NETWORK_POLICY:
         return [name_of(obj)]
