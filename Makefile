@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast controlplane bench clean
+.PHONY: install serve dev lint fmt test test-fast controlplane bench bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: lint controlplane
 
 bench: install
 	$(PY) bench/admission.py
+
+## bench-reconciler: burst, latency and memory of `run` against a real API server (~25 min)
+bench-reconciler: install controlplane
+	$(PY) bench/reconciler.py all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
