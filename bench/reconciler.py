@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lib.load import percentile, process_cpu_seconds
+
 from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.api.settings import Settings
@@ -236,8 +238,7 @@ class RunProcess:
         return 0
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.popen.pid)
 
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(f"{self.url}/metrics", context=self._tls(), timeout=10) as r:
@@ -345,14 +346,6 @@ def create_namespace(rest: Rest, name: str, *, with_interpreter: bool) -> None:
     )
     if with_interpreter:
         rest.create(kinds.CODE_INTERPRETER, name, interpreter(name))
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # --- 1. burst ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 sandbox pod is ever runnable without a NetworkPolicy that selects it and is no looser than
 its sandbox's policy (DESIGN.md section 6, the invariant).
 
-Two watches (pods, NetworkPolicies) from one resourceVersion; their events are merged by
+A list then a watch for each of pods and NetworkPolicies; their events are merged by
 resourceVersion (one etcd: versions are comparable across kinds) and replayed. A pod is
 "runnable" once nothing holds it: no scheduling gate of ours (a gated pod is never
 scheduled). A sandbox pod is one with the sandbox-name or claim-uid label.
@@ -24,20 +24,23 @@ Event = tuple[int, str, str, Mapping[str, Any]]  # (resourceVersion, kind, type,
 
 @dataclass
 class Recorder:
-    """Watches ``kinds_`` from ``resource_version`` until stopped; ``events`` in API order."""
+    """Pods and NetworkPolicies, each listed then watched from its list's version, until
+    stopped; ``stop()`` returns the events in the API server's order."""
 
     rest: Rest
-    resource_version: str
     recorded: list[Event] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _watches: list[Any] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
+        """What exists (as ADDED at the list's version), then every change after it."""
         for kind in (kinds.POD, kinds.NETWORK_POLICY):
-            watch = self.rest.watch(
-                kind, resource_version=self.resource_version, timeout_seconds=120
-            )
+            listed = self.rest.list(kind)
+            version = listed["metadata"]["resourceVersion"]
+            for obj in listed.get("items") or []:
+                self.recorded.append((int(version), kind.kind, "ADDED", obj))
+            watch = self.rest.watch(kind, resource_version=version, timeout_seconds=120)
             self._watches.append(watch)
             thread = threading.Thread(target=self._follow, args=(kind, watch), daemon=True)
             self._threads.append(thread)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,10 +65,8 @@ def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
         yield control_plane
 
 
-@pytest.fixture(scope="module")
-def kube(cluster: ControlPlane) -> Kubectl:
-    kubectl = Kubectl(cluster)
-    # AgentCube's workload manager, as its own install grants it: sandboxes and claims.
+def grant_agentcube(kubectl: Kubectl) -> None:
+    """AgentCube's workload manager, as its own install grants it: sandboxes and claims."""
     kubectl.ok(
         "create", "clusterrole", "agentcube-workload-manager",
         "--verb=get,list,watch,create,update,patch,delete",
@@ -77,6 +77,12 @@ def kube(cluster: ControlPlane) -> Kubectl:
         "create", "clusterrolebinding", "agentcube-workload-manager",
         "--clusterrole=agentcube-workload-manager", "--group=system:serviceaccounts:agentcube",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: ControlPlane) -> Kubectl:
+    kubectl = Kubectl(cluster)
+    grant_agentcube(kubectl)
     return kubectl
 
 
@@ -313,8 +319,7 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     """Sandboxes and their pods created as fast as AgentCube and agent-sandbox would, while
     every pod and NetworkPolicy change is recorded in the API server's order."""
     rest = Rest.from_config(cluster.admin_kubeconfig)
-    start = rest.list(kinds.POD, namespace=ns)["metadata"]["resourceVersion"]
-    recorder = Recorder(rest, start)
+    recorder = Recorder(rest)
     recorder.start()
     kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
     names = [f"py-inv{i:05d}" for i in range(6)]
@@ -342,6 +347,95 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     assert breaches(events, allowed_specs=allowed) == []
     released = {e[3]["metadata"]["name"] for e in events if e[1] == "Pod" and is_runnable(e[3])}
     assert released == set(names)  # the check above saw every pod running
+
+
+def audit(kube: Kubectl, service_account: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", "audit", f"--kubeconfig={service_account}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_audit_reports_what_leaves_a_sandbox_less_isolated(
+    kube: Kubectl, ns: str, service_account: Path
+) -> None:
+    kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+    created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+    wait_policy(kube, ns, "py-abcd1234", desired(ns, "py-abcd1234", RESTRICTED, created)["spec"])
+    eventually(lambda: audit(kube, service_account, "-n", ns).returncode == 0, "a clean audit")
+    clean = audit(kube, service_account, "-n", ns)
+    assert clean.stdout.startswith("no findings")
+
+    allow_all = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "tenant-allow-all", "namespace": ns},
+        "spec": {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]},
+    }
+    kube.ok("create", "-f", "-", input=as_json(allow_all))
+    found = audit(kube, service_account, "-n", ns)
+    assert found.returncode == 1, found.stderr
+    assert f"{ns}  tenant-allow-all  widens" in found.stdout
+    as_json_output = audit(kube, service_account, "-n", ns, "-o", "json")
+    assert json.loads(as_json_output.stdout)["findings"][0]["name"] == "tenant-allow-all"
+
+
+def _without_verb(rules: list[dict[str, Any]], resource: str, verb: str) -> list[dict[str, Any]]:
+    out = copy.deepcopy(rules)
+    for rule in out:
+        if resource in rule.get("resources", []):
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("resource", "verb"),
+    [("networkpolicies", "create"), ("pods", "patch")],
+    ids=["no create on networkpolicies", "no patch on pods"],
+)
+def test_each_rule_deploy_grants_is_needed(
+    kube: Kubectl, ns: str, run: WebhookServer, resource: str, verb: str
+) -> None:
+    """With one verb taken from deploy/'s ClusterRole, what it is for stops happening."""
+    role = kube.get("clusterrole", "agentcube-netpol")
+    granted = role["rules"]
+    role["rules"] = _without_verb(granted, resource, verb)
+    assert role["rules"] != granted
+    errors_before = run.metric('agentcube_netpol_api_errors_total{status="403"}') or 0.0
+    kube.ok("replace", "-f", "-", input=as_json(role))
+    try:
+        kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+        created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+        kube.ok("create", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+        eventually(
+            lambda: (
+                (run.metric('agentcube_netpol_api_errors_total{status="403"}') or 0) > errors_before
+            ),
+            "the reconciler to be refused",
+        )
+        gates = kube.get("pod", "py-abcd1234", "-n", ns)["spec"].get("schedulingGates") or []
+        assert {"name": GATE} in gates  # still held: never released without its policy
+        if resource == "networkpolicies":
+            assert policy_of(kube, ns, "py-abcd1234") is None
+    finally:
+        role = kube.get("clusterrole", "agentcube-netpol")
+        role["rules"] = granted
+        kube.ok("replace", "-f", "-", input=as_json(role))
+    # Granted again, the retries (backed off) get through.
+    want = desired(ns, "py-abcd1234", RESTRICTED, created)
+    wait_policy(kube, ns, "py-abcd1234", want["spec"])
+    eventually(
+        lambda: (
+            {"name": GATE}
+            not in (kube.get("pod", "py-abcd1234", "-n", ns)["spec"].get("schedulingGates") or [])
+        ),
+        "the pod to be released once the rule is back",
+        timeout_s=40.0,
+    )
 
 
 def test_one_replica_writes_and_another_takes_over_when_it_goes(

@@ -234,8 +234,9 @@ def elector(server: LeaseServer, identity: str) -> LeaderElector:
         namespace="system",
         name="netpol",
         identity=identity,
-        lease_seconds=1.0,
-        renew_deadline_seconds=0.6,
+        # Short, but long enough that a busy machine's scheduling does not lose the lease.
+        lease_seconds=3.0,
+        renew_deadline_seconds=2.0,
         retry_seconds=0.05,
     )
 

@@ -66,3 +66,25 @@ def test_watch_events_decode_and_an_error_event_is_raised_typed() -> None:
     assert next(events)["object"]["metadata"]["name"] == "a"
     with pytest.raises(errors.Gone, match="old"):
         next(events)
+
+
+def test_no_answer_is_unreachable_not_a_library_exception() -> None:
+    from kubernetes.client import ApiClient, Configuration
+
+    from webhook.devtools.controlplane import free_loopback_ports
+    from webhook.kube.rest import Rest
+
+    configuration = Configuration()
+    configuration.host = f"https://127.0.0.1:{free_loopback_ports(1)[0]}"  # nobody listens
+    configuration.retries = False
+    api_client = ApiClient(configuration)
+    try:
+        rest = Rest(api_client, timeout_seconds=5)
+        with pytest.raises(errors.Unreachable, match="GET /api/v1/namespaces/a/pods/p") as caught:
+            rest.get(kinds.POD, "a", "p")
+        assert caught.value.status == 0
+        assert isinstance(caught.value, errors.ApiError)
+        with pytest.raises(errors.Unreachable):
+            rest.watch(kinds.POD, resource_version="1")
+    finally:
+        api_client.close()

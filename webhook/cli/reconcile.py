@@ -69,6 +69,9 @@ def register(commands: Commands) -> None:
     audit_parser.add_argument(
         "-o", "--output", choices=["text", "json"], default="text", help="(default: %(default)s)"
     )
+    audit_parser.add_argument(
+        "-n", "--namespace", default=None, help="report on this namespace only (default: all)"
+    )
     add_policy_options(audit_parser)
 
 
@@ -178,8 +181,12 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
     except ApiError as exc:
         print(f"error: cannot list the cluster: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    findings = find(
-        snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
-    )
+    findings = [
+        finding
+        for finding in find(
+            snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
+        )
+        if args.namespace is None or finding.namespace == args.namespace
+    ]
     sys.stdout.write(render_json(findings) if args.output == "json" else render_text(findings))
     return EXIT_FINDINGS if findings else EXIT_OK

@@ -57,6 +57,11 @@ DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
 # The versions build.sh builds; the cache folder is named after them.
 VERSIONS_FILE = Path(__file__).resolve().parent / "versions.env"
+# Package data (webhook/manifests/README.md): the only copy, which deploy/ builds on, so an
+# installed wheel finds them without a checkout.
+MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
+CRDS_DIR = MANIFESTS_DIR / "crds"
+WEBHOOKS_DIR = MANIFESTS_DIR / "webhooks"
 
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
@@ -149,8 +154,9 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
     if missing:
         raise ControlPlaneError(
             f"control-plane binaries missing from {origin}: {', '.join(missing)}. "
-            f"Build them with `{BUILD_SCRIPT}` (about 20 minutes the first time, seconds after), "
-            f"or set {ASSETS_ENV} to a directory holding {', '.join(BINARY_NAMES)}."
+            f"Build them with `{BUILD_SCRIPT}` from a checkout of agentcube-netpol (about 20 "
+            f"minutes the first time, seconds after), or set {ASSETS_ENV} to a directory "
+            f"holding {', '.join(BINARY_NAMES)}."
         )
     return Binaries(directory)
 
@@ -710,12 +716,14 @@ class ControlPlane:
         return result
 
 
-# --- installing deploy/ --------------------------------------------------------------------
+# --- installing the manifests --------------------------------------------------------------------
 
 
 def load_manifests(path: Path, *, control_plane: ControlPlane) -> list[dict[str, Any]]:
     """Objects of a kustomization (rendered with the built kubectl), a directory of YAML files
     or one YAML file."""
+    if not path.exists():
+        raise ControlPlaneError(f"no manifests at {path}")
     if (path / "kustomization.yaml").is_file() or (path / "kustomization.yml").is_file():
         text = control_plane.kubectl("kustomize", str(path)).stdout
         return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]

@@ -7,8 +7,9 @@ error carries its code, reason and message, and the class is chosen from the cod
 409 split by reason: ``AlreadyExists`` (a create of a name that exists) is not
 ``Conflict`` (a write against a stale resourceVersion), and callers handle them apart.
 
-A transport failure (connection refused, reset, timed out) is not an ``ApiError``: the
-server said nothing. Those stay urllib3/OS errors and mean "try again later".
+A transport failure (connection refused or reset, a timeout) is ``Unreachable``: the
+server said nothing (status 0), and the request may be tried again later. It is an
+``ApiError`` too, so one ``except ApiError`` covers whatever the API did or did not do.
 """
 
 # The names are the API server's reasons (as kopf and apimachinery name them), not *Error.
@@ -107,6 +108,14 @@ class ServerError(ApiError):
 
     default_status = HTTP_INTERNAL
     default_reason = "InternalError"
+
+
+class Unreachable(ApiError):
+    """No answer: the connection failed or timed out (the request may or may not have
+    been carried out)."""
+
+    default_status = 0
+    default_reason = "Unreachable"
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 import urllib3
+from urllib3.exceptions import HTTPError as TransportError
 
 from webhook.api.kinds import Kind
 from webhook.kube import errors
@@ -119,9 +120,13 @@ class Watch:
             yield from decode_events(lines(self._response.stream(READ_CHUNK_BYTES)))
         except errors.ApiError:
             raise
-        except Exception:
+        except (TransportError, OSError) as exc:
             if self._closed:
                 return  # closed under us: the read failed because we asked it to
+            raise errors.Unreachable(f"watch broken: {exc}") from exc
+        except Exception:
+            if self._closed:
+                return
             raise
         finally:
             self._release()
@@ -388,14 +393,17 @@ class Rest:
         url = f"{configuration.host}{path}"
         if query:
             url = f"{url}?{urlencode(query)}"
-        response = self._pool.request(
-            method,
-            url,
-            body=encoded,
-            headers=headers,
-            timeout=timeout or self._timeout,
-            preload_content=not stream,
-        )
+        try:
+            response = self._pool.request(
+                method,
+                url,
+                body=encoded,
+                headers=headers,
+                timeout=timeout or self._timeout,
+                preload_content=not stream,
+            )
+        except (TransportError, OSError) as exc:
+            raise errors.Unreachable(f"{method} {path}: {exc}") from exc
         if not 200 <= response.status < 300:
             data = response.data if not stream else response.read()
             if stream:
