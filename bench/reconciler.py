@@ -601,14 +601,19 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(standby)
         time.sleep(3.0)
 
+        labels = [
+            f"{run.code}{' (leader)' if i == 0 else f' (standby {i})'}"
+            for i, run in enumerate(runs)
+        ]
+
         def record(total: int, elapsed: float) -> None:
-            for run in runs:
+            for label, run in zip(labels, runs, strict=True):
                 rss = run.rss_bytes()
-                rows.append({"code": str(run.code), "sandboxes": total, "rss_mb": mb(rss),
-                             "seconds": elapsed})  # fmt: skip
+                rows.append(
+                    {"process": label, "sandboxes": total, "rss_mb": mb(rss), "seconds": elapsed}
+                )
                 print(f"  {total:6d} sandboxes + pods + policies (after {elapsed:4.0f}s), "
-                      f"{run.code}{' (leader)' if run is runs[0] else ''}: VmRSS "
-                      f"{mb(rss):.1f} MB", flush=True)  # fmt: skip
+                      f"{label}: VmRSS {mb(rss):.1f} MB", flush=True)  # fmt: skip
 
         record(0, 0.0)
         for ns in namespaces:
@@ -632,9 +637,9 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             settle(runs[0], watch, namespaces, per_ns)
             record(per_ns * MEMORY_NAMESPACES, time.perf_counter() - started)
     print("\nmemory: VmRSS of run (caches synced, queue empty)")
-    for code in codes:
-        mine = [r for r in rows if r["code"] == str(code)]
-        print(f"  {code}:")
+    for label in dict.fromkeys(r["process"] for r in rows):
+        mine = [r for r in rows if r["process"] == label]
+        print(f"  {label}:")
         for row in mine:
             grown = row["rss_mb"] - mine[0]["rss_mb"]
             per = grown * 1024 / row["sandboxes"] if row["sandboxes"] else 0.0
