@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from tests.builders import code_interpreter, sandbox_claim, sandbox_pod
 from tests.e2e.harness import REPO_ROOT, as_json
+from tests.readme import console_commands, section
 from webhook.api import kinds
 from webhook.devtools.controlplane import KUBECTL, Binaries
 
@@ -51,6 +53,36 @@ def claimed_pod_gets_its_label(binaries: Binaries, kubeconfig: Path) -> bool:
     return False
 
 
+def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> None:
+    """The kubectl commands of the README's dev session, run from the checkout's root: each
+    line shown after a command is a line of its output (stdout and stderr), and the fixtures
+    are each refused by our webhook with the fields their headers name."""
+    session = section((REPO_ROOT / "README.md").read_text(), "### A session with `dev`")
+    commands = console_commands(session, "kubectl")
+    assert [c for c, _ in commands] == [
+        "apply -f examples/",
+        "apply -f examples/agentcube/",
+        "apply -f tests/fixtures/invalid/",
+    ]
+    for command, shown in commands:
+        result = subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *command.split()],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT,
+        )  # fmt: skip
+        output = result.stdout.splitlines() + result.stderr.splitlines()
+        missing = [line for line in shown if line != "..." and line not in output]
+        assert missing == [], f"kubectl {command}:\n{result.stdout}{result.stderr}"
+        refused = any(line.startswith("Error from server") for line in shown)
+        assert (result.returncode != 0) == refused, result.stderr
+    invalid = sorted((REPO_ROOT / "tests" / "fixtures" / "invalid").glob("*.yaml"))
+    denials = [line for line in output if 'webhook "templates.netpol.agentcube.io" denied' in line]
+    assert len(denials) == len(invalid), result.stderr
+    for path in invalid:
+        (denial,) = [line for line in denials if f'"tests/fixtures/invalid/{path.name}"' in line]
+        for field in re.findall(r"^# expect-error: (\S+)$", path.read_text(), re.MULTILINE):
+            assert field in denial, denial
+
+
 def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "dev.kubeconfig"
     log_path = tmp_path / "dev.log"
@@ -80,6 +112,7 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         assert result.returncode != 0
         assert "spec.template.networkPolicy.egress[0].cidrs[0]" in result.stderr
         assert claimed_pod_gets_its_label(binaries, kubeconfig)
+        readme_session_does_what_it_shows(binaries, kubeconfig)
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(dev.pid)], capture_output=True, text=True, check=False
         ).stdout.split()]  # fmt: skip
