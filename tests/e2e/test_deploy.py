@@ -118,7 +118,7 @@ def stored_templates(control_plane: ControlPlane) -> dict[str, Doc]:
 
 @pytest.fixture(scope="module")
 def installed_base(control_plane: ControlPlane, stored_templates: dict[str, Doc]) -> None:
-    control_plane.kubectl("apply", "--server-side", "-k", str(DEPLOY))
+    control_plane.kubectl("apply", "-k", str(DEPLOY))  # as the README says
 
 
 @pytest.mark.e2e
