@@ -198,10 +198,10 @@ def test_cert_manager_overlay_applies(control_plane: ControlPlane) -> None:
     without_cert_manager_kinds = [
         d for d in render_cert_manager() if "cert-manager.io" not in d["apiVersion"]
     ]
+    # Client-side, as deploy/README.md applies it (over the base, when the module installed it).
     applied = apply_json(
         control_plane,
         "apply",
-        "--server-side",
         "--dry-run=server",
         obj={"apiVersion": "v1", "kind": "List", "items": without_cert_manager_kinds},
     )
