@@ -3,9 +3,11 @@
 #   docker build -t agentcube-netpol:0.1.0 .
 #
 # Two stages: the first builds our wheel and installs it with its dependencies into a
-# virtualenv; the second copies only that virtualenv onto a fresh copy of the same base,
-# so neither the source tree nor the wheel build's tools ship, and the virtualenv has
-# no pip. Pinned: the base to an exact Python patch release (override with
+# virtualenv (as tests/wheel/check.sh does in CI, from the same three sources), then runs
+# it once, outside the source tree (python -I), so a package that misses a module or its
+# package data (webhook/manifests, versions.env) fails the build; the second copies only
+# that virtualenv onto a fresh copy of the same base, so neither the source tree nor the
+# wheel build's tools ship, and the virtualenv has no pip. Pinned: the base to an exact Python patch release (override with
 # --build-arg PYTHON_IMAGE=...@sha256:... to pin a digest), the dependencies to
 # deploy/image/constraints.txt. The runtime needs no shell: ENTRYPOINT and CMD are
 # exec form.
@@ -25,7 +27,10 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install --constraint constraints.txt /wheels/*.whl \
  && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
- && /opt/venv/bin/agentcube-netpol --version
+ && /opt/venv/bin/agentcube-netpol --version \
+ && echo '{"apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter", "metadata": {"name": "smoke"}, "spec": {"template": {"networkPolicy": {"mode": "Restricted"}}}}' \
+  | /opt/venv/bin/agentcube-netpol render - --sandbox smoke-0 >/dev/null \
+ && /opt/venv/bin/python -I -c "from webhook.devtools import controlplane as c; assert c.CRDS_DIR.is_dir() and c.WEBHOOKS_DIR.is_dir() and c.VERSIONS_FILE.is_file()"
 
 FROM ${PYTHON_IMAGE}
 # Bytecode was compiled at build time: nothing is written next to the code, so the

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast controlplane bench clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,17 @@ serve: install
 dev: install controlplane
 	$(PY) -m webhook dev
 
-## controlplane: build kube-apiserver, kube-controller-manager, kubectl and etcd (cached)
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd and the agent-sandbox controller (cached)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
+	tests/controlplane/build-agent-sandbox.sh >/dev/null
 
+## lint: ruff, mypy, and the layering contracts of pyproject.toml [tool.importlinter]
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 fmt: install
 	$(VENV)/bin/ruff format .
@@ -39,8 +42,12 @@ fmt: install
 test-fast: install
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-## test: lint, types, and every tier, end-to-end against a real kube-apiserver included
-test: lint controlplane
+## wheel-check: the wheel, installed (not editable) in a fresh venv, run outside the checkout
+wheel-check: controlplane
+	PYTHON=$(PYTHON) tests/wheel/check.sh
+
+## test: lint, types, the installed wheel, and every tier, end-to-end against a real kube-apiserver included
+test: lint controlplane wheel-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -42,6 +42,7 @@ OVERRIDES = "overrides.netpol.agentcube.io"
 POD_LABELS = "pod-labels.netpol.agentcube.io"
 CLAIMS = "claims.netpol.agentcube.io"
 PODS = "pods.netpol.agentcube.io"
+POD_GATES = "pod-gates.netpol.agentcube.io"
 
 
 def kubectl() -> str:

@@ -32,6 +32,7 @@ from tests.deploy.manifests import (
     NAMESPACE,
     NONROOT_UID,
     OVERRIDES,
+    POD_GATES,
     POD_LABELS,
     PODS,
     REPO,
@@ -92,6 +93,11 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
         "MutatingWebhookConfiguration",
         "/mutate",
         {(kinds.POD.group, kinds.POD.version, kinds.POD.plural): {"CREATE", "UPDATE"}},
+    ),
+    POD_GATES: (
+        "MutatingWebhookConfiguration",
+        "/mutate",
+        {(kinds.POD.group, kinds.POD.version, kinds.POD.plural): {"CREATE"}},
     ),
 }
 
@@ -174,6 +180,9 @@ def test_pod_webhooks_only_see_sandbox_pods(install: list[Doc]) -> None:
     # The mutation is for claimed warm-pool pods; the guard for pods that have the label.
     assert _exists_keys(hook_named(install, PODS)) == {kinds.LABEL_CLAIM_UID}
     assert _exists_keys(hook_named(install, POD_LABELS)) == {kinds.LABEL_SANDBOX_NAME}
+    # The gate: pods created with the sandbox-name label, and it fails closed.
+    assert _exists_keys(hook_named(install, POD_GATES)) == {kinds.LABEL_SANDBOX_NAME}
+    assert hook_named(install, POD_GATES)["failurePolicy"] == "Fail"
 
 
 def _exists_keys(hook: Doc) -> set[str]:
@@ -192,7 +201,7 @@ def test_match_conditions_name_the_label_and_annotation_we_use(install: list[Doc
 
 
 def test_every_failure_policy_has_its_reason_written_beside_it() -> None:
-    lines = (DEPLOY / "base" / "webhooks.yaml").read_text().splitlines()
+    lines = (REPO / "webhook" / "manifests" / "webhooks" / "webhooks.yaml").read_text().splitlines()
     policies = [i for i, line in enumerate(lines) if line.strip().startswith("failurePolicy:")]
     assert len(policies) == len(EXPECTED_WEBHOOKS)
     for index in policies:
@@ -250,7 +259,7 @@ def test_probes_hit_the_server_health_endpoints_over_https(install: list[Doc]) -
 
 def test_server_is_started_on_its_port_and_cert_dir(install: list[Doc]) -> None:
     args = container(install)["args"]
-    assert args[0] in ("serve", "run")
+    assert args[0] == "run"  # the admission server and the reconciler
     assert f"--cert-dir={CERT_DIR}" in args
     assert f"--port={SERVER_PORT}" in args
     assert f"--service-name={SERVICE}" in args

@@ -19,7 +19,10 @@ from webhook.devtools.controlplane import (
     Binaries,
     ControlPlane,
     ControlPlaneError,
+    apiserver_args,
+    controller_manager_args,
     create_ca,
+    create_pki,
     find_binaries,
     issue_client_cert,
     point_webhooks_at,
@@ -161,3 +164,22 @@ def test_api_server_that_never_gets_ready_times_out_with_its_log(tmp_path: Path)
 
     assert "waiting for etcd" in str(caught.value)
     assert control_plane.pids == []
+
+
+def test_command_lines_name_the_pki_files_that_are_written(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    create_pki(at=datetime.now(UTC)).write(pki)
+    argv = apiserver_args(etcd_url="http://127.0.0.1:2379", port=6443, pki=pki)
+    argv += controller_manager_args(
+        kubeconfig=tmp_path / "admin.kubeconfig", port=10257, cert_dir=tmp_path / "kcm", pki=pki
+    )
+    named = {Path(arg.partition("=")[2]) for arg in argv if f"={pki}/" in arg}
+    assert {path.name for path in named} == {
+        "ca.crt",
+        "apiserver.crt",
+        "apiserver.key",
+        "sa.pub",
+        "sa.key",
+    }
+    for path in named:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -1,6 +1,11 @@
 """Session fixtures of the end-to-end tier: a real control plane (etcd, kube-apiserver,
 kube-controller-manager), the webhook server on a loopback port, deploy/'s CRDs and webhook
 configurations installed against it, the built kubectl, and a fresh namespace per test.
+On request, for the test module that asks: the real agent-sandbox controller
+(``agent_sandbox``; its own CRDs replace deploy/'s four agent-sandbox ones for the rest of the
+session) and a fake kubelet (``kubelet``) that binds and runs every ungated pod of the cluster.
+Module-scoped, not session-scoped: other modules play the controller's part by hand (they
+create a Sandbox's pod themselves) and would collide with the real one.
 
 Missing binaries FAIL the tier with instructions (`.ci/run` builds them first); they never
 turn into skips.
@@ -17,6 +22,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer
+from webhook.devtools.agentsandbox import (
+    AgentSandboxBuild,
+    AgentSandboxController,
+    find_agent_sandbox,
+)
 from webhook.devtools.controlplane import (
     Binaries,
     ControlPlane,
@@ -26,6 +36,7 @@ from webhook.devtools.controlplane import (
     install_webhooks,
     load_manifests,
 )
+from webhook.devtools.kubelet import FakeKubelet
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -89,3 +100,53 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl.ok("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def agent_sandbox_build() -> AgentSandboxBuild:
+    try:
+        return find_agent_sandbox(os.environ)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def agent_sandbox(
+    control_plane: ControlPlane,
+    crds: list[str],
+    agent_sandbox_build: AgentSandboxBuild,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AgentSandboxController]:
+    """The real agent-sandbox controller, extensions on, as its own ServiceAccount, for one
+    test module. Its CRDs (Established before it starts) replace deploy/'s four agent-sandbox
+    CRDs for the rest of the session; deploy/'s AgentRuntime and CodeInterpreter CRDs stay."""
+    controller = AgentSandboxController(
+        build=agent_sandbox_build,
+        control_plane=control_plane,
+        work_dir=tmp_path_factory.mktemp("agent-sandbox"),
+    )
+    try:
+        controller.start()
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield controller
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def kubelet(control_plane: ControlPlane) -> Iterator[FakeKubelet]:
+    """A fake kubelet (and scheduler) for every pod of the session's cluster, for one test
+    module: the Node ``agentcube-netpol-node``; ungated pods bound, Running and Ready with a
+    unique pod IP (``kubelet.network``); pods being deleted removed with grace 0. Pods it
+    bound and that are deleted after the module stay Terminating (no kubelet finishes them)."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    try:
+        with FakeKubelet(CoreV1Api(api_client)) as fake:
+            yield fake
+    finally:
+        api_client.close()

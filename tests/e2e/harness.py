@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,15 @@ class WebhookServer:
     """``python -m webhook serve`` on a loopback port; stoppable and restartable on the same
     port and certificates, so the webhook configurations stay valid across a restart."""
 
-    def __init__(self, *, cert_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        cert_dir: Path,
+        log_path: Path,
+        extra_args: tuple[str, ...] = (),
+        command: str = "serve",
+    ) -> None:
+        self.command = command  # serve, or run (the server and the reconciler)
         self.cert_dir = cert_dir
         self.log_path = log_path
         self.extra_args = extra_args
@@ -88,7 +97,7 @@ class WebhookServer:
             sys.executable,
             "-m",
             "webhook",
-            "serve",
+            self.command,
             f"--host={LOOPBACK}",
             f"--port={self.port}",
             f"--cert-dir={self.cert_dir}",
@@ -133,6 +142,23 @@ class WebhookServer:
         if process is None:
             return
         stop_process_group(process, name="webhook server", grace_s=SERVER_STOP_GRACE_S)
+
+    def kill(self) -> None:
+        """SIGKILL, as a node failure would end it: no clean shutdown, no lease release."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait(timeout=SERVER_STOP_GRACE_S)
+
+    def metric(self, name: str) -> float | None:
+        """A sample of the server's /metrics (first series of that name), None if absent."""
+        context = tls_context(ca_file=self.ca_file, client=None)
+        with urllib.request.urlopen(f"{self.url}/metrics", context=context, timeout=5) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
 
 
 @dataclass(frozen=True)

@@ -151,20 +151,17 @@ def test_a_claim_in_another_namespace_never_labels_the_pod(cluster: ControlPlane
 
 
 def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
-    from kubernetes.client import CustomObjectsApi
-    from kubernetes.config import new_client_from_config
-
     from webhook.kube.claimcache import ClaimCache
+    from webhook.kube.rest import Rest
 
-    api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
-    cache = ClaimCache(CustomObjectsApi(api_client))
+    cache = ClaimCache(Rest.from_config(cluster.admin_kubeconfig))
     cache.start()
     assert cache.wait_synced(10)
     time.sleep(0.5)  # the watch is open and waiting for events
     started = time.monotonic()
     cache.stop()
     assert time.monotonic() - started < 3
-    assert cache._thread is not None and not cache._thread.is_alive()
+    assert not cache.informer.running
 
 
 def test_readyz_waits_for_the_first_list_of_claims(
@@ -184,7 +181,7 @@ def test_readyz_waits_for_the_first_list_of_claims(
     try:
         # RBAC refuses the list: the cache retries and the server stays not ready.
         deadline = time.monotonic() + CACHE_CATCH_UP_S
-        while "claim watch failed" not in server.log():
+        while "list/watch failed" not in server.log():
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.2)
         assert not server.answers_200("/readyz")

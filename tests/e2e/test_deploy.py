@@ -29,6 +29,7 @@ from tests.deploy.manifests import (
     DEPLOY,
     NAMESPACE,
     OVERRIDES,
+    POD_GATES,
     POD_LABELS,
     TEMPLATES,
     Doc,
@@ -273,8 +274,14 @@ def test_fail_closed_webhooks_see_only_what_they_must(
         "sandbox relabelled": called(k("label", "sandbox", "s1", "-n", TEAM, "x=y", check=False)),
         "sandbox pod created": called(
             apply_json(
-                control_plane, "create", obj=builders.sandbox_pod("p1", TEAM, labels=sandbox_pod)
+                control_plane, "create", obj=builders.sandbox_pod("p0", TEAM, labels=sandbox_pod)
             )
+        ),
+        "pod created without labels": called(
+            apply_json(control_plane, "create", obj=builders.sandbox_pod("p1", TEAM))
+        ),
+        "pod given a sandbox-name": called(
+            k("label", "pod", "p1", "-n", TEAM, f"{kinds.LABEL_SANDBOX_NAME}=s1", check=False)
         ),
         "sandbox pod, other label": called(k("label", "pod", "p1", "-n", TEAM, "x=y", check=False)),
         "sandbox pod, same sandbox-name": called(
@@ -342,7 +349,10 @@ def test_fail_closed_webhooks_see_only_what_they_must(
         "sandbox without override": None,
         "sandbox with override": OVERRIDES,
         "sandbox relabelled": None,
-        "sandbox pod created": None,
+        # Gated at creation, or it would run before its NetworkPolicy exists.
+        "sandbox pod created": POD_GATES,
+        "pod created without labels": None,
+        "pod given a sandbox-name": None,
         "sandbox pod, other label": None,
         "sandbox pod, same sandbox-name": None,
         "sandbox pod, sandbox-name changed": POD_LABELS,

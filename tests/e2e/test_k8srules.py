@@ -223,7 +223,7 @@ def test_kube_apiserver_stores_the_built_network_policy_unchanged(apiserver: Dry
         policies.append({"mode": "Custom", "custom": custom})
     for path in sorted((FIXTURES / "valid").iterdir()):
         for item in load_objects(str(path)):
-            policy, error = effective_policy(template_policy(item.obj), None)
+            policy, error = effective_policy(template_policy(item.obj), None, limits=LIMITS)
             assert error is None
             policies.append(dict(policy or {}))
     changed = []

@@ -50,6 +50,12 @@ def claims_request(kubectl: Kubectl, namespace: str) -> Any:
     return create(kubectl, sandbox_claim("down", namespace))
 
 
+def pod_gates_request(kubectl: Kubectl, namespace: str) -> Any:
+    # A sandbox pod being created: it must not start without its gate (Fail).
+    labels = {kinds.LABEL_SANDBOX_NAME: "gated"}
+    return create(kubectl, sandbox_pod("gated", namespace, labels=labels))
+
+
 def pods_request(kubectl: Kubectl, namespace: str) -> Any:
     labels = {kinds.LABEL_CLAIM_UID: "0b9c1d52-5f7c-4a43-9a7e-7c1f4f0c9d11"}
     return create(kubectl, sandbox_pod("claimed", namespace, labels=labels))
@@ -62,6 +68,7 @@ REQUESTS: dict[str, Callable[[Kubectl, str], Any]] = {
     "pod-labels.netpol.agentcube.io": pod_labels_request,
     "claims.netpol.agentcube.io": claims_request,
     "pods.netpol.agentcube.io": pods_request,
+    "pod-gates.netpol.agentcube.io": pod_gates_request,
 }
 
 
@@ -102,10 +109,10 @@ def test_every_webhook_of_deploy_has_a_request_here(
 
 @pytest.fixture
 def labelled_pod(kubectl: Kubectl, namespace: str) -> None:
-    """A pod with the sandbox-name label; its CREATE goes to no webhook, so it works with the
-    server down."""
-    pod = sandbox_pod("labelled", namespace, labels={kinds.LABEL_SANDBOX_NAME: "labelled"})
-    kubectl.ok("create", "-f", "-", input=as_json(pod))
+    """A pod with the sandbox-name label, made with the server down: created without it
+    (a sandbox pod's CREATE is gated, Fail), then labelled (adding it calls no webhook)."""
+    kubectl.ok("create", "-f", "-", input=as_json(sandbox_pod("labelled", namespace)))
+    kubectl.ok("label", "pod", "labelled", "-n", namespace, f"{kinds.LABEL_SANDBOX_NAME}=labelled")
 
 
 @pytest.mark.parametrize("webhook_name", sorted(REQUESTS))
@@ -133,9 +140,10 @@ def test_webhook_down_follows_its_failure_policy(
 def test_ordinary_sandbox_work_does_not_wait_on_a_down_webhook(
     kubectl: Kubectl, namespace: str
 ) -> None:
-    """Sessions keep starting: no override annotation, no label removed."""
+    """Sandboxes, claims and their labels and annotations go on: no override, no label
+    removed. (A direct-path sandbox pod's creation waits for the webhook by design: started
+    without its scheduling gate it would run before its NetworkPolicy exists.)"""
     kubectl.ok("create", "-f", "-", input=as_json(sandbox("plain", namespace)))
-    pod = sandbox_pod("plain", namespace, labels={kinds.LABEL_SANDBOX_NAME: "plain"})
-    kubectl.ok("create", "-f", "-", input=as_json(pod))
+    kubectl.ok("create", "-f", "-", input=as_json(sandbox_pod("plain", namespace)))
     kubectl.ok("label", "pod", "plain", "-n", namespace, "extra=yes")
     kubectl.ok("annotate", SANDBOXES, "plain", "-n", namespace, "note=fine")

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from tests import builders
 from tests.builders import template
-from webhook.api.settings import Settings
+from webhook.admission.decide import validate_override
+from webhook.api.settings import Limits, Settings
 from webhook.policy.builder import (
     PolicyShapeError,
     build_network_policy,
@@ -29,6 +30,7 @@ from webhook.policy.k8srules import validate_egress_rule, validate_ingress_rule
 from webhook.policy.validation import validate_network_policy
 
 SETTINGS = Settings()
+LIMITS = Limits()
 
 ROUTER_PEER = {
     "podSelector": {"matchLabels": {"app": "agentcube-router"}},
@@ -418,19 +420,22 @@ def test_template_policy_absent_or_other_kind() -> None:
 def test_override_replaces_the_template_policy_whole() -> None:
     template_value = {"mode": "Restricted", "egress": [{"cidrs": ["0.0.0.0/0"]}]}
     override = {"mode": "Restricted", "ingress": [{"cidrs": ["10.0.0.0/8"]}]}
-    policy, error = effective_policy(template_value, json.dumps(override))
+    policy, error = effective_policy(template_value, json.dumps(override), limits=LIMITS)
     assert (policy, error) == (override, None)
     assert "egress" not in policy  # no merging
 
 
 def test_override_can_turn_isolation_off_or_on() -> None:
-    assert effective_policy({"mode": "Restricted"}, '{"mode": "None"}') == ({"mode": "None"}, None)
-    assert effective_policy(None, '{"mode": "Custom"}') == ({"mode": "Custom"}, None)
+    assert effective_policy({"mode": "Restricted"}, '{"mode": "None"}', limits=LIMITS) == (
+        {"mode": "None"},
+        None,
+    )
+    assert effective_policy(None, '{"mode": "Custom"}', limits=LIMITS) == ({"mode": "Custom"}, None)
 
 
 def test_no_override_keeps_the_template_policy() -> None:
-    assert effective_policy({"mode": "Custom"}, None) == ({"mode": "Custom"}, None)
-    assert effective_policy(None, None) == (None, None)
+    assert effective_policy({"mode": "Custom"}, None, limits=LIMITS) == ({"mode": "Custom"}, None)
+    assert effective_policy(None, None, limits=LIMITS) == (None, None)
 
 
 # DESIGN section 4: unreadable means {mode: Restricted}, never "no policy".
@@ -439,7 +444,7 @@ RESTRICTED_NOTHING_EXTRA = {"mode": "Restricted"}
 
 @pytest.mark.parametrize("text", ["{mode: Restricted}", "", '"Restricted"', "[]", "null"])
 def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
-    policy, error = effective_policy(None, text)
+    policy, error = effective_policy(None, text, limits=LIMITS)
     assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None and "override annotation" in error
     built = build(policy)
@@ -450,7 +455,7 @@ def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
 
 def test_invalid_override_fails_closed_and_names_the_field() -> None:
     override = json.dumps({"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]})
-    policy, error = effective_policy({"mode": "None"}, override)
+    policy, error = effective_policy({"mode": "None"}, override, limits=LIMITS)
     assert policy == RESTRICTED_NOTHING_EXTRA
     assert error == (
         "override annotation is invalid: "
@@ -459,8 +464,43 @@ def test_invalid_override_fails_closed_and_names_the_field() -> None:
     )
 
 
+OVERRIDE = "metadata.annotations[runtime.agentcube.io/network-policy]"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{" + " " * 70000 + "}", f"{OVERRIDE}: must be at most 65536 bytes, not 70002"),
+        ('{"mode": "Restricted"} x', f"{OVERRIDE}: must be the JSON of a networkPolicy object"),
+        ("[]", f"{OVERRIDE}: must be a JSON object, not array: []"),
+        ('{"mode": "Open"}', f"{OVERRIDE}.mode: must be one of None, Restricted, Custom"),
+    ],
+    ids=["too-large", "not-json", "not-an-object", "invalid"],
+)
+def test_the_reconciler_refuses_an_override_as_the_webhook_does(value: str, message: str) -> None:
+    """One parser: what the webhook refuses the reconciler fails closed on, same words."""
+    webhook = validate_override(value, settings=SETTINGS).errors
+    assert str(webhook[0]).startswith(message)
+    policy, reason = effective_policy(None, value, limits=LIMITS)
+    assert policy == RESTRICTED_NOTHING_EXTRA
+    assert reason == "override annotation is invalid: " + "; ".join(map(str, webhook))
+
+
+def test_the_reconciler_reads_an_override_with_the_limits_it_is_given() -> None:
+    two_rules = json.dumps({"mode": "Restricted", "ingress": [{"cidrs": ["10.0.0.0/8"]}] * 2})
+    _, reason = effective_policy(None, two_rules, limits=Limits(max_rules=1))
+    assert (
+        reason
+        == f"override annotation is invalid: {OVERRIDE}.ingress: must have at most 1 rules, not 2"
+    )
+    _, reason = effective_policy(
+        None, '{"mode": "Restricted"}', limits=Limits(max_annotation_bytes=20)
+    )
+    assert reason == f"override annotation is invalid: {OVERRIDE}: must be at most 20 bytes, not 22"
+
+
 def test_invalid_template_policy_stored_while_the_webhook_was_down_fails_closed() -> None:
-    policy, error = effective_policy({"mode": "Nne"}, None)
+    policy, error = effective_policy({"mode": "Nne"}, None, limits=LIMITS)
     assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None
     assert error.startswith("template networkPolicy is invalid: networkPolicy.mode: must be one of")
@@ -474,7 +514,7 @@ def test_whatever_effective_policy_returns_can_be_built() -> None:
         ({"mode": "Restricted"}, '{"mode": "Custom", "custom": []}'),
     ]
     for template_value, override in cases:
-        policy, error = effective_policy(template_value, override)
+        policy, error = effective_policy(template_value, override, limits=LIMITS)
         assert error is not None
         assert build(policy) is not None
 
@@ -482,7 +522,7 @@ def test_whatever_effective_policy_returns_can_be_built() -> None:
 def test_a_template_policy_of_the_wrong_type_fails_closed_not_open() -> None:
     obj = template("CodeInterpreter", "Restricted")
     assert template_policy(obj) == "Restricted"
-    policy, error = effective_policy(template_policy(obj), None)
+    policy, error = effective_policy(template_policy(obj), None, limits=LIMITS)
     assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None and "networkPolicy: must be an object" in error
 

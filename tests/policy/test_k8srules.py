@@ -339,17 +339,17 @@ INVALID_SELECTORS: list[tuple[str, object, list[str]]] = [
     ids=[n for n, _, _ in INVALID_SELECTORS],
 )
 def test_invalid_label_selectors_name_the_field(selector: object, expected: list[str]) -> None:
-    assert paths(validate_label_selector(selector, S)) == expected
+    assert paths(validate_label_selector(selector, S, limits=LIMITS)) == expected
 
 
 def test_label_selector_messages_show_the_offending_key_or_value() -> None:
-    (key_error,) = validate_label_selector({"matchLabels": {"my app": "x"}}, S)
+    (key_error,) = validate_label_selector({"matchLabels": {"my app": "x"}}, S, limits=LIMITS)
     assert str(key_error).startswith(f"{S}.matchLabels: name part must consist of")
     assert str(key_error).endswith(': "my app"')
-    (value_error,) = validate_label_selector({"matchLabels": {"app": "v."}}, S)
+    (value_error,) = validate_label_selector({"matchLabels": {"app": "v."}}, S, limits=LIMITS)
     assert str(value_error).endswith(': "v."')
     (operator_error,) = validate_label_selector(
-        {"matchExpressions": [{"key": "a", "operator": "in", "values": ["x"]}]}, S
+        {"matchExpressions": [{"key": "a", "operator": "in", "values": ["x"]}]}, S, limits=LIMITS
     )
     assert '(did you mean "In"?)' in str(operator_error)
 
@@ -443,7 +443,12 @@ def test_limits_bound_ports_peers_excepts_and_selector_terms() -> None:
         f"{P}.from[0].ipBlock.except",
         f"{P}.from[1].podSelector",
     ]
-    assert str(errors[0]) == f"{P}.ports: has 3 entries; at most 2 are allowed"
+    assert [str(e) for e in errors] == [
+        f"{P}.ports: must have at most 2 ports, not 3",
+        f"{P}.from: must have at most 2 peers, not 3",
+        f"{P}.from[0].ipBlock.except: must have at most 1 entries, not 2",
+        f"{P}.from[1].podSelector: must have at most 2 matchLabels and matchExpressions, not 3",
+    ]
     assert ingress_errors(rule) == []  # the default limits are roomier
 
 

@@ -18,16 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
-import orjson
-
 from webhook.admission import response
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.api.wire import AdmissionRequest, AdmissionResponse, UserInfo
 from webhook.policy.fielderrors import FieldError, show_value, type_name
+from webhook.policy.override import OVERRIDE_PATH, override_annotation, parse_override
 from webhook.policy.validation import Findings, describe, validate_network_policy
 
-OVERRIDE_PATH = f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]"
 SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"
 
 _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER)}
@@ -146,7 +144,7 @@ def validate_object(obj: Mapping[str, Any], *, settings: Settings) -> Verdict:
     if key in _TEMPLATE_KINDS:
         found = validate_template(obj, kind=key[1], settings=settings)
     elif key in _OVERRIDE_KINDS:
-        found = validate_override(_annotation(obj), settings=settings)
+        found = validate_override(override_annotation(obj), settings=settings)
     else:
         found = Findings()
     return Verdict([str(e) for e in found.errors], found.warnings)
@@ -163,26 +161,8 @@ def validate_override(value: str | None, *, settings: Settings) -> Findings:
     """The per-session override annotation: the JSON of a ``networkPolicy``."""
     if value is None:
         return Findings()
-    limit = settings.limits.max_annotation_bytes
-    if len(value) > limit:
-        return Findings(
-            [FieldError(OVERRIDE_PATH, f"must be at most {limit} bytes, not {len(value)}")]
-        )
-    try:
-        policy = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return Findings(
-            [
-                FieldError(
-                    OVERRIDE_PATH, f"must be the JSON of a networkPolicy object ({exc})", value
-                )
-            ]
-        )
-    if not isinstance(policy, dict):
-        return Findings(
-            [FieldError(OVERRIDE_PATH, f"must be a JSON object, not {type_name(policy)}", policy)]
-        )
-    return validate_network_policy(policy, OVERRIDE_PATH, limits=settings.limits)
+    _policy, found = parse_override(value, limits=settings.limits)
+    return found
 
 
 def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionResponse:
@@ -211,7 +191,7 @@ def _validate(req: Request, *, settings: Settings) -> AdmissionResponse:
         return _verdict(req, found)
 
     if key in _OVERRIDE_KINDS:
-        new_value, old_value = _annotation(obj), _annotation(old)
+        new_value, old_value = override_annotation(obj), override_annotation(old)
         if new_value == old_value:
             return response.allowed(uid)
         if not is_privileged(req.user, settings):
@@ -281,6 +261,7 @@ class _MutationMetadata(TypedDict, total=False):
 
 class _MutationSpec(TypedDict, total=False):
     additionalPodMetadata: Any
+    schedulingGates: Any
 
 
 class _MutationObject(TypedDict, total=False):
@@ -343,18 +324,39 @@ def _mutate(req: Request, *, claims: ClaimLookup) -> AdmissionResponse:
         )
 
     if key == _POD and operation in ("CREATE", "UPDATE"):
+        patch: list[dict[str, Any]] = []
         claim_uid = _label(obj, kinds.LABEL_CLAIM_UID)
-        if not claim_uid:
-            return response.allowed(uid)
-        namespace = req.namespace or _metadata_text(obj, "namespace")
-        claim = claims.claim_by_uid(namespace, claim_uid)
-        if claim is None:
-            return response.allowed(uid)  # the reconciler labels it once the claim is known
-        return response.patched(
-            uid, patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
-        )
+        if claim_uid:
+            namespace = req.namespace or _metadata_text(obj, "namespace")
+            claim = claims.claim_by_uid(namespace, claim_uid)
+            # An unknown claim: the reconciler labels the pod once it knows the claim.
+            if claim is not None:
+                patch += patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
+        elif operation == "CREATE" and _label(obj, kinds.LABEL_SANDBOX_NAME):
+            # Direct path. A claimed pod is held by its warm pool's baseline policy instead.
+            patch += patch_scheduling_gate(obj)
+        return response.patched(uid, patch) if patch else response.allowed(uid)
 
     return response.allowed(uid)
+
+
+def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Hold a sandbox pod at creation until its NetworkPolicy is in place.
+
+    A gated pod is not scheduled, so it runs nothing; the reconciler lifts the
+    gate once the sandbox's NetworkPolicy exists (or its mode is None). Gates
+    can only be added when a pod is created, which is why this is a mutation.
+    """
+    gate = {"name": kinds.SCHEDULING_GATE}
+    spec = pod.get("spec")
+    gates = spec.get("schedulingGates") if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return [{"op": "add", "path": "/spec", "value": {"schedulingGates": [gate]}}]
+    if not isinstance(gates, list):
+        return [{"op": "add", "path": "/spec/schedulingGates", "value": [gate]}]
+    if any(isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates):
+        return []
+    return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
 
 
 def pod_labels_for_claim(claim: Mapping[str, Any]) -> dict[str, str]:
@@ -429,14 +431,6 @@ def _label(obj: Mapping[str, Any], key: str) -> str | None:
 def _metadata_text(obj: Mapping[str, Any], key: str) -> str:
     value = kinds.get_path(obj, ("metadata", key))
     return value if isinstance(value, str) else ""
-
-
-def _annotation(obj: Mapping[str, Any]) -> str | None:
-    annotations = kinds.get_path(obj, ("metadata", "annotations"))
-    if not isinstance(annotations, Mapping):
-        return None
-    value = annotations.get(kinds.ANNOTATION_NETWORK_POLICY)
-    return value if isinstance(value, str) else None
 
 
 __all__ = [

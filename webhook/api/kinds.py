@@ -35,6 +35,9 @@ SANDBOX_CLAIM = Kind(SANDBOX_EXT_GROUP, "v1alpha1", "SandboxClaim", "sandboxclai
 SANDBOX_WARM_POOL = Kind(SANDBOX_EXT_GROUP, "v1alpha1", "SandboxWarmPool", "sandboxwarmpools")
 POD = Kind("", "v1", "Pod", "pods")
 NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
+LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
+EVENT = Kind("events.k8s.io", "v1", "Event", "events")
+NODE = Kind("", "v1", "Node", "nodes")  # cluster-scoped: addressed with namespace ""
 
 # Where the networkPolicy field lives in each template kind, as a field path.
 TEMPLATE_POLICY_PATH: dict[str, tuple[str, ...]] = {
@@ -54,6 +57,9 @@ LABEL_WARM_POOL_SANDBOX = "agents.x-k8s.io/warm-pool-sandbox"
 ANNOTATION_POD_NAME = "agents.x-k8s.io/pod-name"
 
 # Ours.
+# The scheduling gate the pod webhook puts on a sandbox pod at creation; the reconciler
+# lifts it once the sandbox's NetworkPolicy is in place, so the pod never runs unisolated.
+SCHEDULING_GATE = "netpol.agentcube.io/network-policy"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "agentcube-netpol"
 

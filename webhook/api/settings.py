@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from webhook.api.networking import NAMESPACE_NAME_LABEL
+
 
 def _frozen(value: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
@@ -17,7 +19,7 @@ def _frozen(value: Mapping[str, str]) -> Mapping[str, str]:
 
 DEFAULT_DNS_PEERS: tuple[Mapping[str, Any], ...] = (
     {
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: "kube-system"}},
         "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
     },
 )

@@ -11,19 +11,22 @@ error. Bad input gets a message naming the file (and line), never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
 from webhook.admission.decide import Verdict, validate_object
+from webhook.api.exitcodes import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from webhook.api.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
 from webhook.api.settings import Settings
+from webhook.cli.options import add_policy_options
 from webhook.policy.builder import (
     PolicyShapeError,
     build_network_policy,
@@ -37,11 +40,10 @@ from webhook.policy.k8srules import (
     label_value_problems,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from webhook.cli.options import Commands
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
+logger = logging.getLogger(__name__)
 
 STDIN_PATH = "-"
 STDIN_NAME = "<stdin>"
@@ -50,6 +52,41 @@ DEFAULT_NAMESPACE = "default"
 # The kinds admission validates on CREATE; any other object passes unchecked.
 CHECKED_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM)
 TEMPLATE_KINDS: tuple[Kind, ...] = (AGENT_RUNTIME, CODE_INTERPRETER)
+
+
+def register(commands: Commands) -> None:
+    check_parser = commands.add_parser("check", help="validate objects in YAML/JSON files offline")
+    check_parser.set_defaults(run=_run_check)
+    check_parser.add_argument(
+        "files", nargs="+", metavar="FILE", help="a file, a directory, or - for standard input"
+    )
+    add_policy_options(check_parser)
+
+    render_parser = commands.add_parser(
+        "render", help="print the NetworkPolicy a sandbox would get"
+    )
+    render_parser.set_defaults(run=_run_render)
+    render_parser.add_argument("file", metavar="FILE", help="an AgentRuntime or CodeInterpreter")
+    render_parser.add_argument("--sandbox", required=True, help="the sandbox name")
+    render_parser.add_argument(
+        "--namespace", default=None, help="namespace (default: the template's)"
+    )
+    add_policy_options(render_parser)
+
+
+def _run_check(args: argparse.Namespace, settings: Settings) -> int:
+    return check(args.files, settings=settings, stdout=sys.stdout, stderr=sys.stderr)
+
+
+def _run_render(args: argparse.Namespace, settings: Settings) -> int:
+    return render(
+        args.file,
+        sandbox=args.sandbox,
+        namespace=args.namespace,
+        settings=settings,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+    )
 
 
 class InputError(Exception):
@@ -145,31 +182,16 @@ def render(
     stdin: TextIO | None = None,
 ) -> int:
     """Print the NetworkPolicy YAML a sandbox of the template in ``path`` would get."""
-    usage_problems = [f"--sandbox {p}" for p in sandbox_name_problems(sandbox)]
-    if namespace is not None:
-        usage_problems += [f"--namespace {p}" for p in namespace_problems(namespace)]
-    # Options that would make a NetworkPolicy kube-apiserver refuses.
-    usage_problems += [str(e) for e in settings_errors(settings)]
+    usage_problems = render_usage_problems(sandbox=sandbox, namespace=namespace, settings=settings)
     if usage_problems:
         for problem in usage_problems:
             print(f"error: {problem}", file=stderr)
         return EXIT_USAGE
-
     try:
-        objects = load_objects(path, stdin=stdin)
+        template = only_template(load_objects(path, stdin=stdin), path)
     except InputError as exc:
         print(f"error: {exc}", file=stderr)
         return EXIT_USAGE
-    templates = [item for item in objects if item.is_one_of(TEMPLATE_KINDS)]
-    if len(templates) != 1:
-        found = ", ".join(item.label for item in templates) or "none"
-        print(
-            f"error: {_name(path)}: expected exactly one AgentRuntime or CodeInterpreter "
-            f"({AGENT_RUNTIME.group}), found {found}",
-            file=stderr,
-        )
-        return EXIT_USAGE
-    template = templates[0]
 
     verdict = _validate(template, settings=settings, stderr=stderr)
     if verdict is None:
@@ -181,10 +203,6 @@ def render(
             print(f"{template.source}: {template.label}: {error}", file=stderr)
         return EXIT_INVALID
 
-    if namespace is None:
-        metadata = template.obj.get("metadata")
-        own = metadata.get("namespace") if isinstance(metadata, dict) else None
-        namespace = own if isinstance(own, str) and own else DEFAULT_NAMESPACE
     # The reconciler's own path: effective policy (no override here), then the builder.
     policy, broken = effective_policy(template_policy(template.obj), None, limits=settings.limits)
     if broken is not None:  # validation above said valid: only a validator bug gets here
@@ -192,7 +210,10 @@ def render(
         return EXIT_USAGE
     try:
         network_policy = build_network_policy(
-            policy, sandbox=sandbox, namespace=namespace, settings=settings
+            policy,
+            sandbox=sandbox,
+            namespace=namespace or template_namespace(template.obj),
+            settings=settings,
         )
     except PolicyShapeError as exc:
         print(f"error: {template.source}: {template.label}: {exc}", file=stderr)
@@ -206,6 +227,33 @@ def render(
         return EXIT_OK
     stdout.write(dump_yaml(network_policy))
     return EXIT_OK
+
+
+def render_usage_problems(*, sandbox: str, namespace: str | None, settings: Settings) -> list[str]:
+    """What in ``render``'s options would make a NetworkPolicy kube-apiserver refuses."""
+    problems = [f"--sandbox {p}" for p in sandbox_name_problems(sandbox)]
+    if namespace is not None:
+        problems += [f"--namespace {p}" for p in namespace_problems(namespace)]
+    return problems + [str(e) for e in settings_errors(settings)]
+
+
+def only_template(objects: Sequence[SourceObject], path: str) -> SourceObject:
+    """The one AgentRuntime or CodeInterpreter among ``objects``; InputError otherwise."""
+    templates = [item for item in objects if item.is_one_of(TEMPLATE_KINDS)]
+    if len(templates) != 1:
+        found = ", ".join(item.label for item in templates) or "none"
+        raise InputError(
+            f"{_name(path)}: expected exactly one AgentRuntime or CodeInterpreter "
+            f"({AGENT_RUNTIME.group}), found {found}"
+        )
+    return templates[0]
+
+
+def template_namespace(obj: Mapping[str, Any]) -> str:
+    """The template's own namespace, else ``default`` (as kubectl would create it in)."""
+    metadata = obj.get("metadata")
+    own = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return own if isinstance(own, str) and own else DEFAULT_NAMESPACE
 
 
 def dump_yaml(obj: Any) -> str:

@@ -57,6 +57,11 @@ DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
 # The versions build.sh builds; the cache folder is named after them.
 VERSIONS_FILE = Path(__file__).resolve().parent / "versions.env"
+# Package data (webhook/manifests/README.md): the only copy, which deploy/ builds on, so an
+# installed wheel finds them without a checkout.
+MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
+CRDS_DIR = MANIFESTS_DIR / "crds"
+WEBHOOKS_DIR = MANIFESTS_DIR / "webhooks"
 
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
@@ -151,8 +156,9 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
     if missing:
         raise ControlPlaneError(
             f"control-plane binaries missing from {origin}: {', '.join(missing)}. "
-            f"Build them with `{BUILD_SCRIPT}` (about 20 minutes the first time, seconds after), "
-            f"or set {ASSETS_ENV} to a directory holding {', '.join(BINARY_NAMES)}."
+            f"Build them with `{BUILD_SCRIPT}` from a checkout of agentcube-netpol (about 20 "
+            f"minutes the first time, seconds after), or set {ASSETS_ENV} to a directory "
+            f"holding {', '.join(BINARY_NAMES)}."
         )
     return Binaries(directory)
 
@@ -255,6 +261,130 @@ def kubeconfig(*, server_url: str, ca_pem: bytes, user: str, client: Credential)
         "contexts": [{"name": user, "context": {"cluster": CLUSTER_NAME, "user": user}}],
         "current-context": user,
     }
+
+
+# File names in the control plane's pki/ directory (``--cert-dir`` of kube-apiserver).
+PKI_CA_CERT = certs.CA_CERT_FILE
+PKI_SERVING_CERT = "apiserver.crt"
+PKI_SERVING_KEY = "apiserver.key"
+PKI_ADMIN_CERT = "admin.crt"
+PKI_ADMIN_KEY = "admin.key"
+PKI_SERVICE_ACCOUNT_PUBLIC = "sa.pub"
+PKI_SERVICE_ACCOUNT_KEY = "sa.key"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """The control plane's CA, API server certificate, admin user and service-account key."""
+
+    ca: certs.KeyPair
+    serving: Credential
+    admin: Credential
+    service_account: Credential
+
+    def files(self) -> dict[str, bytes]:
+        """Contents by file name in the pki/ directory."""
+        return {
+            PKI_CA_CERT: self.ca.cert_pem,
+            PKI_SERVING_CERT: self.serving.cert_pem,
+            PKI_SERVING_KEY: self.serving.key_pem,
+            PKI_ADMIN_CERT: self.admin.cert_pem,
+            PKI_ADMIN_KEY: self.admin.key_pem,
+            PKI_SERVICE_ACCOUNT_PUBLIC: self.service_account.cert_pem,
+            PKI_SERVICE_ACCOUNT_KEY: self.service_account.key_pem,
+        }
+
+    def write(self, directory: Path) -> None:
+        """Each file readable by this user only."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for file_name, data in self.files().items():
+            (directory / file_name).write_bytes(data)
+            (directory / file_name).chmod(0o600)
+
+
+def create_pki(*, at: datetime) -> Pki:
+    """A fresh PKI, valid from ``at`` (minus the skew allowance) for ``CERT_VALIDITY``."""
+    ca = create_ca(common_name="agentcube-netpol-control-plane-ca", at=at)
+    serving = issue_serving_cert(
+        ca,
+        dns_names=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ip_addresses=(LOOPBACK, str(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)[1])),
+        at=at,
+    )
+    return Pki(
+        ca=ca,
+        serving=serving,
+        admin=issue_client_cert(ca, user=ADMIN_USER, groups=(MASTERS_GROUP,), at=at),
+        service_account=create_service_account_key(),
+    )
+
+
+# --- command lines (pure) ----------------------------------------------------------------------
+
+
+def etcd_args(*, data_dir: Path, client_url: str, peer_url: str) -> list[str]:
+    """A single-member etcd on loopback, for a throwaway store."""
+    return [
+        f"--data-dir={data_dir}",
+        "--name=default",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=default={peer_url}",
+        # A throwaway store: fsync would only slow the tests down.
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_args(*, etcd_url: str, port: int, pki: Path) -> list[str]:
+    """kube-apiserver on loopback ``port``, with the files ``Pki.write`` put in ``pki``."""
+    return [
+        f"--etcd-servers={etcd_url}",
+        f"--secure-port={port}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--cert-dir={pki}",
+        f"--tls-cert-file={pki / PKI_SERVING_CERT}",
+        f"--tls-private-key-file={pki / PKI_SERVING_KEY}",
+        f"--client-ca-file={pki / PKI_CA_CERT}",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki / PKI_SERVICE_ACCOUNT_PUBLIC}",
+        f"--service-account-signing-key-file={pki / PKI_SERVICE_ACCOUNT_KEY}",
+        f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+        "--authorization-mode=Node,RBAC",
+        # No kubelet runs pods here, and fresh test namespaces have no default
+        # ServiceAccount until the controller makes one: the ServiceAccount plugin
+        # would only make pod creation racy. The webhooks stay on (default plugins).
+        "--disable-admission-plugins=ServiceAccount",
+        "--allow-privileged=true",
+        # The kubernetes Service's endpoint would be the loopback address, which the
+        # endpoint reconciler refuses; nothing here reaches the API server through it.
+        "--endpoint-reconciler-type=none",
+        "--profiling=false",
+    ]
+
+
+def controller_manager_args(*, kubeconfig: Path, port: int, cert_dir: Path, pki: Path) -> list[str]:
+    """kube-controller-manager with only ``CONTROLLERS``, no leader election."""
+    return [
+        f"--kubeconfig={kubeconfig}",
+        f"--secure-port={port}",
+        f"--bind-address={LOOPBACK}",
+        f"--cert-dir={cert_dir}",
+        f"--controllers={','.join(CONTROLLERS)}",
+        f"--service-account-private-key-file={pki / PKI_SERVICE_ACCOUNT_KEY}",
+        f"--root-ca-file={pki / PKI_CA_CERT}",
+        "--leader-elect=false",
+        "--profiling=false",
+    ]
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -422,7 +552,7 @@ class ControlPlane:
 
     @property
     def ca_file(self) -> Path:
-        return self.work_dir / "pki" / "ca.crt"
+        return self.work_dir / "pki" / PKI_CA_CERT
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -473,104 +603,42 @@ class ControlPlane:
         )
 
     def _start(self) -> None:
-        pki = self.work_dir / "pki"
-        pki.mkdir(parents=True, exist_ok=True)
-        (self.work_dir / "logs").mkdir(exist_ok=True)
-        now = datetime.now(UTC)
-        self._ca = create_ca(common_name="agentcube-netpol-control-plane-ca", at=now)
-        serving = issue_serving_cert(
-            self._ca,
-            dns_names=(
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ),
-            ip_addresses=(LOOPBACK, str(ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)[1])),
-            at=now,
-        )
-        admin = issue_client_cert(self._ca, user=ADMIN_USER, groups=(MASTERS_GROUP,), at=now)
-        service_account = create_service_account_key()
-        files = {
-            "ca.crt": self._ca.cert_pem,
-            "apiserver.crt": serving.cert_pem,
-            "apiserver.key": serving.key_pem,
-            "admin.crt": admin.cert_pem,
-            "admin.key": admin.key_pem,
-            "sa.pub": service_account.cert_pem,
-            "sa.key": service_account.key_pem,
-        }
-        for file_name, data in files.items():
-            (pki / file_name).write_bytes(data)
-            (pki / file_name).chmod(0o600)
+        pki_dir = self.work_dir / "pki"
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
+        pki = create_pki(at=datetime.now(UTC))
+        pki.write(pki_dir)
+        self._ca = pki.ca
 
         etcd_client_port, etcd_peer_port, self.api_port, kcm_port = free_loopback_ports(4)
         etcd_url = f"http://{LOOPBACK}:{etcd_client_port}"
-        etcd_peer_url = f"http://{LOOPBACK}:{etcd_peer_port}"
         self._spawn(
             ETCD,
-            [
-                f"--data-dir={self.work_dir / 'etcd'}",
-                "--name=default",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls={etcd_peer_url}",
-                f"--initial-advertise-peer-urls={etcd_peer_url}",
-                f"--initial-cluster=default={etcd_peer_url}",
-                # A throwaway store: fsync would only slow the tests down.
-                "--unsafe-no-fsync",
-                "--log-level=warn",
-            ],
+            etcd_args(
+                data_dir=self.work_dir / "etcd",
+                client_url=etcd_url,
+                peer_url=f"http://{LOOPBACK}:{etcd_peer_port}",
+            ),
         )
         self._spawn(
-            KUBE_APISERVER,
-            [
-                f"--etcd-servers={etcd_url}",
-                f"--secure-port={self.api_port}",
-                f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={pki / 'apiserver.crt'}",
-                f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=Node,RBAC",
-                # No kubelet runs pods here, and fresh test namespaces have no default
-                # ServiceAccount until the controller makes one: the ServiceAccount plugin
-                # would only make pod creation racy. The webhooks stay on (default plugins).
-                "--disable-admission-plugins=ServiceAccount",
-                "--allow-privileged=true",
-                # The kubernetes Service's endpoint would be the loopback address, which the
-                # endpoint reconciler refuses; nothing here reaches the API server through it.
-                "--endpoint-reconciler-type=none",
-                "--profiling=false",
-            ],
+            KUBE_APISERVER, apiserver_args(etcd_url=etcd_url, port=self.api_port, pki=pki_dir)
         )
-        self._write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, admin)
-        client = (pki / "admin.crt", pki / "admin.key")
+        self._write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, pki.admin)
         self._wait_healthy(
             KUBE_APISERVER,
             f"{self.url}/readyz",
-            tls_context(ca_file=self.ca_file, client=client),
+            tls_context(
+                ca_file=self.ca_file, client=(pki_dir / PKI_ADMIN_CERT, pki_dir / PKI_ADMIN_KEY)
+            ),
         )
         if self.with_controller_manager:
             self._spawn(
                 KUBE_CONTROLLER_MANAGER,
-                [
-                    f"--kubeconfig={self.admin_kubeconfig}",
-                    f"--secure-port={kcm_port}",
-                    f"--bind-address={LOOPBACK}",
-                    f"--cert-dir={self.work_dir / 'kcm'}",
-                    f"--controllers={','.join(CONTROLLERS)}",
-                    f"--service-account-private-key-file={pki / 'sa.key'}",
-                    f"--root-ca-file={pki / 'ca.crt'}",
-                    "--leader-elect=false",
-                    "--profiling=false",
-                ],
+                controller_manager_args(
+                    kubeconfig=self.admin_kubeconfig,
+                    port=kcm_port,
+                    cert_dir=self.work_dir / "kcm",
+                    pki=pki_dir,
+                ),
             )
             # Its serving certificate is self-signed in --cert-dir; /healthz is anonymous.
             self._wait_healthy(
@@ -680,12 +748,14 @@ class ControlPlane:
         return result
 
 
-# --- installing deploy/ --------------------------------------------------------------------
+# --- installing the manifests --------------------------------------------------------------------
 
 
 def load_manifests(path: Path, *, control_plane: ControlPlane) -> list[dict[str, Any]]:
     """Objects of a kustomization (rendered with the built kubectl), a directory of YAML files
     or one YAML file."""
+    if not path.exists():
+        raise ControlPlaneError(f"no manifests at {path}")
     if (path / "kustomization.yaml").is_file() or (path / "kustomization.yml").is_file():
         text = control_plane.kubectl("kustomize", str(path)).stdout
         return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]

@@ -1,8 +1,8 @@
 """``python -m webhook dev``: a newcomer's playground on a real control plane.
 
-Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``), installs
-deploy/'s CRDs, runs the admission server in this process and registers deploy/'s webhook
-configurations against it, writes the admin kubeconfig once all of that is ready, and runs
+Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``),
+installs the CRDs, runs the admission server in this process and registers the webhook
+configurations against it (both from the package's manifests, which deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs
 until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
 a server that is gone).
 """
@@ -21,11 +21,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.devtools.controlplane import (
+    CRDS_DIR,
     KUBECTL,
     LOOPBACK,
     VERSIONS_FILE,
+    WEBHOOKS_DIR,
     ControlPlane,
     ControlPlaneError,
     bound_loopback_socket,
@@ -38,14 +41,12 @@ from webhook.devtools.controlplane import (
     tls_context,
 )
 from webhook.kube.claimcache import ClaimCache
+from webhook.tls.certs import CA_CERT_FILE
 
 logger = logging.getLogger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 SERVER_READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.1
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 EXAMPLE = """\
 apiVersion: runtime.agentcube.volcano.sh/v1alpha1
@@ -120,8 +121,8 @@ def run_dev(
         with ControlPlane(
             binaries=binaries, with_controller_manager=True, work_dir=work_dir / "control-plane"
         ) as control_plane:
-            install_crds(control_plane, DEPLOY_DIR / "crds")
-            manifests = load_manifests(DEPLOY_DIR, control_plane=control_plane)
+            install_crds(control_plane, CRDS_DIR)
+            manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
             # The webhook configurations need the server's CA, which the server makes when it
             # starts; a helper thread registers them once it answers, then hands over.
             registrar = threading.Thread(
@@ -200,7 +201,7 @@ def _register_when_ready(
     stop_waiting: threading.Event,
     stdout: TextIO,
 ) -> None:
-    ca_file = cert_dir / "ca.crt"
+    ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while not stop_waiting.is_set():
         if time.monotonic() > deadline:

@@ -13,13 +13,10 @@ reconciler can compare desired with actual using ``==`` on ``spec``.
 from __future__ import annotations
 
 import copy
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from webhook.api.kinds import (
-    ANNOTATION_NETWORK_POLICY,
     LABEL_SANDBOX_NAME,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -27,15 +24,17 @@ from webhook.api.kinds import (
     TEMPLATE_POLICY_PATH,
     get_path,
 )
+from webhook.api.networking import DEFAULT_PROTOCOL, DNS_PORT, NAMESPACE_NAME_LABEL
 from webhook.api.settings import Limits, Settings
 from webhook.policy.cidr import CidrProblem, Network, parse_cidr, strictly_inside
-from webhook.policy.fielderrors import FieldError, type_name
+from webhook.policy.fielderrors import FieldError
 from webhook.policy.k8srules import (
     dns1123_label_problems,
     label_key_problems,
     label_value_problems,
     validate_peer,
 )
+from webhook.policy.override import parse_override
 from webhook.policy.validation import (
     MODE_NONE,
     MODE_RESTRICTED,
@@ -44,15 +43,9 @@ from webhook.policy.validation import (
     validate_network_policy,
 )
 
-DEFAULT_PROTOCOL = "TCP"
-DNS_PORT = 53
-# The label every namespace carries with its own name (Kubernetes >= 1.22).
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-
 # What a sandbox gets when its override annotation cannot be read: the tightest
 # policy there is (control plane in, DNS out, nothing else), never no policy.
 FAIL_CLOSED_POLICY: Mapping[str, Any] = {"mode": MODE_RESTRICTED}
-OVERRIDE_PATH = f"metadata.annotations[{ANNOTATION_NETWORK_POLICY}]"
 
 
 class PolicyShapeError(ValueError):
@@ -89,34 +82,29 @@ def effective_policy(
     template: object,
     override_json: str | None,
     *,
-    limits: Limits | None = None,
+    limits: Limits,
 ) -> tuple[Mapping[str, Any] | None, str | None]:
     """The policy a sandbox gets and, when the one it should get is broken, why.
 
     The override annotation (JSON of a ``networkPolicy`` object) replaces the
-    template's policy whole, with no merging. Admission refuses a broken policy,
-    but one can still be stored while the webhook is down (or was stored before
-    it was installed); then this returns ``FAIL_CLOSED_POLICY`` with the reason,
-    so the sandbox is isolated rather than opened up, and the caller reports the
-    reason (an Event). What this returns, ``build_network_policy`` can build.
+    template's policy whole, with no merging; it is read by ``parse_override``, as
+    admission reads it. Admission refuses a broken policy, but one can still be
+    stored while the webhook is down (or was stored before it was installed);
+    then this returns ``FAIL_CLOSED_POLICY`` with the reason, so the sandbox is
+    isolated rather than opened up, and the caller reports the reason (an Event).
+    What this returns, ``build_network_policy`` can build. ``limits`` are the
+    webhook's (``Settings.limits``): with other bounds, the reconciler would build
+    what the webhook refuses.
     """
-    if override_json is None:
-        chosen: object = template
-        where = "template networkPolicy"
-        path = "networkPolicy"
-    else:
-        where = "override annotation"
-        path = OVERRIDE_PATH
-        try:
-            chosen = json.loads(override_json)
-        except ValueError as exc:
-            return FAIL_CLOSED_POLICY, f"{where} is not JSON: {exc}"
-        if not isinstance(chosen, dict):
-            return FAIL_CLOSED_POLICY, f"{where} must be a JSON object, not {type_name(chosen)}"
-    errors = validate_network_policy(chosen, path, limits=limits or Limits()).errors
+    if override_json is not None:
+        override, found = parse_override(override_json, limits=limits)
+        if found.errors:
+            return FAIL_CLOSED_POLICY, f"override annotation is invalid: {describe(found.errors)}"
+        return override, None
+    errors = validate_network_policy(template, "networkPolicy", limits=limits).errors
     if errors:
-        return FAIL_CLOSED_POLICY, f"{where} is invalid: {describe(errors)}"
-    return (chosen if isinstance(chosen, Mapping) else None), None
+        return FAIL_CLOSED_POLICY, f"template networkPolicy is invalid: {describe(errors)}"
+    return (template if isinstance(template, Mapping) else None), None
 
 
 def build_network_policy(
@@ -372,17 +360,11 @@ def _simple_port(port: object) -> dict[str, Any]:
 
 
 def _network(text: object) -> Network:
-    parsed = _parse_cidr_cached(text) if isinstance(text, str) else parse_cidr(text)
+    # parse_cidr caches by text: sandboxes of one template share their CIDRs.
+    parsed = parse_cidr(text)
     if isinstance(parsed, CidrProblem):
         raise PolicyShapeError(f"{text!r}: {parsed.message()}")
     return parsed
-
-
-# Parsing a CIDR costs ~100 us (ipaddress); the reconciler builds a policy per
-# sandbox, and sandboxes of one template share their CIDRs.
-@functools.lru_cache(maxsize=4096)
-def _parse_cidr_cached(text: str) -> Network | CidrProblem:
-    return parse_cidr(text)
 
 
 def _list(value: object) -> Sequence[object]:

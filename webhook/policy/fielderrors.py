@@ -91,3 +91,18 @@ def unknown_fields(obj: Mapping[str, Any], known: tuple[str, ...], path: str) ->
             detail = did_you_mean(f"unknown field; allowed: {', '.join(known)}", key, known)
             errors.append(FieldError(join(path, key), detail))
     return errors
+
+
+# --- limits: one wording for each kind -------------------------------------------------------
+# Counts and sizes that keep a NetworkPolicy small (``Limits``) are refused the same way
+# wherever they are checked, simple rules, raw rules and the override annotation alike.
+
+
+def too_many(path: str, *, count: int, limit: int, noun: str) -> FieldError:
+    """A list (or map) over its bound: ``<path>: must have at most 50 rules, not 51``."""
+    return FieldError(path, f"must have at most {limit} {noun}, not {count}")
+
+
+def too_long(path: str, *, size_bytes: int, limit_bytes: int) -> FieldError:
+    """A text over its bound: ``<path>: must be at most 65536 bytes, not 70002``."""
+    return FieldError(path, f"must be at most {limit_bytes} bytes, not {size_bytes}")

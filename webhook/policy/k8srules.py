@@ -30,14 +30,19 @@ import re
 from collections.abc import Mapping
 from typing import TypeGuard
 
+from webhook.api.networking import MAX_PORT, MIN_PORT, PROTOCOLS
 from webhook.api.settings import Limits
 from webhook.policy.cidr import cidr_errors, except_errors
-from webhook.policy.fielderrors import FieldError, did_you_mean, join, type_name, unknown_fields
+from webhook.policy.fielderrors import (
+    FieldError,
+    did_you_mean,
+    join,
+    too_many,
+    type_name,
+    unknown_fields,
+)
 
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-MIN_PORT = 1
-MAX_PORT = 65535
 
 # Field names of each networking.k8s.io/v1 type we accept, in Go struct order.
 INGRESS_RULE_FIELDS = ("ports", "from")
@@ -97,7 +102,7 @@ def _validate_rule(
         if not isinstance(ports, list):
             errors.append(_not_a(ports_path, "a list", ports))
         else:
-            errors += _too_many(ports_path, ports, limits.max_ports_per_rule)
+            errors += _too_many(ports_path, ports, limits.max_ports_per_rule, "ports")
             for index, port in enumerate(ports):
                 errors += validate_port(port, join(ports_path, index))
 
@@ -107,7 +112,7 @@ def _validate_rule(
         if not isinstance(peers, list):
             errors.append(_not_a(peers_path, "a list", peers))
         else:
-            errors += _too_many(peers_path, peers, limits.max_peers_per_rule)
+            errors += _too_many(peers_path, peers, limits.max_peers_per_rule, "peers")
             for index, peer in enumerate(peers):
                 errors += validate_peer(peer, join(peers_path, index), limits=limits)
     return errors
@@ -122,7 +127,7 @@ def validate_port(port: object, path: str) -> list[FieldError]:
     protocol = port.get("protocol")
     if protocol is not None and protocol not in PROTOCOLS:
         # field.NotSupported(protocol, ..., [TCP, UDP, SCTP])
-        detail = did_you_mean("must be one of TCP, UDP, SCTP", protocol, PROTOCOLS)
+        detail = did_you_mean(f"must be one of {', '.join(PROTOCOLS)}", protocol, PROTOCOLS)
         errors.append(FieldError(join(path, "protocol"), detail, protocol))
 
     port_path = join(path, "port")
@@ -225,7 +230,7 @@ def validate_ip_block(block: object, path: str, *, limits: Limits) -> list[Field
     excepts = block.get("except")
     except_path = join(path, "except")
     if isinstance(excepts, list):
-        errors += _too_many(except_path, excepts, limits.max_except_per_cidr)
+        errors += _too_many(except_path, excepts, limits.max_except_per_cidr, "entries")
     if isinstance(cidr, str) and not broken_cidr:
         # "must be a strict subset of `cidr`", each except canonical too.
         errors += except_errors(cidr, excepts, except_path)
@@ -239,13 +244,10 @@ def validate_ip_block(block: object, path: str, *, limits: Limits) -> list[Field
     return errors
 
 
-def validate_label_selector(
-    selector: object, path: str, *, limits: Limits | None = None
-) -> list[FieldError]:
+def validate_label_selector(selector: object, path: str, *, limits: Limits) -> list[FieldError]:
     """A LabelSelector: mirrors ValidateLabelSelector (invalid label values refused)."""
     if not isinstance(selector, Mapping):
         return [_not_a(path, "an object", selector)]
-    limits = limits or Limits()
     errors = unknown_fields(selector, LABEL_SELECTOR_FIELDS, path)
 
     labels_path = join(path, "matchLabels")
@@ -285,10 +287,11 @@ def validate_label_selector(
                 )
     if terms > limits.max_label_selector_terms:
         errors.append(
-            FieldError(
+            too_many(
                 path,
-                f"has {terms} matchLabels and matchExpressions; "
-                f"at most {limits.max_label_selector_terms} are allowed",
+                count=terms,
+                limit=limits.max_label_selector_terms,
+                noun="matchLabels and matchExpressions",
             )
         )
     return errors
@@ -329,7 +332,7 @@ def validate_requirement(requirement: object, path: str, *, limits: Limits) -> l
     errors += [FieldError(join(path, "key"), d, key) for d in label_key_problems(key)]
 
     if values:
-        errors += _too_many(values_path, values, limits.max_label_selector_terms)
+        errors += _too_many(values_path, values, limits.max_label_selector_terms, "values")
         for index, value in enumerate(values):
             value_path = join(values_path, index)
             if not isinstance(value, str):
@@ -400,10 +403,10 @@ def dns1123_label_problems(value: str) -> list[str]:
     return problems
 
 
-def _too_many(path: str, items: list[object], limit: int) -> list[FieldError]:
+def _too_many(path: str, items: list[object], limit: int, noun: str) -> list[FieldError]:
     if len(items) <= limit:
         return []
-    return [FieldError(path, f"has {len(items)} entries; at most {limit} are allowed")]
+    return [too_many(path, count=len(items), limit=limit, noun=noun)]
 
 
 def _not_a(path: str, what: str, value: object) -> FieldError:

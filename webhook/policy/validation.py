@@ -10,6 +10,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook.api.networking import (
+    DEFAULT_PROTOCOL,
+    DNS_PORT,
+    DNS_PORT_NAMES,
+    MAX_PORT,
+    MIN_PORT,
+    PORT_RANGE,
+    PROTOCOLS,
+)
 from webhook.api.settings import Limits
 from webhook.policy import k8srules
 from webhook.policy.cidr import CidrProblem, Network, except_errors, parse_cidr, reaches
@@ -17,6 +26,7 @@ from webhook.policy.fielderrors import (
     FieldError,
     did_you_mean,
     join,
+    too_many,
     type_name,
     unknown_fields,
 )
@@ -25,10 +35,6 @@ MODE_NONE = "None"
 MODE_RESTRICTED = "Restricted"
 MODE_CUSTOM = "Custom"
 MODES = (MODE_NONE, MODE_RESTRICTED, MODE_CUSTOM)
-
-PROTOCOLS = ("TCP", "UDP", "SCTP")
-MAX_PORT = 65535
-DNS_PORT = 53
 
 METADATA_ADDRESSES = ("169.254.169.254", "fd00:ec2::254")
 
@@ -98,9 +104,7 @@ def _validate_simple_rules(rules: object, path: str, direction: str, limits: Lim
         )
         return found
     if len(rules) > limits.max_rules:
-        found.errors.append(
-            FieldError(path, f"must have at most {limits.max_rules} rules, not {len(rules)}")
-        )
+        found.errors.append(too_many(path, count=len(rules), limit=limits.max_rules, noun="rules"))
         return found
     for index, rule in enumerate(rules):
         found.extend(_validate_simple_rule(rule, join(path, index), direction, limits))
@@ -114,41 +118,19 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
         return found
     found.errors.extend(unknown_fields(rule, _RULE_FIELDS, path))
 
-    cidrs_path = join(path, "cidrs")
     cidrs = rule.get("cidrs")
-    networks: list[Network] = []
-    if cidrs is None:
-        found.errors.append(FieldError(cidrs_path, "required: at least one CIDR"))
-    elif not isinstance(cidrs, list):
-        found.errors.append(
-            FieldError(cidrs_path, f"must be a list of CIDRs, not {type_name(cidrs)}", cidrs)
-        )
-    elif not cidrs:
-        found.errors.append(FieldError(cidrs_path, "must have at least one CIDR", cidrs))
-    elif len(cidrs) > limits.max_cidrs_per_rule:
-        found.errors.append(
-            FieldError(
-                cidrs_path, f"must have at most {limits.max_cidrs_per_rule} CIDRs, not {len(cidrs)}"
-            )
-        )
-    else:
-        for index, parsed in enumerate(map(parse_cidr, cidrs)):
-            if isinstance(parsed, CidrProblem):
-                found.errors.append(
-                    FieldError(join(cidrs_path, index), parsed.message(), cidrs[index])
-                )
-            else:
-                networks.append(parsed)
+    networks = _simple_rule_networks(cidrs, join(path, "cidrs"), limits, found.errors)
 
     excepts = rule.get("except")
     except_path = join(path, "except")
-    if isinstance(excepts, list) and len(excepts) > limits.max_except_per_cidr * max(
-        1, len(networks)
-    ):
+    except_limit = limits.max_except_per_cidr * max(1, len(networks))
+    if isinstance(excepts, list) and len(excepts) > except_limit:
         found.errors.append(
-            FieldError(
+            too_many(
                 except_path,
-                f"must have at most {limits.max_except_per_cidr} entries per CIDR, not {len(excepts)}",
+                count=len(excepts),
+                limit=except_limit,
+                noun=f"entries ({limits.max_except_per_cidr} per CIDR)",
             )
         )
     else:
@@ -169,6 +151,32 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
     return found
 
 
+def _simple_rule_networks(
+    cidrs: object, cidrs_path: str, limits: Limits, errors: list[FieldError]
+) -> list[Network]:
+    """The networks a simple rule's ``cidrs`` names; what is wrong goes to ``errors``."""
+    networks: list[Network] = []
+    if cidrs is None:
+        errors.append(FieldError(cidrs_path, "required: at least one CIDR"))
+    elif not isinstance(cidrs, list):
+        errors.append(
+            FieldError(cidrs_path, f"must be a list of CIDRs, not {type_name(cidrs)}", cidrs)
+        )
+    elif not cidrs:
+        errors.append(FieldError(cidrs_path, "must have at least one CIDR", cidrs))
+    elif len(cidrs) > limits.max_cidrs_per_rule:
+        errors.append(
+            too_many(cidrs_path, count=len(cidrs), limit=limits.max_cidrs_per_rule, noun="CIDRs")
+        )
+    else:
+        for index, parsed in enumerate(map(parse_cidr, cidrs)):
+            if isinstance(parsed, CidrProblem):
+                errors.append(FieldError(join(cidrs_path, index), parsed.message(), cidrs[index]))
+            else:
+                networks.append(parsed)
+    return networks
+
+
 def _egress_warnings(networks: list[Network], excluded: list[Network], path: str) -> list[str]:
     warnings = []
     for network in networks:
@@ -186,11 +194,7 @@ def _validate_simple_ports(ports: object, path: str, limits: Limits) -> list[Fie
     if not isinstance(ports, list):
         return [FieldError(path, f"must be a list of ports, not {type_name(ports)}", ports)]
     if len(ports) > limits.max_ports_per_rule:
-        return [
-            FieldError(
-                path, f"must have at most {limits.max_ports_per_rule} ports, not {len(ports)}"
-            )
-        ]
+        return [too_many(path, count=len(ports), limit=limits.max_ports_per_rule, noun="ports")]
     errors: list[FieldError] = []
     for index, port in enumerate(ports):
         port_path = join(path, index)
@@ -198,7 +202,7 @@ def _validate_simple_ports(ports: object, path: str, limits: Limits) -> list[Fie
             errors.append(FieldError(port_path, f"must be an object, not {type_name(port)}", port))
             continue
         errors.extend(unknown_fields(port, _PORT_FIELDS, port_path))
-        protocol = port.get("protocol", "TCP")
+        protocol = port.get("protocol", DEFAULT_PROTOCOL)
         if protocol not in PROTOCOLS:
             errors.append(
                 FieldError(
@@ -210,14 +214,16 @@ def _validate_simple_ports(ports: object, path: str, limits: Limits) -> list[Fie
         number = port.get("port")
         number_ok = False
         if number is None:
-            errors.append(FieldError(join(port_path, "port"), "required: a port number 1-65535"))
+            errors.append(
+                FieldError(join(port_path, "port"), f"required: a port number {PORT_RANGE}")
+            )
         elif not is_integer(number):
-            detail = "must be an integer 1-65535"
+            detail = f"must be an integer {PORT_RANGE}"
             if isinstance(number, str):
                 detail += " (named ports are allowed only in custom rules)"
             errors.append(FieldError(join(port_path, "port"), detail, number))
-        elif not 1 <= number <= MAX_PORT:
-            errors.append(FieldError(join(port_path, "port"), "must be 1-65535", number))
+        elif not MIN_PORT <= number <= MAX_PORT:
+            errors.append(FieldError(join(port_path, "port"), f"must be {PORT_RANGE}", number))
         else:
             number_ok = True
         if "endPort" in port:
@@ -226,7 +232,7 @@ def _validate_simple_ports(ports: object, path: str, limits: Limits) -> list[Fie
             if not is_integer(end):
                 errors.append(FieldError(end_path, "must be an integer", end))
             elif end > MAX_PORT:
-                errors.append(FieldError(end_path, "must be at most 65535", end))
+                errors.append(FieldError(end_path, f"must be at most {MAX_PORT}", end))
             elif number_ok and end < number:
                 errors.append(FieldError(end_path, f"must be at least port ({number})", end))
     return errors
@@ -263,9 +269,7 @@ def _validate_custom(custom: object, path: str, limits: Limits) -> Findings:
             continue
         if len(rules) > limits.max_rules:
             found.errors.append(
-                FieldError(
-                    rules_path, f"must have at most {limits.max_rules} rules, not {len(rules)}"
-                )
+                too_many(rules_path, count=len(rules), limit=limits.max_rules, noun="rules")
             )
             continue
         for index, rule in enumerate(rules):
@@ -316,7 +320,7 @@ def _port_allows(port: Mapping[str, Any], number: int) -> bool:
     if value is None:
         return True  # all ports of the protocol
     if isinstance(value, str):
-        return value in ("domain", "dns", "dns-tcp")
+        return value in DNS_PORT_NAMES
     end = port.get("endPort", value)
     return bool(value <= number <= end)
 

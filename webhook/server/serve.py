@@ -22,9 +22,11 @@ from typing import Any
 import uvicorn
 
 from webhook.admission.decide import ClaimLookup, NoClaims
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
 from webhook.server.app import create_app
+from webhook.server.metrics import AdmissionMetrics
 from webhook.tls.certs import (
     CERT_CHECK_INTERVAL_SECONDS,
     CertificateError,
@@ -47,8 +49,6 @@ GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS = 10
 # counts as closed. A client that is not reading never replies; after this
 # long such connections are dropped, so SIGTERM exits in about a second.
 IDLE_CLOSE_GRACE_SECONDS = 1.0
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 def serve(
@@ -63,6 +63,7 @@ def serve(
     cert_check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS,
     http_implementation: str = HTTP_IMPLEMENTATION,
     trust: ClusterTrust | None = None,
+    metrics: AdmissionMetrics | None = None,
     sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
@@ -96,7 +97,10 @@ def serve(
         return reloader.loaded and (ready is None or ready())
 
     app = create_app(
-        settings=settings, claims=claims if claims is not None else NoClaims(), ready=is_ready
+        settings=settings,
+        claims=claims if claims is not None else NoClaims(),
+        ready=is_ready,
+        metrics=metrics,
     )
     config = uvicorn_config(
         app, host=host, port=port, ssl_context=reloader.context, http=http_implementation

@@ -1,0 +1,90 @@
+"""The pure parts of the REST edge: URL paths for any kind, and the watch stream's framing.
+
+Requests themselves go to the real API server in tests/e2e/test_kube_rest.py.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from webhook.api import kinds
+from webhook.kube import errors
+from webhook.kube.rest import decode_events, lines, resource_path
+
+
+@pytest.mark.parametrize(
+    ("kind", "namespace", "name", "path"),
+    [
+        (kinds.POD, "team-a", "p", "/api/v1/namespaces/team-a/pods/p"),
+        (kinds.POD, None, None, "/api/v1/pods"),
+        (kinds.POD, "team-a", None, "/api/v1/namespaces/team-a/pods"),
+        (kinds.NODE, "", "n1", "/api/v1/nodes/n1"),
+        (
+            kinds.NETWORK_POLICY,
+            "team-a",
+            "np",
+            "/apis/networking.k8s.io/v1/namespaces/team-a/networkpolicies/np",
+        ),
+        (
+            kinds.SANDBOX_CLAIM,
+            None,
+            None,
+            "/apis/extensions.agents.x-k8s.io/v1alpha1/sandboxclaims",
+        ),
+        (
+            kinds.LEASE,
+            "kube-system",
+            "agentcube-netpol",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/agentcube-netpol",
+        ),
+    ],
+)
+def test_resource_paths(
+    kind: kinds.Kind, namespace: str | None, name: str | None, path: str
+) -> None:
+    assert resource_path(kind, namespace, name) == path
+
+
+def test_lines_are_split_across_chunk_boundaries() -> None:
+    chunks = [b'{"a":', b'1}\n{"b"', b":2}\n\n", b'{"c":3}']
+    assert list(lines(iter(chunks))) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+def test_watch_events_decode_and_an_error_event_is_raised_typed() -> None:
+    stream = [
+        orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "a"}}}),
+        orjson.dumps(
+            {
+                "type": "ERROR",
+                "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "old"},
+            }
+        ),
+        orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "never"}}}),
+    ]
+    events = decode_events(iter(stream))
+    assert next(events)["object"]["metadata"]["name"] == "a"
+    with pytest.raises(errors.Gone, match="old"):
+        next(events)
+
+
+def test_no_answer_is_unreachable_not_a_library_exception() -> None:
+    from kubernetes.client import ApiClient, Configuration
+
+    from webhook.devtools.controlplane import free_loopback_ports
+    from webhook.kube.rest import Rest
+
+    configuration = Configuration()
+    configuration.host = f"https://127.0.0.1:{free_loopback_ports(1)[0]}"  # nobody listens
+    configuration.retries = False
+    api_client = ApiClient(configuration)
+    try:
+        rest = Rest(api_client, timeout_seconds=5)
+        with pytest.raises(errors.Unreachable, match="GET /api/v1/namespaces/a/pods/p") as caught:
+            rest.get(kinds.POD, "a", "p")
+        assert caught.value.status == 0
+        assert isinstance(caught.value, errors.ApiError)
+        with pytest.raises(errors.Unreachable):
+            rest.watch(kinds.POD, resource_version="1")
+    finally:
+        api_client.close()

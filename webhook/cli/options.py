@@ -1,0 +1,119 @@
+"""Options several commands share, and the one place they become a ``Settings``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from webhook.api.settings import DEFAULT_DNS_PEERS, Settings
+
+if TYPE_CHECKING:
+    # What ``add_subparsers`` returns: a command group's ``register`` adds its parsers to it.
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+
+# A command's entry point: the parsed flags and the settings built from them in, an
+# exit code (webhook.api.exitcodes) out. Each command's parser sets it as ``run``.
+Run: TypeAlias = Callable[[argparse.Namespace, Settings], int]
+
+
+def label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    """The options every NetworkPolicy depends on; each command takes them."""
+    group = parser.add_argument_group("policy")
+    group.add_argument(
+        "--agentcube-namespace",
+        default="agentcube",
+        help="namespace of the AgentCube router and workload manager (default: %(default)s)",
+    )
+    group.add_argument(
+        "--router-label",
+        type=label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="label of the router pods (repeatable; default: app=agentcube-router)",
+    )
+    group.add_argument(
+        "--workload-manager-label",
+        type=label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="label of the workload manager pods (repeatable; default: app=workloadmanager)",
+    )
+    group.add_argument(
+        "--dns-peer",
+        type=json_object,
+        action="append",
+        metavar="JSON",
+        help="a NetworkPolicyPeer allowed on port 53 in Restricted mode (repeatable; "
+        "default: kube-dns pods in kube-system)",
+    )
+    group.add_argument(
+        "--dns-to-anywhere",
+        action="store_true",
+        help="allow port 53 to any destination (an exfiltration channel: not the default)",
+    )
+    group.add_argument(
+        "--privileged-group",
+        action="append",
+        metavar="GROUP",
+        help="group allowed to set the override annotation and sandbox-name labels "
+        "(repeatable; default: system:serviceaccounts:agentcube)",
+    )
+    group.add_argument(
+        "--privileged-user",
+        action="append",
+        metavar="USER",
+        help="user allowed to set the override annotation and sandbox-name labels (repeatable)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    namespace: str = args.agentcube_namespace
+    return Settings(
+        agentcube_namespace=namespace,
+        router_labels=dict(args.router_label or [("app", "agentcube-router")]),
+        workload_manager_labels=dict(args.workload_manager_label or [("app", "workloadmanager")]),
+        dns_peers=tuple(args.dns_peer) if args.dns_peer else DEFAULT_DNS_PEERS,
+        dns_to_anywhere=args.dns_to_anywhere,
+        privileged_groups=tuple(args.privileged_group or [f"system:serviceaccounts:{namespace}"]),
+        privileged_users=tuple(args.privileged_user or ()),
+    )
+
+
+def add_kubeconfig_option(parser: argparse._ActionsContainer, *, purpose: str) -> None:
+    """``--kubeconfig``: the cluster to talk to; without it, the pod's service account."""
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help=f"kubeconfig for {purpose} (default: the in-cluster service account)",
+    )
+
+
+def api_client(args: argparse.Namespace) -> Any:
+    """A Kubernetes API client from ``--kubeconfig``, else the in-cluster service account."""
+    from kubernetes import client, config
+
+    if args.kubeconfig is not None:
+        return config.new_client_from_config(config_file=str(args.kubeconfig))
+    config.load_incluster_config()
+    return client.ApiClient()

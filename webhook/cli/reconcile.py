@@ -1,0 +1,192 @@
+"""``run``, ``reconcile`` and ``audit``: the reconciler, alone, beside the server, or as a check.
+
+``run`` is what deploy/ starts: the admission server and the reconciler in one
+process, sharing the reconciler's watch caches (the pod mutation looks claims up
+in them) and one ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from webhook.api.settings import Settings
+from webhook.cli.options import add_kubeconfig_option, add_policy_options
+from webhook.cli.serve import (
+    add_cluster_options,
+    add_server_options,
+    cluster_trust,
+    serving_dns_names,
+)
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from webhook.cli.options import Commands
+    from webhook.kube.rest import Rest
+    from webhook.reconciler.manager import ReconcilerRuntime
+
+LEASE_NAMESPACE = "agentcube-netpol-system"
+DEFAULT_METRICS_PORT = 8080
+
+
+def register(commands: Commands) -> None:
+    run_parser = commands.add_parser(
+        "run", help="the admission server and the reconciler in one process (what deploy/ runs)"
+    )
+    run_parser.set_defaults(run=run)
+    add_server_options(run_parser)
+    add_cluster_options(
+        run_parser, watch_claims=False, kubeconfig_purpose="the cluster (watches and writes)"
+    )
+    _add_reconciler_options(run_parser)
+    add_policy_options(run_parser)
+
+    alone = commands.add_parser(
+        "reconcile", help="the reconciler alone (metrics on --metrics-port)"
+    )
+    alone.set_defaults(run=reconcile)
+    add_kubeconfig_option(alone, purpose="the cluster (watches and writes)")
+    alone.add_argument("--metrics-host", default="0.0.0.0", help="(default: %(default)s)")
+    alone.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="(default: %(default)s)"
+    )
+    _add_reconciler_options(alone)
+    add_policy_options(alone)
+
+    audit_parser = commands.add_parser(
+        "audit",
+        help="check a live cluster: sandboxes whose policy is missing or drifted, pods missing "
+        "their label, policies that widen ours; exit 1 when any",
+    )
+    audit_parser.set_defaults(run=audit)
+    add_kubeconfig_option(audit_parser, purpose="the cluster to audit")
+    audit_parser.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="(default: %(default)s)"
+    )
+    audit_parser.add_argument(
+        "-n", "--namespace", default=None, help="report on this namespace only (default: all)"
+    )
+    add_policy_options(audit_parser)
+
+
+def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("reconciler")
+    group.add_argument(
+        "--lease-namespace",
+        default=LEASE_NAMESPACE,
+        help="namespace of the leader-election Lease (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lease-name", default="agentcube-netpol", help="the Lease (default: %(default)s)"
+    )
+    group.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=15.0,
+        help="how long a leader's Lease holds without renewal (default: %(default)s)",
+    )
+    group.add_argument(
+        "--workers", type=int, default=4, help="reconciles at once (default: %(default)s)"
+    )
+
+
+def _rest(kubeconfig: Path | None, *, workers: int = 4) -> Rest:
+    from webhook.kube.rest import Rest
+
+    # A connection per worker and per watch (seven informers), and a few to spare.
+    return Rest.from_config(kubeconfig, max_connections=workers + 12)
+
+
+def _runtime(
+    args: argparse.Namespace, settings: Settings, registry: CollectorRegistry
+) -> ReconcilerRuntime:
+    from webhook.reconciler.manager import ReconcilerRuntime
+
+    lease = args.lease_seconds
+    return ReconcilerRuntime(
+        rest=_rest(args.kubeconfig, workers=args.workers),
+        settings=settings,
+        registry=registry,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        workers=args.workers,
+        lease_seconds=lease,
+        renew_deadline_seconds=lease * 2 / 3,
+        retry_seconds=max(lease / 7.5, 0.2),
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.server.metrics import AdmissionMetrics
+    from webhook.server.serve import serve
+
+    metrics = AdmissionMetrics()
+    runtime = _runtime(args, settings, metrics.registry)
+    runtime.start()
+    try:
+        return serve(
+            trust=cluster_trust(args),
+            claims=runtime.caches,
+            ready=lambda: runtime.ready,
+            metrics=metrics,
+            settings=settings,
+            host=args.host,
+            port=args.port,
+            cert_dir=args.cert_dir,
+            dns_names=serving_dns_names(
+                args.dns_name, service=args.service_name, namespace=args.service_namespace
+            ),
+            cert_check_interval_seconds=args.cert_check_interval,
+        )
+    finally:
+        runtime.stop()
+
+
+def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    runtime = _runtime(args, settings, registry)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server, _thread = start_http_server(args.metrics_port, args.metrics_host, registry=registry)
+    runtime.start()
+    try:
+        stop.wait()
+    finally:
+        runtime.stop()
+        server.shutdown()
+    return EXIT_OK
+
+
+def audit(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.kube.errors import ApiError
+    from webhook.reconciler.audit import audit as find
+    from webhook.reconciler.audit import render_json, render_text
+    from webhook.reconciler.caches import list_cluster
+
+    try:
+        snapshot, policies, templates = list_cluster(_rest(args.kubeconfig))
+    except ApiError as exc:
+        print(f"error: cannot list the cluster: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    findings = [
+        finding
+        for finding in find(
+            snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
+        )
+        if args.namespace is None or finding.namespace == args.namespace
+    ]
+    sys.stdout.write(render_json(findings) if args.output == "json" else render_text(findings))
+    return EXIT_FINDINGS if findings else EXIT_OK

@@ -1,0 +1,174 @@
+"""``serve``: the HTTPS admission server, and the in-cluster parts it may run beside it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from webhook.api.settings import Settings
+from webhook.cli.options import add_kubeconfig_option, add_policy_options, api_client
+
+if TYPE_CHECKING:
+    from webhook.cli.options import Commands
+    from webhook.kube.cabundle import ClusterTrust
+    from webhook.kube.claimcache import ClaimCache
+
+DEFAULT_PORT = 9443
+DEFAULT_CERT_DIR = Path("certs")
+SERVICE_NAME = "agentcube-netpol-webhook"
+SERVICE_NAMESPACE = "agentcube-netpol-system"
+WEBHOOK_CONFIGURATION = "agentcube-netpol"
+CERT_CHECK_INTERVAL_S = 10.0
+
+
+def register(commands: Commands) -> None:
+    parser = commands.add_parser("serve", help="run the HTTPS admission server")
+    parser.set_defaults(run=run)
+    add_server_options(parser)
+    add_cluster_options(parser)
+    add_policy_options(parser)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the HTTPS server listens (``serve`` and ``run``)."""
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=DEFAULT_CERT_DIR,
+        help="tls.crt/tls.key (generated with a CA when absent) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dns-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name for a generated serving certificate (repeatable)",
+    )
+    parser.add_argument(
+        "--service-name",
+        default=SERVICE_NAME,
+        help="in-cluster Service name for a generated certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--service-namespace",
+        default=SERVICE_NAMESPACE,
+        help="in-cluster Service namespace for a generated certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cert-check-interval",
+        type=float,
+        default=CERT_CHECK_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often to look for a renewed or replaced certificate (default: %(default)s)",
+    )
+
+
+def add_cluster_options(
+    parser: argparse.ArgumentParser,
+    *,
+    watch_claims: bool = True,
+    kubeconfig_purpose: str = "--ca-secret and --watch-claims",
+) -> None:
+    cluster = parser.add_argument_group(
+        "in-cluster trust (without cert-manager)",
+        "keep one CA in a Secret shared by every replica and write it into the webhooks' "
+        "caBundle, at start and every few minutes",
+    )
+    cluster.add_argument(
+        "--ca-secret",
+        type=_secret_ref,
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="the Secret that holds the shared CA (created when absent)",
+    )
+    cluster.add_argument(
+        "--webhook-configuration",
+        default=WEBHOOK_CONFIGURATION,
+        metavar="NAME",
+        help="name of the Validating- and MutatingWebhookConfiguration (default: %(default)s)",
+    )
+    add_kubeconfig_option(cluster, purpose=kubeconfig_purpose)
+    if not watch_claims:
+        return
+    cluster.add_argument(
+        "--watch-claims",
+        action="store_true",
+        help="keep SandboxClaims in memory (list + watch) so claimed warm-pool pods get "
+        "their sandbox labels; /readyz waits for the first list",
+    )
+
+
+def _secret_ref(text: str) -> tuple[str, str]:
+    from webhook.kube.cabundle import parse_secret_ref
+
+    try:
+        return parse_secret_ref(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.server.serve import serve  # uvicorn and starlette only when serving
+
+    trust = cluster_trust(args)
+    claims = claim_cache(args) if args.watch_claims else None
+    return serve(
+        trust=trust,
+        claims=claims,
+        ready=None if claims is None else (lambda: claims.synced),
+        settings=settings,
+        host=args.host,
+        port=args.port,
+        cert_dir=args.cert_dir,
+        dns_names=serving_dns_names(
+            args.dns_name, service=args.service_name, namespace=args.service_namespace
+        ),
+        cert_check_interval_seconds=args.cert_check_interval,
+    )
+
+
+def serving_dns_names(extra: list[str], *, service: str, namespace: str) -> list[str]:
+    """The names a generated serving certificate covers: ``extra`` and the Service's."""
+    return [
+        *extra,
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+
+
+def cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
+    """The shared-CA keeper for ``--ca-secret``; None without it."""
+    if args.ca_secret is None:
+        return None
+    from webhook.kube.cabundle import ClusterTrust, WebhookConfigurations
+
+    namespace, name = args.ca_secret
+    return ClusterTrust(
+        api_client(args),
+        namespace=namespace,
+        secret_name=name,
+        cert_dir=args.cert_dir,
+        configurations=WebhookConfigurations(
+            validating=args.webhook_configuration, mutating=args.webhook_configuration
+        ),
+    )
+
+
+def claim_cache(args: argparse.Namespace) -> ClaimCache:
+    """SandboxClaims listed and watched into memory, started."""
+    from kubernetes.client import CustomObjectsApi
+
+    from webhook.kube.claimcache import ClaimCache
+
+    claims = ClaimCache(CustomObjectsApi(api_client(args)))
+    claims.start()
+    return claims

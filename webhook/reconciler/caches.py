@@ -1,0 +1,232 @@
+"""The reconciler's watch caches: one informer per kind, holding only what decisions read.
+
+Memory has to stay flat with tens of thousands of sandboxes, so each object is
+cut down (``slim``) to the fields ``plan`` and the pod mutation read before it is
+stored. Pods are watched through label selectors only: those carrying a
+sandbox-name label (direct path, labelled claimed pods) and those carrying a
+claim-uid label (claimed warm-pool pods); never every pod of the cluster.
+NetworkPolicies are watched by our managed-by label.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from webhook.api import kinds
+from webhook.api.kinds import Kind
+from webhook.kube.informer import Informer
+from webhook.kube.rest import Rest
+from webhook.reconciler.sandboxes import INDEXES, labels_of, uid_of
+from webhook.reconciler.snapshot import Snapshot
+
+Handler = Callable[[Kind, Mapping[str, Any] | None, Mapping[str, Any] | None], None]
+
+POD_SELECTORS = (kinds.LABEL_SANDBOX_NAME, kinds.LABEL_CLAIM_UID)
+MANAGED_SELECTOR = f"{kinds.MANAGED_BY_LABEL}={kinds.MANAGED_BY_VALUE}"
+
+_intern = sys.intern
+
+
+def _slim_metadata(obj: Mapping[str, Any], *, annotations: Iterable[str] = ()) -> dict[str, Any]:
+    metadata = obj.get("metadata") or {}
+    slim: dict[str, Any] = {
+        "name": metadata.get("name", ""),
+        "namespace": _intern(str(metadata.get("namespace", ""))),
+        "uid": metadata.get("uid", ""),
+        "resourceVersion": metadata.get("resourceVersion", ""),
+    }
+    labels = metadata.get("labels")
+    if isinstance(labels, Mapping) and labels:
+        slim["labels"] = {_intern(str(k)): v for k, v in labels.items()}
+    kept = {
+        key: value
+        for key, value in (metadata.get("annotations") or {}).items()
+        if key in annotations
+    }
+    if kept:
+        slim["annotations"] = kept
+    owners = metadata.get("ownerReferences")
+    if isinstance(owners, list) and owners:
+        slim["ownerReferences"] = owners  # small, and compared whole with the desired ones
+    if metadata.get("deletionTimestamp"):
+        slim["deletionTimestamp"] = metadata["deletionTimestamp"]
+    return slim
+
+
+def _pick(obj: Mapping[str, Any], *paths: tuple[str, ...]) -> dict[str, Any]:
+    """A nested dict with only ``paths`` of ``obj`` (absent ones left out)."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        value = kinds.get_path(obj, path)
+        if value is None:
+            continue
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+def slim_agent_runtime(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": _slim_metadata(obj),
+        **_pick(obj, kinds.TEMPLATE_POLICY_PATH[kinds.AGENT_RUNTIME.kind]),
+    }
+
+
+def slim_code_interpreter(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": _slim_metadata(obj),
+        **_pick(
+            obj, kinds.TEMPLATE_POLICY_PATH[kinds.CODE_INTERPRETER.kind], ("spec", "warmPoolSize")
+        ),
+    }
+
+
+def slim_sandbox(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_NETWORK_POLICY,))}
+
+
+def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_NETWORK_POLICY,)),
+        **_pick(obj, ("spec", "sandboxTemplateRef", "name"), ("status", "sandbox", "name")),
+    }
+
+
+def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": _slim_metadata(obj),
+        **_pick(obj, ("spec", "schedulingGates"), ("spec", "nodeName"), ("status", "phase")),
+    }
+
+
+def slim_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {"metadata": _slim_metadata(obj), **_pick(obj, ("spec",))}
+
+
+SLIM: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    kinds.AGENT_RUNTIME: slim_agent_runtime,
+    kinds.CODE_INTERPRETER: slim_code_interpreter,
+    kinds.SANDBOX: slim_sandbox,
+    kinds.SANDBOX_CLAIM: slim_claim,
+    kinds.POD: slim_pod,
+    kinds.NETWORK_POLICY: slim_network_policy,
+}
+
+
+class Caches:
+    """The informers, read as one ``View``; handlers hear every change of every kind."""
+
+    def __init__(self, rest: Rest) -> None:
+        self.informers: dict[Kind, list[Informer]] = {}
+        for kind, slim in SLIM.items():
+            if kind == kinds.POD:
+                selectors: tuple[str, ...] = POD_SELECTORS
+            elif kind == kinds.NETWORK_POLICY:
+                selectors = (MANAGED_SELECTOR,)
+            else:
+                selectors = ("",)
+            self.informers[kind] = [
+                Informer(rest, kind, slim=slim, label_selector=s, name=f"{kind.plural}{i or ''}")
+                for i, s in enumerate(selectors)
+            ]
+            for informer in self.informers[kind]:
+                for index, keys in INDEXES.get(kind, {}).items():
+                    informer.add_index(index, keys)
+
+    def add_handler(self, handler: Handler) -> None:
+        for kind, informers in self.informers.items():
+            for informer in informers:
+                informer.add_handler(
+                    lambda old, new, kind=kind: handler(kind, old, new)  # type: ignore[misc]
+                )
+
+    def start(self) -> None:
+        for informer in self._all():
+            informer.start()
+
+    def stop(self) -> None:
+        for informer in self._all():
+            informer.stop()
+
+    @property
+    def synced(self) -> bool:
+        return all(informer.synced for informer in self._all())
+
+    def not_synced(self) -> list[str]:
+        return [informer.name for informer in self._all() if not informer.synced]
+
+    def wait_synced(self, timeout_seconds: float) -> bool:
+        return all(informer.wait_synced(timeout_seconds) for informer in self._all())
+
+    def _all(self) -> list[Informer]:
+        return [informer for informers in self.informers.values() for informer in informers]
+
+    # View
+    def get(self, kind: Kind, namespace: str, name: str) -> Mapping[str, Any] | None:
+        for informer in self.informers.get(kind, ()):
+            found = informer.get(namespace, name)
+            if found is not None:
+                return found
+        return None
+
+    def by_index(self, kind: Kind, index: str, value: str) -> list[Mapping[str, Any]]:
+        informers = self.informers.get(kind, ())
+        if len(informers) == 1:
+            return list(informers[0].by_index(index, value))
+        found: dict[str, Mapping[str, Any]] = {}
+        for informer in informers:
+            for obj in informer.by_index(index, value):
+                found.setdefault(uid_of(obj), obj)
+        return list(found.values())
+
+    def items(self, kind: Kind) -> list[Mapping[str, Any]]:
+        found: dict[str, Mapping[str, Any]] = {}
+        for informer in self.informers.get(kind, ()):
+            for obj in informer.items():
+                found.setdefault(uid_of(obj), obj)
+        return list(found.values())
+
+    # ClaimLookup for the pod mutation: served from the claims informer.
+    def claim_by_uid(self, namespace: str, uid: str) -> Mapping[str, Any] | None:
+        from webhook.reconciler.sandboxes import BY_UID, ns_key
+
+        claims = self.by_index(kinds.SANDBOX_CLAIM, BY_UID, ns_key(namespace, uid))
+        return claims[0] if claims else None
+
+
+LIST_PAGE_SIZE = 500
+
+
+def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[str, Any]]:
+    """Every object of ``kind`` in the cluster, page by page (one consistent snapshot)."""
+    items: list[dict[str, Any]] = []
+    continue_: str | None = None
+    while True:
+        page = rest.list(
+            kind, label_selector=label_selector, limit=LIST_PAGE_SIZE, continue_=continue_
+        )
+        items += page.get("items") or []
+        continue_ = (page.get("metadata") or {}).get("continue") or None
+        if not continue_:
+            return items
+
+
+def list_cluster(rest: Rest) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
+    """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate."""
+    snapshot = Snapshot()
+    for kind, slim in SLIM.items():
+        if kind == kinds.NETWORK_POLICY:
+            continue
+        selectors = POD_SELECTORS if kind == kinds.POD else ("",)
+        for selector in selectors:
+            for obj in list_all(rest, kind, label_selector=selector):
+                snapshot.add(kind, slim(obj))
+    network_policies = list_all(rest, kinds.NETWORK_POLICY)
+    for policy in network_policies:
+        if labels_of(policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE:
+            snapshot.add(kinds.NETWORK_POLICY, slim_network_policy(policy))
+    return snapshot, network_policies, list_all(rest, kinds.SANDBOX_TEMPLATE)

@@ -1,0 +1,315 @@
+"""The reconciler's I/O: caches in, ``plan`` in the middle, writes and Events out.
+
+Every replica keeps the caches (the pod mutation reads claims from them) and
+queues the NetworkPolicies each change bears on; only the replica holding the
+Lease runs workers, and a worker checks that it still leads before each write.
+A key is never reconciled by two workers at once (the work queue's promise);
+a failed reconcile is retried with per-key exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from webhook.api import kinds
+from webhook.api.kinds import Kind
+from webhook.api.settings import Settings
+from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound
+from webhook.kube.rest import PatchType, Rest
+from webhook.kube.workqueue import WorkQueue
+from webhook.reconciler.caches import Caches
+from webhook.reconciler.metrics import ReconcilerMetrics
+from webhook.reconciler.plan import (
+    BASELINE_PREFIX,
+    Plan,
+    PodPatch,
+    Report,
+    Request,
+    all_requests,
+    is_managed,
+    plan,
+    requests_for,
+)
+from webhook.reconciler.sandboxes import name_of, namespace_of, uid_of
+
+logger = logging.getLogger(__name__)
+
+WORKERS = 4
+RESYNC_SECONDS = 600.0  # a full pass now and then, as controller-runtime's SyncPeriod
+REPORTED_EVENTS_KEPT = 4096  # (object uid, reason, message) seen lately: no Event twice
+COMPONENT = "agentcube-netpol"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        rest: Rest,
+        caches: Caches,
+        settings: Settings,
+        metrics: ReconcilerMetrics,
+        workers: int = WORKERS,
+        identity: str = "",
+    ) -> None:
+        self._rest = rest
+        self._caches = caches
+        self._settings = settings
+        self._metrics = metrics
+        self._workers = workers
+        self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
+        self.queue: WorkQueue[Request] = WorkQueue()
+        self._leading = threading.Event()
+        # Set by the runtime to the elector's own check (renewed within the renew deadline),
+        # so a worker stops writing the moment the lease may have passed to another replica.
+        self.lease_held: Callable[[], bool] = lambda: True
+        self._threads: list[threading.Thread] = []
+        self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._reported_lock = threading.Lock()
+        metrics.track_queue(lambda: len(self.queue))
+        caches.add_handler(self._on_change)
+
+    # --- what a change bears on -------------------------------------------------------------
+
+    def _on_change(
+        self, kind: Kind, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
+    ) -> None:
+        for request in requests_for(kind, old, self._caches) | requests_for(
+            kind, new, self._caches
+        ):
+            self.queue.add(request)
+
+    # --- leading ----------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self._leading.is_set() and self.lease_held()
+
+    def start_leading(self) -> None:
+        """Called when the Lease is ours: a full pass, then workers until we lose it."""
+        logger.info("%s leads: reconciling", self.identity)
+        self._leading.set()
+        self._metrics.leader.set(1)
+        for request in all_requests(self._caches):
+            self.queue.add(request)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        self._threads.append(threading.Thread(target=self._resync, name="resync", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop_leading(self) -> None:
+        if self._leading.is_set():
+            logger.info("%s no longer leads: writes stop", self.identity)
+        self._leading.clear()
+        self._metrics.leader.set(0)
+
+    def shutdown(self) -> None:
+        self.stop_leading()
+        self.queue.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _resync(self) -> None:
+        while self.leading and not self.queue.shutting_down:
+            time.sleep(1.0)
+            deadline = time.monotonic() + RESYNC_SECONDS
+            while self.leading and time.monotonic() < deadline and not self.queue.shutting_down:
+                time.sleep(1.0)
+            if self.leading and not self.queue.shutting_down:
+                for request in all_requests(self._caches):
+                    self.queue.add(request)
+
+    def _work(self) -> None:
+        while self.leading:
+            request = self.queue.get(timeout=0.5)
+            if request is None:
+                if self.queue.shutting_down:
+                    return
+                continue
+            started = time.perf_counter()
+            try:
+                done = self.reconcile(request)
+            except ApiError as exc:
+                self._metrics.api_errors.labels(str(exc.status)).inc()
+                logger.warning("reconcile %s/%s: %s; retrying", *request, exc)
+                self._metrics.reconciles.labels("error").inc()
+                self.queue.add_rate_limited(request)
+            except Exception:
+                logger.exception("reconcile %s/%s failed; retrying", *request)
+                self._metrics.reconciles.labels("error").inc()
+                self.queue.add_rate_limited(request)
+            else:
+                if done:
+                    self._metrics.reconciles.labels("success").inc()
+                    self.queue.forget(request)
+                else:
+                    self._metrics.reconciles.labels("requeue").inc()
+                    self.queue.add_rate_limited(request)
+            finally:
+                self._metrics.duration.observe(time.perf_counter() - started)
+                self.queue.done(request)
+
+    # --- one reconcile ----------------------------------------------------------------------
+
+    def reconcile(self, request: Request) -> bool:
+        """Bring one NetworkPolicy (and its sandbox's pods) to the desired state.
+
+        True when done; False to retry after backoff (the cache was behind the API
+        server: a create found it existing, an update found a newer version).
+        """
+        the_plan = plan(request, self._caches, self._settings)
+        for report in the_plan.reports:
+            self._record(report)
+        if not self.leading:
+            return True  # the new leader does it
+        try:
+            written = self._write(the_plan)
+        except (AlreadyExists, Conflict) as exc:
+            logger.info("reconcile %s/%s: %s; cache behind, retrying", *request, exc.reason)
+            return False
+        if the_plan.write == "blocked":
+            return True
+        for patch in the_plan.label_pods:
+            self._patch_pod(patch, written)
+        for patch in the_plan.ungate_pods:
+            self._patch_pod(patch, written)
+        return True
+
+    def _write(self, the_plan: Plan) -> Mapping[str, Any] | None:
+        request = the_plan.request
+        what = "baseline" if request.name.startswith(BASELINE_PREFIX) else "NetworkPolicy"
+        if the_plan.write == "create":
+            assert the_plan.desired is not None
+            created = self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
+            self._metrics.writes.labels("create").inc()
+            logger.info("created %s %s/%s", what, *request)
+            self._report_write(the_plan, "NetworkPolicyCreated", f"created {what} {request.name}")
+            return created
+        if the_plan.write == "update":
+            updated = self._rest.patch(
+                kinds.NETWORK_POLICY,
+                request.namespace,
+                request.name,
+                the_plan.merge_patch,
+                patch_type="merge",
+            )
+            self._metrics.writes.labels("update").inc()
+            logger.info("updated %s %s/%s to the desired state", what, *request)
+            self._report_write(
+                the_plan,
+                "NetworkPolicyUpdated",
+                f"{what} {request.name} brought back to the sandbox's policy "
+                "(it was edited, or the policy changed)",
+            )
+            return updated
+        if the_plan.write == "delete":
+            assert the_plan.current is not None and is_managed(the_plan.current)
+            try:
+                self._rest.delete(
+                    kinds.NETWORK_POLICY,
+                    request.namespace,
+                    request.name,
+                    uid=uid_of(the_plan.current),
+                )
+            except NotFound:
+                return None
+            self._metrics.writes.labels("delete").inc()
+            logger.info("deleted %s %s/%s: no longer needed", what, *request)
+            self._report_write(the_plan, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
+            return None
+        return the_plan.current
+
+    def _patch_pod(self, patch: PodPatch, _written: Mapping[str, Any] | None) -> None:
+        patch_type: PatchType
+        if patch.gates is not None:
+            body: Any = [
+                {"op": "test", "path": "/metadata/uid", "value": patch.uid},
+                {"op": "replace", "path": "/spec/schedulingGates", "value": list(patch.gates)},
+            ]
+            patch_type = "json"
+            write = "ungate"
+        else:
+            body = {"metadata": {"labels": dict(patch.labels)}}
+            patch_type = "merge"
+            write = "label"
+        try:
+            self._rest.patch(kinds.POD, patch.namespace, patch.name, body, patch_type=patch_type)
+        except NotFound:
+            return
+        except ApiError as exc:
+            if exc.status == 422 and patch.gates is not None:  # the pod was replaced (uid test)
+                return
+            raise
+        self._metrics.writes.labels(write).inc()
+        logger.info(
+            "%s pod %s/%s",
+            "ungated" if write == "ungate" else "labelled",
+            patch.namespace,
+            patch.name,
+        )
+
+    # --- Events -----------------------------------------------------------------------------
+
+    def _report_write(self, the_plan: Plan, reason: str, message: str) -> None:
+        if the_plan.regarding is not None:
+            self._record(Report(the_plan.regarding, reason, message), once=False)
+
+    def _record(self, report: Report, *, once: bool = True) -> None:
+        if not self.leading:
+            return
+        key = (uid_of(report.regarding), report.reason, report.message)
+        if once:
+            with self._reported_lock:
+                if key in self._reported:
+                    return
+                self._reported[key] = None
+                while len(self._reported) > REPORTED_EVENTS_KEPT:
+                    self._reported.popitem(last=False)
+        try:
+            self._rest.create(
+                kinds.EVENT, namespace_of(report.regarding), event_body(report, self.identity)
+            )
+            self._metrics.writes.labels("event").inc()
+        except ApiError as exc:  # an Event is best effort; the log line stays
+            logger.warning("could not record Event %s: %s", report.reason, exc)
+        log = logger.warning if report.warning else logger.info
+        log("%s %s/%s: %s: %s", report.regarding.get("kind"), namespace_of(report.regarding),
+            name_of(report.regarding), report.reason, report.message)  # fmt: skip
+
+
+def event_body(report: Report, instance: str, *, now: datetime | None = None) -> dict[str, Any]:
+    """An events.k8s.io/v1 Event about ``report.regarding`` (``kubectl describe`` shows it)."""
+    regarding = report.regarding
+    at = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {
+        "apiVersion": kinds.EVENT.api_version,
+        "kind": kinds.EVENT.kind,
+        "metadata": {
+            # As client-go names Events: the object's name and the time in hex nanoseconds.
+            "name": f"{name_of(regarding)[:200]}.{time.time_ns():x}",
+            "namespace": namespace_of(regarding),
+        },
+        "regarding": {
+            "apiVersion": regarding.get("apiVersion"),
+            "kind": regarding.get("kind"),
+            "name": name_of(regarding),
+            "namespace": namespace_of(regarding),
+            "uid": uid_of(regarding),
+        },
+        "reason": report.reason,
+        "note": report.message[:1024],
+        "type": "Warning" if report.warning else "Normal",
+        "action": "Reconcile",
+        "eventTime": at,
+        "reportingController": f"netpol.agentcube.io/{COMPONENT}",
+        "reportingInstance": instance[:128],
+    }

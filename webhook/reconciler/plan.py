@@ -1,0 +1,380 @@
+"""What one reconcile should do: a pure function from the caches to a ``Plan``.
+
+A request names one NetworkPolicy we manage: a sandbox's (named after the
+sandbox) or a warm pool's baseline (``netpol-baseline.<CodeInterpreter>``). The
+plan says which write brings that NetworkPolicy to the desired state (create,
+update, delete or nothing), which of the sandbox's pods then need their
+``runtime.agentcube.io/sandbox-name`` label or their scheduling gate lifted, and
+what to report. The controller carries it out; nothing here does I/O.
+
+How isolation never has a gap (DESIGN.md section 6, README "The invariant"):
+- direct path: the pod webhook adds the ``netpol.agentcube.io/network-policy``
+  scheduling gate to every pod created with a sandbox-name label; a gated pod is
+  never scheduled, so it runs nothing, and the plan lifts the gate only once the
+  sandbox's NetworkPolicy is written (or its mode is None);
+- warm path: a CodeInterpreter with a warm pool gets a baseline NetworkPolicy that
+  selects its warm-pool pods by ``agents.x-k8s.io/sandbox-template-ref-hash`` from
+  the moment they exist and lets in only AgentCube's router and workload manager,
+  nothing out. A claimed pod keeps that label, so between the claim and its own
+  NetworkPolicy it is held by the baseline; since policies add up and the
+  baseline allows a subset of every sandbox policy, it never loosens one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from webhook.api import kinds
+from webhook.api.settings import Settings
+from webhook.policy.builder import (
+    FAIL_CLOSED_POLICY,
+    PolicyShapeError,
+    build_network_policy,
+    control_plane_rule,
+    effective_mode,
+    effective_policy,
+    owner_reference,
+    template_policy,
+)
+from webhook.policy.validation import MODE_NONE
+from webhook.reconciler.agentsandbox import name_hash
+from webhook.reconciler.sandboxes import (
+    SandboxRef,
+    View,
+    find_sandbox,
+    is_direct_sandbox,
+    labels_of,
+    name_of,
+    namespace_of,
+    pods_of,
+    sandbox_names_for,
+    uid_of,
+)
+
+SCHEDULING_GATE = kinds.SCHEDULING_GATE
+BASELINE_PREFIX = "netpol-baseline."
+LABEL_ROLE = "netpol.agentcube.io/role"
+ROLE_BASELINE = "baseline"
+ROLE_SANDBOX = "sandbox"
+LABEL_TEMPLATE_REF_HASH = "agents.x-k8s.io/sandbox-template-ref-hash"
+
+Write = Literal["create", "update", "delete", "none", "blocked"]
+
+
+class Request(NamedTuple):
+    """One NetworkPolicy we manage, by namespace and name."""
+
+    namespace: str
+    name: str
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name.startswith(BASELINE_PREFIX)
+
+
+def baseline_request(namespace: str, code_interpreter: str) -> Request:
+    return Request(namespace, BASELINE_PREFIX + code_interpreter)
+
+
+@dataclass(frozen=True)
+class PodPatch:
+    """Labels to set on a pod, or scheduling gates to leave it with."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    gates: tuple[Mapping[str, Any], ...] | None = None  # None: gates untouched
+
+
+@dataclass(frozen=True)
+class Report:
+    """An Event to record on ``regarding`` (an object with apiVersion, kind, metadata)."""
+
+    regarding: Mapping[str, Any]
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: Request
+    write: Write
+    desired: Mapping[str, Any] | None  # the NetworkPolicy to create or to update to
+    current: Mapping[str, Any] | None  # the NetworkPolicy as cached
+    # After a successful write: pods to label (warm path) and to ungate (direct path).
+    label_pods: tuple[PodPatch, ...] = ()
+    ungate_pods: tuple[PodPatch, ...] = ()
+    reports: tuple[Report, ...] = ()
+    regarding: Mapping[str, Any] | None = None  # where write Events go
+
+    @property
+    def merge_patch(self) -> dict[str, Any]:
+        """The JSON merge patch of an update: our labels, owner and spec, at the cached version."""
+        assert self.desired is not None and self.current is not None
+        spec = dict(self.desired["spec"])
+        for key in self.current.get("spec") or {}:
+            spec.setdefault(key, None)  # fields we no longer want are removed
+        metadata = self.desired["metadata"]
+        return {
+            "metadata": {
+                "resourceVersion": (self.current.get("metadata") or {}).get("resourceVersion"),
+                "labels": dict(metadata.get("labels") or {}),
+                "ownerReferences": list(metadata.get("ownerReferences") or []),
+            },
+            "spec": spec,
+        }
+
+
+def is_managed(network_policy: Mapping[str, Any]) -> bool:
+    return labels_of(network_policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE
+
+
+def in_sync(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """True when ``current`` already is ``desired``: spec, our labels and the owner.
+
+    Labels others added are theirs to keep; a label of ours edited or removed
+    is drift, like an edited rule.
+    """
+    current_labels = labels_of(current)
+    ours = (desired.get("metadata") or {}).get("labels") or {}
+    return (
+        current.get("spec") == desired.get("spec")
+        and all(current_labels.get(k) == v for k, v in ours.items())
+        and (current.get("metadata") or {}).get("ownerReferences")
+        == (desired.get("metadata") or {}).get("ownerReferences")
+    )
+
+
+def choose_write(desired: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> Write:
+    if current is not None and not is_managed(current):
+        # Someone else's NetworkPolicy has the name: never take it over or delete it.
+        return "blocked"
+    if desired is None:
+        return "delete" if current is not None else "none"
+    if current is None:
+        return "create"
+    return "none" if in_sync(desired, current) else "update"
+
+
+def with_kind(obj: Mapping[str, Any], kind: kinds.Kind) -> dict[str, Any]:
+    """``obj`` with apiVersion and kind set (cached objects may lack them)."""
+    return {**obj, "apiVersion": kind.api_version, "kind": kind.kind}
+
+
+def plan(request: Request, view: View, settings: Settings) -> Plan:
+    if request.is_baseline:
+        return plan_baseline(request, view, settings)
+    return plan_sandbox(request, view, settings)
+
+
+def sandbox_policy(
+    ref: SandboxRef, view: View, settings: Settings
+) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The sandbox's effective networkPolicy, and why it fails closed if it does."""
+    template = _template(ref, view)
+    if template is None and ref.override is None:
+        return FAIL_CLOSED_POLICY, (
+            f"template {ref.template_name!r} not found in namespace {ref.namespace}; "
+            "isolating as Restricted"
+        )
+    value = template_policy(template) if template is not None else None
+    return effective_policy(value, ref.override, limits=settings.limits)
+
+
+def _template(ref: SandboxRef, view: View) -> Mapping[str, Any] | None:
+    """The AgentRuntime or CodeInterpreter the sandbox was made from.
+
+    Warm path: always a CodeInterpreter (only they have warm pools). Direct path:
+    the template whose name is the Sandbox's workload-name; AgentCube names both
+    kinds from one namespace of names, so when both exist the Sandbox's own
+    ownerReference decides, and without one the sandbox fails closed.
+    """
+    if ref.template_name is None:
+        return None
+    found = {}
+    for kind in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER):
+        if ref.path == "warm" and kind != kinds.CODE_INTERPRETER:
+            continue
+        obj = view.get(kind, ref.namespace, ref.template_name)
+        if obj is not None:
+            found[kind.kind] = with_kind(obj, kind)
+    if len(found) == 1:
+        return next(iter(found.values()))
+    for owner in (ref.owner.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(owner, Mapping) and owner.get("kind") in found:
+            return found[str(owner["kind"])]
+    return None  # none, or ambiguous: fail closed
+
+
+def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
+    current = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
+    ref = find_sandbox(view, request.namespace, request.name)
+    if ref is None:
+        # No sandbox by that name: an orphan of ours is deleted (the garbage collector
+        # does this too, once the owner is gone; this covers a policy that lost it).
+        desired = None
+        return Plan(request, choose_write(None, current), None, current)
+
+    regarding = with_kind(ref.owner, ref.owner_kind)
+    policy, reason = sandbox_policy(ref, view, settings)
+    reports: list[Report] = []
+    if reason is not None:
+        reports.append(Report(regarding, "FailedClosed", reason, warning=True))
+    try:
+        desired = build_network_policy(
+            policy,
+            sandbox=ref.name,
+            namespace=ref.namespace,
+            settings=settings,
+            owner=regarding,
+        )
+    except PolicyShapeError as exc:  # validated already; kept for a policy stored broken
+        reports.append(Report(regarding, "FailedClosed", str(exc), warning=True))
+        desired = build_network_policy(
+            FAIL_CLOSED_POLICY,
+            sandbox=ref.name,
+            namespace=ref.namespace,
+            settings=settings,
+            owner=regarding,
+        )
+    if desired is not None:
+        desired["metadata"]["labels"][LABEL_ROLE] = ROLE_SANDBOX
+    write = choose_write(desired, current)
+    if write == "blocked":
+        reports.append(
+            Report(
+                regarding,
+                "PolicyNameTaken",
+                f"NetworkPolicy {request.name} exists and is not managed by agentcube-netpol; "
+                "the sandbox's pods stay gated until it is renamed or removed",
+                warning=True,
+            )
+        )
+    return Plan(
+        request,
+        write,
+        desired,
+        current,
+        label_pods=tuple(_label_patches(ref, view)),
+        ungate_pods=() if write == "blocked" else tuple(_ungate_patches(ref, view)),
+        reports=tuple(reports),
+        regarding=regarding,
+    )
+
+
+def _label_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
+    """Warm path: claimed pods still missing their sandbox-name (the webhook was down)."""
+    if ref.path != "warm":
+        return []
+    wanted = {kinds.LABEL_SANDBOX_NAME: ref.name}
+    session = labels_of(ref.owner).get(kinds.LABEL_SESSION_ID)
+    if isinstance(session, str) and session:
+        wanted[kinds.LABEL_SESSION_ID] = session
+    patches = []
+    for pod in pods_of(ref, view):
+        labels = labels_of(pod)
+        missing = {k: v for k, v in wanted.items() if k not in labels}
+        if missing:
+            patches.append(
+                PodPatch(pod["metadata"]["namespace"], name_of(pod), uid_of(pod), labels=missing)
+            )
+    return patches
+
+
+def _ungate_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
+    patches = []
+    for pod in pods_of(ref, view):
+        gates = kinds.get_path(pod, ("spec", "schedulingGates"))
+        if not isinstance(gates, list):
+            continue
+        if any(isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE for g in gates):
+            remaining = tuple(
+                g
+                for g in gates
+                if not (isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE)
+            )
+            patches.append(
+                PodPatch(pod["metadata"]["namespace"], name_of(pod), uid_of(pod), gates=remaining)
+            )
+    return patches
+
+
+def warm_pool_size(code_interpreter: Mapping[str, Any]) -> int:
+    size = kinds.get_path(code_interpreter, ("spec", "warmPoolSize"))
+    return size if isinstance(size, int) and not isinstance(size, bool) else 0
+
+
+def template_mode(template: Mapping[str, Any], settings: Settings) -> str:
+    policy, _reason = effective_policy(template_policy(template), None, limits=settings.limits)
+    try:
+        return effective_mode(policy)
+    except PolicyShapeError:
+        return "Restricted"
+
+
+def build_baseline(code_interpreter: Mapping[str, Any], *, settings: Settings) -> dict[str, Any]:
+    """The warm pool's baseline: its pods let in the AgentCube control plane, nothing else."""
+    name = name_of(code_interpreter)
+    namespace = str((code_interpreter.get("metadata") or {}).get("namespace", ""))
+    return {
+        "apiVersion": kinds.NETWORK_POLICY.api_version,
+        "kind": kinds.NETWORK_POLICY.kind,
+        "metadata": {
+            "name": BASELINE_PREFIX + name,
+            "namespace": namespace,
+            "labels": {kinds.MANAGED_BY_LABEL: kinds.MANAGED_BY_VALUE, LABEL_ROLE: ROLE_BASELINE},
+            "ownerReferences": [owner_reference(code_interpreter)],
+        },
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_TEMPLATE_REF_HASH: name_hash(name)}},
+            "ingress": [control_plane_rule(settings)],
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+
+
+def plan_baseline(request: Request, view: View, settings: Settings) -> Plan:
+    current = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
+    name = request.name.removeprefix(BASELINE_PREFIX)
+    found = view.get(kinds.CODE_INTERPRETER, request.namespace, name)
+    if found is None:
+        return Plan(request, choose_write(None, current), None, current)
+    interpreter = with_kind(found, kinds.CODE_INTERPRETER)
+    isolated = warm_pool_size(interpreter) > 0 and template_mode(interpreter, settings) != MODE_NONE
+    desired = build_baseline(interpreter, settings=settings) if isolated else None
+    return Plan(request, choose_write(desired, current), desired, current, regarding=interpreter)
+
+
+# --- which requests a change bears on -----------------------------------------------------------
+
+
+def requests_for(kind: kinds.Kind, obj: Mapping[str, Any] | None, view: View) -> set[Request]:
+    """The managed NetworkPolicies whose desired state may depend on ``obj``."""
+    if obj is None:
+        return set()
+    namespace = namespace_of(obj)
+    if kind == kinds.NETWORK_POLICY:
+        return {Request(namespace, name_of(obj))}
+    requests = {Request(namespace, n) for n in sandbox_names_for(kind, obj, view)}
+    if kind == kinds.CODE_INTERPRETER:
+        requests.add(baseline_request(namespace, name_of(obj)))
+    return requests
+
+
+def all_requests(view: View) -> set[Request]:
+    """Every NetworkPolicy that exists or should: for a full pass, or an audit."""
+    requests: set[Request] = set()
+    for obj in view.items(kinds.NETWORK_POLICY):
+        if is_managed(obj):
+            requests.add(Request(namespace_of(obj), name_of(obj)))
+    for obj in view.items(kinds.SANDBOX):
+        if is_direct_sandbox(obj):
+            requests.add(Request(namespace_of(obj), name_of(obj)))
+    for kind in (kinds.SANDBOX_CLAIM, kinds.POD, kinds.CODE_INTERPRETER):
+        for obj in view.items(kind):
+            requests |= requests_for(kind, obj, view)
+    return requests
