@@ -60,13 +60,6 @@ def test_good_template_is_allowed_with_warnings(adm_request: Request, settings: 
     assert any("0.0.0.0/0" in w for w in response["warnings"])
 
 
-def test_dry_run_gets_the_same_verdict(adm_request: Request, settings: Settings) -> None:
-    obj = template("CodeInterpreter", BAD)
-    real = validate(adm_request(obj, kind=kinds.CODE_INTERPRETER), settings=settings)
-    dry = validate(adm_request(obj, kind=kinds.CODE_INTERPRETER, dry_run=True), settings=settings)
-    assert dry == real
-
-
 def test_update_that_leaves_an_old_bad_policy_alone_is_allowed(
     adm_request: Request, settings: Settings
 ) -> None:
@@ -386,15 +379,29 @@ def test_pod_of_an_unknown_claim_or_no_claim_is_left_alone(
     )
 
 
-def test_mutation_of_a_dry_run_is_the_same(adm_request: Request, settings: Settings) -> None:
-    obj = claim()
-    real = mutate(adm_request(obj, kind=kinds.SANDBOX_CLAIM), settings=settings, claims=NoClaims())
-    dry = mutate(
-        adm_request(obj, kind=kinds.SANDBOX_CLAIM, dry_run=True),
-        settings=settings,
-        claims=NoClaims(),
+def test_a_claim_in_another_namespace_never_labels_the_pod(
+    adm_request: Request, settings: Settings
+) -> None:
+    """The pod in team-a carries the uid of a claim in team-b: it gets nothing of that claim."""
+    elsewhere = builders.sandbox_claim(
+        "demo-ab12cd34", "team-b", uid="c1a1m", labels={kinds.LABEL_SESSION_ID: "s-b"}
     )
-    assert real == dry and "patch" in real
+    pod = warm_pod()
+    assert pod["metadata"]["namespace"] == "team-a"
+    answer = mutate(
+        adm_request(pod, kind=kinds.POD, namespace="team-a"),
+        settings=settings,
+        claims=Claims(elsewhere),
+    )
+    assert "patch" not in answer
+    # The same claim in the pod's own namespace does label it.
+    own = builders.sandbox_claim("demo-ab12cd34", "team-a", uid="c1a1m")
+    answer = mutate(
+        adm_request(pod, kind=kinds.POD, namespace="team-a"),
+        settings=settings,
+        claims=Claims(elsewhere, own),
+    )
+    assert apply(pod, answer)["metadata"]["labels"][kinds.LABEL_SANDBOX_NAME] == "demo-ab12cd34"
 
 
 # --- the patch, against jsonpatch.make_patch ------------------------------------------
@@ -443,3 +450,135 @@ def test_patch_does_what_make_patch_would(obj: dict[str, Any], wanted: dict[str,
     assert jsonpatch.apply_patch(obj, jsonpatch.make_patch(obj, expected)) == expected
     assert all(op["op"] in ("add", "replace") for op in patch)
     assert (patch == []) == (obj == expected)
+
+
+# --- any JSON in, an answer out -------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)  # fmt: skip
+handled_kinds = st.sampled_from(
+    [kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER, kinds.SANDBOX, kinds.SANDBOX_CLAIM, kinds.POD]
+)
+label_maps = st.dictionaries(
+    st.sampled_from([kinds.LABEL_SANDBOX_NAME, kinds.LABEL_CLAIM_UID, kinds.LABEL_SESSION_ID]),
+    st.one_of(st.sampled_from(["c1a1m", "demo-1"]), json_values),
+)
+
+
+@st.composite
+def objectish(draw: st.DrawFn) -> Any:
+    """Objects of a handled kind with any value at the places the decisions read."""
+    metadata = draw(
+        st.one_of(
+            json_values,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "name": st.one_of(st.just("demo"), json_values),
+                    "namespace": st.one_of(st.just("team-a"), json_values),
+                    "labels": st.one_of(label_maps, json_values),
+                    "annotations": st.one_of(
+                        st.dictionaries(
+                            st.just(kinds.ANNOTATION_NETWORK_POLICY),
+                            st.one_of(st.just('{"mode": "Restricted"}'), json_values),
+                        ),
+                        json_values,
+                    ),
+                },
+            ),
+        )
+    )
+    policy = draw(json_values)
+    spec = draw(
+        st.one_of(
+            json_values,
+            st.just({"template": {"networkPolicy": policy}}),
+            st.just({"podTemplate": {"networkPolicy": policy}}),
+            st.just({"additionalPodMetadata": draw(json_values)}),
+        )
+    )
+    return draw(st.one_of(st.just({"metadata": metadata, "spec": spec}), json_values))
+
+
+@st.composite
+def requestish(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(handled_kinds)
+    request = builders.admission_request(
+        draw(objectish()),
+        kind=kind,
+        operation=draw(st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"])),
+        old=draw(objectish()),
+        user=draw(st.sampled_from([TENANT, AGENTCUBE_SA])),
+    )
+    for key in draw(st.lists(st.sampled_from(sorted(request)), max_size=2)):
+        request[key] = draw(json_values)
+    if draw(st.booleans()):
+        request["kind"] = {"group": kind.group, "version": kind.version, "kind": draw(json_values)}
+    if draw(st.booleans()):
+        request["userInfo"] = {"username": draw(json_values), "groups": draw(json_values)}
+    return request
+
+
+@settings(max_examples=500, deadline=None)
+@given(request=requestish())
+def test_no_request_makes_a_decision_raise(request: dict[str, Any]) -> None:
+    """A raise would be answered allowed: false, code 500: a denial, even where the webhook's
+    failurePolicy is Ignore. Every shape gets an answer: decided, or refused with code 400."""
+    claims = Claims(claim(labels={kinds.LABEL_SANDBOX_NAME: "demo-1"}))
+    for answer in (
+        validate(request, settings=Settings()),
+        mutate(request, settings=Settings(), claims=claims),
+    ):
+        assert isinstance(answer["allowed"], bool)
+        assert answer.get("status", {}).get("code") in (None, 400, 403, 422)
+        if answer.get("status", {}).get("code") == 400:
+            assert answer["status"]["message"].startswith("malformed AdmissionRequest: request.")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("kind", [], "request.kind must be an object or null, not array"),
+        ("operation", 1, "request.operation must be a string, not number"),
+        ("object", [], "request.object must be an object or null, not array"),
+        ("oldObject", "x", "request.oldObject must be an object or null, not string"),
+        ("userInfo", {"groups": "g"}, "request.userInfo.groups must be a list of strings"),
+        ("namespace", {}, "request.namespace must be a string, not object"),
+    ],
+)
+def test_a_request_of_the_wrong_shape_is_refused_naming_the_field(
+    adm_request: Request, settings: Settings, field: str, value: Any, message: str
+) -> None:
+    request = adm_request(template("CodeInterpreter", BAD), kind=kinds.CODE_INTERPRETER)
+    request[field] = value
+    for answer in (
+        validate(request, settings=settings),
+        mutate(request, settings=settings, claims=NoClaims()),
+    ):
+        assert answer["uid"] == request["uid"]
+        assert answer["allowed"] is False
+        assert answer["status"] == {
+            "code": 400,
+            "reason": "BadRequest",
+            "message": f"malformed AdmissionRequest: {message}",
+        }
+
+
+def test_null_metadata_is_read_as_absent(adm_request: Request, settings: Settings) -> None:
+    obj = template("CodeInterpreter", BAD)
+    obj["metadata"] = None
+    request = adm_request(obj, kind=kinds.CODE_INTERPRETER)
+    request["name"] = "from-the-request"
+    answer = validate(request, settings=settings)
+    assert answer["status"]["code"] == 422
+    assert answer["status"]["message"].startswith('CodeInterpreter "from-the-request" is invalid: ')
+    pod_update = adm_request(
+        {"metadata": None}, kind=kinds.POD, operation="UPDATE", old={"metadata": {"labels": []}}
+    )
+    assert validate(pod_update, settings=settings)["allowed"] is True
+    assert "patch" not in mutate(pod_update, settings=settings, claims=NoClaims())

@@ -43,6 +43,7 @@ POD_LABELS = "pod-labels.netpol.agentcube.io"
 CLAIMS = "claims.netpol.agentcube.io"
 PODS = "pods.netpol.agentcube.io"
 POD_GATES = "pod-gates.netpol.agentcube.io"
+WIDENING = "widening.netpol.agentcube.io"
 
 
 def kubectl() -> str:

@@ -39,6 +39,7 @@ from tests.deploy.manifests import (
     SERVER_PORT,
     SERVICE,
     TEMPLATES,
+    WIDENING,
     Doc,
     container,
     hook_named,
@@ -98,6 +99,14 @@ EXPECTED_WEBHOOKS: dict[str, tuple[str, str, dict[tuple[str, str, str], set[str]
         "MutatingWebhookConfiguration",
         "/mutate",
         {(kinds.POD.group, kinds.POD.version, kinds.POD.plural): {"CREATE"}},
+    ),
+    WIDENING: (
+        "ValidatingWebhookConfiguration",
+        "/validate",
+        {
+            (k.group, k.version, k.plural): {"CREATE", "UPDATE"}
+            for k in (kinds.NETWORK_POLICY, kinds.SANDBOX_TEMPLATE)
+        },
     ),
 }
 

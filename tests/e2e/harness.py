@@ -21,6 +21,7 @@ from webhook.devtools.controlplane import (
     free_loopback_ports,
     is_healthy,
     log_tail,
+    lost_a_port,
     stop_process_group,
     tls_context,
 )
@@ -30,8 +31,13 @@ DEPLOY_DIR = REPO_ROOT / "deploy"
 CRD_DIR = DEPLOY_DIR / "crds"
 
 SERVER_START_TIMEOUT_S = 30.0
+PORT_ATTEMPTS = 3
 SERVER_STOP_GRACE_S = 15.0
 POLL_INTERVAL_S = 0.1
+
+
+class PortTakenError(RuntimeError):
+    """The server could not bind its port: another process took it."""
 
 
 class WebhookServer:
@@ -52,6 +58,7 @@ class WebhookServer:
         self.extra_args = extra_args
         self.port = free_loopback_ports(1)[0]
         self._process: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     @property
     def url(self) -> str:
@@ -69,7 +76,23 @@ class WebhookServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
+    def start(self, *, until: str = "/readyz") -> None:
+        """Start it and wait until ``until`` answers 200 (``/healthz``: up, maybe not ready).
+
+        The port was free when picked; if another process took it before the server bound it,
+        the first start moves to a new port (later starts keep theirs: webhook configurations
+        point at it)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start(until)
+                self._started_once = True
+                return
+            except PortTakenError:
+                if self._started_once or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_loopback_ports(1)[0]
+
+    def _start(self, until: str) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -94,20 +117,25 @@ class WebhookServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
+                if lost_a_port(log_tail(self.log_path)):
+                    raise PortTakenError(f"port {self.port}: {log_tail(self.log_path)}")
                 raise RuntimeError(
                     f"webhook server exited with code {code}:\n{log_tail(self.log_path)}"
                 )
-            if self.ca_file.is_file() and self._ready():
+            if self.ca_file.is_file() and self.answers_200(until):
                 return
             time.sleep(POLL_INTERVAL_S)
         self.stop()
         raise RuntimeError(
-            f"webhook server not ready at {self.url}/readyz after {SERVER_START_TIMEOUT_S:.0f}s:"
+            f"webhook server: no 200 from {self.url}{until} after {SERVER_START_TIMEOUT_S:.0f}s:"
             f"\n{log_tail(self.log_path)}"
         )
 
-    def _ready(self) -> bool:
-        return is_healthy(f"{self.url}/readyz", tls_context(ca_file=self.ca_file, client=None))
+    def answers_200(self, path: str) -> bool:
+        return is_healthy(f"{self.url}{path}", tls_context(ca_file=self.ca_file, client=None))
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
         process, self._process = self._process, None

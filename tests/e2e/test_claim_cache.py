@@ -119,6 +119,37 @@ def test_pod_of_a_claim_nobody_knows_is_created_unchanged(cluster: ControlPlane)
     assert kinds.LABEL_SANDBOX_NAME not in created["metadata"]["labels"]
 
 
+def test_a_claim_in_another_namespace_never_labels_the_pod(cluster: ControlPlane) -> None:
+    """A tenant copies another namespace's claim uid (and name) onto its pod: no label."""
+    kubectl = Kubectl(cluster)
+    kubectl.ok("create", "namespace", "elsewhere")
+    claim = sandbox_claim(
+        "ci-ef56ab78",
+        "elsewhere",
+        template="ci",
+        labels={kinds.LABEL_SANDBOX_NAME: "ci-ef56ab78", kinds.LABEL_SESSION_ID: "session-3"},
+    )
+    uid = json.loads(kubectl.ok("create", "-o", "json", "-f", "-", input=as_json(claim)))[
+        "metadata"
+    ]["uid"]
+    # The same claim is known in its own namespace (so the cache has it) ...
+    probe = sandbox_pod("probe", "elsewhere", labels={**WARM_LABELS, kinds.LABEL_CLAIM_UID: uid})
+    deadline = time.monotonic() + CACHE_CATCH_UP_S
+    while True:
+        dry = json.loads(
+            kubectl.ok("create", "--dry-run=server", "-o", "json", "-f", "-", input=as_json(probe))
+        )
+        if kinds.LABEL_SANDBOX_NAME in dry["metadata"]["labels"]:
+            break
+        assert time.monotonic() < deadline, "the claim did not reach the server's cache"
+        time.sleep(0.2)
+    # ... and a pod of another namespace that names it gets nothing from it.
+    pod = sandbox_pod("ci-ef56ab78", NAMESPACE, labels={**WARM_LABELS, kinds.LABEL_CLAIM_UID: uid})
+    created = json.loads(kubectl.ok("create", "-f", "-", "-o", "json", input=as_json(pod)))
+    assert kinds.LABEL_SANDBOX_NAME not in created["metadata"]["labels"]
+    assert kinds.LABEL_SESSION_ID not in created["metadata"]["labels"]
+
+
 def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
     from webhook.kube.claimcache import ClaimCache
     from webhook.kube.rest import Rest
@@ -131,3 +162,38 @@ def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane)
     cache.stop()
     assert time.monotonic() - started < 3
     assert not cache.informer.running
+
+
+def test_readyz_waits_for_the_first_list_of_claims(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A replica whose claim cache has not listed yet would answer pod mutations from an empty
+    cache (claimed pods left unlabelled): it must not be Ready until the first list lands."""
+    kubectl = Kubectl(cluster)
+    user = "claims-not-yet"
+    work = tmp_path_factory.mktemp("readyz")
+    server = WebhookServer(
+        cert_dir=work / "certs",
+        log_path=work / "server.log",
+        extra_args=("--watch-claims", f"--kubeconfig={cluster.mint_user(user)}"),
+    )
+    server.start(until="/healthz")
+    try:
+        # RBAC refuses the list: the cache retries and the server stays not ready.
+        deadline = time.monotonic() + CACHE_CATCH_UP_S
+        while "list/watch failed" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert not server.answers_200("/readyz")
+        assert server.answers_200("/healthz")
+
+        kubectl.ok("create", "clusterrole", user, "--verb=list,watch",
+                   "--resource=sandboxclaims.extensions.agents.x-k8s.io")  # fmt: skip
+        kubectl.ok("create", "clusterrolebinding", user, f"--clusterrole={user}", f"--user={user}")
+        deadline = time.monotonic() + 2 * CACHE_CATCH_UP_S  # the retry backs off
+        while not server.answers_200("/readyz"):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert "listed" in server.log()
+    finally:
+        server.stop()

@@ -82,7 +82,7 @@ def test_replicas_share_one_ca_and_write_it_into_every_webhook(
     assert first.ca_pem == ca_pem
     assert second.ca_pem == ca_pem
     bundles = ca_bundles(kubectl)
-    assert len(bundles) == 6  # every webhook of deploy/: 3 validating, 3 mutating
+    assert len(bundles) == 7  # every webhook of deploy/: 4 validating, 3 mutating
     assert set(bundles) == {base64.b64encode(ca_pem).decode()}
     # Each replica serves its own certificate, and the shared CA vouches for both.
     assert (first.cert_dir / "tls.crt").read_bytes() != (second.cert_dir / "tls.crt").read_bytes()

@@ -4,12 +4,15 @@ collects garbage and deletes namespaces, and stopping leaves no process behind."
 from __future__ import annotations
 
 import json
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Kubectl
+from tests.e2e.harness import Kubectl, WebhookServer
+from webhook.devtools import controlplane
 from webhook.devtools.controlplane import (
     VERSIONS_FILE,
     Binaries,
@@ -111,3 +114,50 @@ def test_stop_leaves_no_process_and_no_work_dir(binaries: Binaries) -> None:
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} still there"
     assert not work_dir.exists()
     assert control_plane.pids == []
+
+
+# --- ports picked free, bound later ---------------------------------------------------------
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another process holds (listening), as if it took it after we picked."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_control_plane_starts_on_new_ports_when_one_was_taken(
+    binaries: Binaries, taken_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = controlplane.free_loopback_ports
+    picks: list[list[int]] = []
+
+    def first_pick_is_taken(count: int) -> list[int]:
+        ports = real(count)
+        if not picks:
+            ports[0] = taken_port  # etcd's client port
+        picks.append(ports)
+        return ports
+
+    monkeypatch.setattr(controlplane, "free_loopback_ports", first_pick_is_taken)
+    with ControlPlane(binaries=binaries) as control_plane:
+        assert len(picks) == 2
+        assert Kubectl(control_plane).ok("get", "namespace", "default", "-o", "name").strip() == (
+            "namespace/default"
+        )
+
+
+def test_webhook_server_moves_to_a_new_port_when_its_port_was_taken(
+    tmp_path: Path, taken_port: int
+) -> None:
+    server = WebhookServer(cert_dir=tmp_path / "certs", log_path=tmp_path / "server.log")
+    server.port = taken_port
+    server.start()
+    try:
+        assert server.port != taken_port
+        assert server.answers_200("/healthz")
+        assert "address already in use" in server.log().lower()
+    finally:
+        server.stop()

@@ -376,7 +376,13 @@ def test_audit_reports_what_leaves_a_sandbox_less_isolated(
         "metadata": {"name": "tenant-allow-all", "namespace": ns},
         "spec": {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]},
     }
-    kube.ok("create", "-f", "-", input=as_json(allow_all))
+    created_policy = kube("create", "-f", "-", input=as_json(allow_all))
+    assert created_policy.returncode == 0, created_policy.stderr
+    # The widening webhook, answering from run's caches, told the tenant at once.
+    assert (
+        "Warning: spec.podSelector: selects sandbox pod py-abcd1234; its rules loosen their isolation"
+        in created_policy.stderr
+    )
     found = audit(kube, service_account, "-n", ns)
     assert found.returncode == 1, found.stderr
     assert f"{ns}  tenant-allow-all  widens" in found.stdout

@@ -56,6 +56,16 @@ def pod_gates_request(kubectl: Kubectl, namespace: str) -> Any:
     return create(kubectl, sandbox_pod("gated", namespace, labels=labels))
 
 
+def widening_request(kubectl: Kubectl, namespace: str) -> Any:
+    allow_all: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-all", "namespace": namespace},
+        "spec": {"podSelector": {}, "egress": [{}], "policyTypes": ["Egress"]},
+    }
+    return create(kubectl, allow_all)
+
+
 def pods_request(kubectl: Kubectl, namespace: str) -> Any:
     labels = {kinds.LABEL_CLAIM_UID: "0b9c1d52-5f7c-4a43-9a7e-7c1f4f0c9d11"}
     return create(kubectl, sandbox_pod("claimed", namespace, labels=labels))
@@ -69,6 +79,7 @@ REQUESTS: dict[str, Callable[[Kubectl, str], Any]] = {
     "claims.netpol.agentcube.io": claims_request,
     "pods.netpol.agentcube.io": pods_request,
     "pod-gates.netpol.agentcube.io": pod_gates_request,
+    "widening.netpol.agentcube.io": widening_request,
 }
 
 

@@ -81,6 +81,23 @@ def test_same_uid_in_another_namespace_is_another_claim() -> None:
         cache.stop()
 
 
+def test_lookup_finds_a_claim_only_in_its_own_namespace() -> None:
+    """A tenant in team-b must not borrow team-a's claim (and so its NetworkPolicy's label) by
+    copying the claim's uid, or by naming its claim the same."""
+    mine = claim("ci-1", "u1", "1", namespace="team-a", session="s-a")
+    same_name = claim("ci-1", "u2", "2", namespace="team-b", session="s-b")
+    cache = cache_over(ScriptedRest([page("5", mine, same_name), ScriptedWatch([])]))
+    cache.start()
+    try:
+        assert cache.wait_synced(DONE_WAIT_S)
+        assert cache.claim_by_uid("team-a", "u1") == slim_claim(mine)
+        assert cache.claim_by_uid("team-b", "u1") is None
+        assert cache.claim_by_uid("team-a", "u2") is None
+        assert cache.claim_by_uid("team-b", "u2") == slim_claim(same_name)
+    finally:
+        cache.stop()
+
+
 def test_not_synced_until_the_first_list_lands() -> None:
     gate = threading.Event()
 

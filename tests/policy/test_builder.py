@@ -18,7 +18,6 @@ from tests.builders import template
 from webhook.admission.decide import validate_override
 from webhook.api.settings import Limits, Settings
 from webhook.policy.builder import (
-    FAIL_CLOSED_POLICY,
     PolicyShapeError,
     build_network_policy,
     effective_mode,
@@ -439,10 +438,14 @@ def test_no_override_keeps_the_template_policy() -> None:
     assert effective_policy(None, None, limits=LIMITS) == (None, None)
 
 
+# DESIGN section 4: unreadable means {mode: Restricted}, never "no policy".
+RESTRICTED_NOTHING_EXTRA = {"mode": "Restricted"}
+
+
 @pytest.mark.parametrize("text", ["{mode: Restricted}", "", '"Restricted"', "[]", "null"])
 def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
     policy, error = effective_policy(None, text, limits=LIMITS)
-    assert policy == FAIL_CLOSED_POLICY
+    assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None and "override annotation" in error
     built = build(policy)
     assert built is not None
@@ -453,7 +456,7 @@ def test_unreadable_override_fails_closed_with_the_reason(text: str) -> None:
 def test_invalid_override_fails_closed_and_names_the_field() -> None:
     override = json.dumps({"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]})
     policy, error = effective_policy({"mode": "None"}, override, limits=LIMITS)
-    assert policy == FAIL_CLOSED_POLICY
+    assert policy == RESTRICTED_NOTHING_EXTRA
     assert error == (
         "override annotation is invalid: "
         "metadata.annotations[runtime.agentcube.io/network-policy].egress[0].cidrs[0]: "
@@ -479,7 +482,7 @@ def test_the_reconciler_refuses_an_override_as_the_webhook_does(value: str, mess
     webhook = validate_override(value, settings=SETTINGS).errors
     assert str(webhook[0]).startswith(message)
     policy, reason = effective_policy(None, value, limits=LIMITS)
-    assert policy == FAIL_CLOSED_POLICY
+    assert policy == RESTRICTED_NOTHING_EXTRA
     assert reason == "override annotation is invalid: " + "; ".join(map(str, webhook))
 
 
@@ -498,7 +501,7 @@ def test_the_reconciler_reads_an_override_with_the_limits_it_is_given() -> None:
 
 def test_invalid_template_policy_stored_while_the_webhook_was_down_fails_closed() -> None:
     policy, error = effective_policy({"mode": "Nne"}, None, limits=LIMITS)
-    assert policy == FAIL_CLOSED_POLICY
+    assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None
     assert error.startswith("template networkPolicy is invalid: networkPolicy.mode: must be one of")
 
@@ -520,7 +523,7 @@ def test_a_template_policy_of_the_wrong_type_fails_closed_not_open() -> None:
     obj = template("CodeInterpreter", "Restricted")
     assert template_policy(obj) == "Restricted"
     policy, error = effective_policy(template_policy(obj), None, limits=LIMITS)
-    assert policy == FAIL_CLOSED_POLICY
+    assert policy == RESTRICTED_NOTHING_EXTRA
     assert error is not None and "networkPolicy: must be an object" in error
 
 

@@ -263,6 +263,32 @@ def test_size_bounds_keep_the_network_policy_small() -> None:
     ]
 
 
+def test_default_bounds_are_fifty_of_each() -> None:
+    def cidrs(count: int) -> list[str]:
+        return [f"10.{i // 256}.{i % 256}.0/24" for i in range(count)]
+
+    def errors(policy: dict[str, Any]) -> list[str]:
+        found = validate_network_policy(policy, "p", limits=Settings().limits).errors
+        return [str(e) for e in found]
+
+    ok = {
+        "mode": "Restricted",
+        "ingress": [{"cidrs": ["10.0.0.0/8"]}] * 50,
+        "egress": [{"cidrs": cidrs(50), "ports": [{"port": p} for p in range(1, 51)]}],
+    }
+    assert errors(ok) == []
+    too_many = {
+        "mode": "Restricted",
+        "ingress": [{"cidrs": ["10.0.0.0/8"]}] * 51,
+        "egress": [{"cidrs": cidrs(51), "ports": [{"port": p} for p in range(1, 52)]}],
+    }
+    assert errors(too_many) == [
+        "p.ingress: must have at most 50 rules, not 51",
+        "p.egress[0].cidrs: must have at most 50 CIDRs, not 51",
+        "p.egress[0].ports: must have at most 50 ports, not 51",
+    ]
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [

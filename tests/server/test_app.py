@@ -134,6 +134,43 @@ def test_bad_requests_get_a_4xx_with_a_reason(  # noqa: PLR0917 (parametrized)
     assert reason in answer.text
 
 
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("where", ["whole body", "inside the object"])
+@pytest.mark.parametrize("path", ["/validate", "/mutate"])
+def test_body_nested_5000_levels_deep_is_400(client: TestClient, path: str, where: str) -> None:
+    if where == "whole body":
+        body = nested(5000)
+    else:
+        head, tail = orjson.dumps(review(obj={"metadata": {"labels": 0}})).split(b"0", 1)
+        body = head + nested(5000) + tail
+    answer = post(client, path, body)
+    assert answer.status_code == 400
+    assert "nested too deeply" in answer.text
+
+
+@pytest.mark.parametrize("kind", [kinds.CODE_INTERPRETER, kinds.POD], ids=lambda k: k.kind)
+@pytest.mark.parametrize("path", ["/validate", "/mutate"])
+def test_json_deeper_than_python_recurses_is_refused_not_crashed(
+    client: TestClient, path: str, kind: kinds.Kind
+) -> None:
+    """1000 levels: JSON the decoder reads, deeper than Python's recursion limit."""
+    obj = (
+        builders.code_interpreter(policy={"mode": 0})
+        if kind == kinds.CODE_INTERPRETER
+        else (builders.sandbox_pod(labels={kinds.LABEL_CLAIM_UID: 0}))
+    )
+    head, tail = orjson.dumps(review(kind=kind, obj=obj, operation="UPDATE", old=obj)).split(
+        b"0", 1
+    )
+    answer = post(client, path, head + nested(1000) + tail)
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 200:
+        assert answer.json()["response"].get("status", {}).get("code") != 500, answer.text
+
+
 @pytest.mark.parametrize(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;"]
 )
@@ -423,7 +460,9 @@ bodies = st.one_of(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies, path=st.sampled_from(["/validate", "/mutate"]))
-def test_no_body_makes_the_app_answer_5xx(body: bytes, path: str) -> None:
+def test_no_body_makes_the_app_answer_5xx_or_crash_in_the_decision(body: bytes, path: str) -> None:
+    """A crash inside the decision is answered ``allowed: false, code 500``: a denial, even on
+    the webhooks whose failurePolicy is Ignore. No input may cause one."""
     app = create_app(settings=SETTINGS, claims=OneClaim(copy.deepcopy(CLAIM)))
     with TestClient(app, raise_server_exceptions=False) as client:
         answer = client.post(path, content=body, headers=JSON)
@@ -431,3 +470,4 @@ def test_no_body_makes_the_app_answer_5xx(body: bytes, path: str) -> None:
     if answer.status_code == 200:
         result = answer.json()["response"]
         assert isinstance(result["allowed"], bool)
+        assert result.get("status", {}).get("code") != 500, result["status"]["message"]

@@ -22,8 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests import builders
+from tests import REPO_ROOT, builders
+from tests.readme import console_commands
 from webhook.api import kinds
+from webhook.devtools.controlplane import lost_a_port
 from webhook.tls import certs
 
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -73,37 +75,49 @@ class Server:
         return x509.load_der_x509_certificate(der)
 
 
+PORT_ATTEMPTS = 3
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    port, cert_dir, log = free_port(), tmp_path / "certs", tmp_path / "serve.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1",
-                "--port", str(port), "--cert-dir", str(cert_dir),
-                "--cert-check-interval", str(CHECK_INTERVAL_SECONDS),
-            ],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    running = Server(process=process, port=port, cert_dir=cert_dir, log=log)
-    try:
-        wait_until_ready(running)
-        yield running
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    cert_dir, log = tmp_path / "certs", tmp_path / "serve.log"
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        # The port is free when picked; another process may take it before serve binds it.
+        port = free_port()
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "webhook", "serve", "--host", "127.0.0.1",
+                    "--port", str(port), "--cert-dir", str(cert_dir),
+                    "--cert-check-interval", str(CHECK_INTERVAL_SECONDS),
+                ],
+                stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        running = Server(process=process, port=port, cert_dir=cert_dir, log=log)
+        try:
+            if wait_until_ready(running, retry_on_lost_port=attempt < PORT_ATTEMPTS):
+                yield running
+                return
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
-def wait_until_ready(server: Server) -> None:
+def wait_until_ready(server: Server, *, retry_on_lost_port: bool = False) -> bool:
+    """True once /readyz answers 200; False if the port was taken (and a retry is allowed)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            pytest.fail(f"serve exited {server.process.returncode}:\n{server.log.read_text()}")
+            log = server.log.read_text()
+            if retry_on_lost_port and lost_a_port(log):
+                return False
+            pytest.fail(f"serve exited {server.process.returncode}:\n{log}")
         if (server.cert_dir / "ca.crt").exists():
             try:
                 if server.request("GET", "/readyz")[0] == 200:
-                    return
+                    return True
             except OSError:
                 pass
         time.sleep(0.1)
@@ -188,3 +202,32 @@ def test_sigterm_exits_zero_promptly_with_a_keep_alive_connection_open(server: S
         assert time.monotonic() - started < 5.0
     finally:
         idle.close()
+
+
+def test_the_readme_curl_gets_ok_from_serve_with_its_defaults(tmp_path: Path) -> None:
+    """`make serve` runs `python -m webhook serve`: certificates in ./certs, then the README's
+    curl line (on this test's port instead of 9443) answers ok."""
+    ((command, shown),) = console_commands((REPO_ROOT / "README.md").read_text(), "curl")
+    assert "https://localhost:9443/healthz" in command
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "webhook", "serve", "--port", str(port)],
+                cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        running = Server(process=process, port=port, cert_dir=tmp_path / "certs", log=log)
+        try:
+            if not wait_until_ready(running, retry_on_lost_port=attempt < PORT_ATTEMPTS):
+                continue
+            result = subprocess.run(
+                ["curl", "--silent", "--show-error",
+                 *command.replace(":9443/", f":{port}/").split()],
+                cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert (result.returncode, result.stdout.splitlines()) == (0, shown), result.stderr
+            return
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)

@@ -3,6 +3,13 @@
 No HTTP, no Kubernetes client and no I/O here; the HTTP layer (``webhook.server.app``)
 decodes, calls ``validate`` or ``mutate``, and encodes. A dry-run request takes
 the same path: nothing here has side effects.
+
+Any JSON may arrive, so nothing here assumes a shape: the request's frame (kind,
+operation, userInfo, object, ...) is read by ``read_request``, and a frame of the
+wrong types is refused with code 400 naming the field; inside an object, a value
+of the wrong type (``metadata: null``, labels that are a list) counts as absent,
+as it does for the API server's own objects, and the policy validators report
+wrong types as field errors. No input makes a decision raise.
 """
 
 from __future__ import annotations
@@ -12,10 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
 from webhook.admission import response
+from webhook.admission.widening import (
+    NoSandboxes,
+    SandboxLookup,
+    network_policy_problem,
+    sandbox_template_problem,
+)
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.api.wire import AdmissionRequest, AdmissionResponse, UserInfo
-from webhook.policy.fielderrors import FieldError, show_value
+from webhook.policy.fielderrors import FieldError, show_value, type_name
 from webhook.policy.override import OVERRIDE_PATH, override_annotation, parse_override
 from webhook.policy.validation import Findings, describe, validate_network_policy
 
@@ -25,6 +38,11 @@ _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_I
 _OVERRIDE_KINDS = {(k.group, k.kind) for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)}
 _POD = (kinds.POD.group, kinds.POD.kind)
 _CLAIM = (kinds.SANDBOX_CLAIM.group, kinds.SANDBOX_CLAIM.kind)
+# Objects that could loosen a sandbox's isolation (NetworkPolicies add up): warned or denied.
+_WIDENING = {
+    (kinds.NETWORK_POLICY.group, kinds.NETWORK_POLICY.kind): network_policy_problem,
+    (kinds.SANDBOX_TEMPLATE.group, kinds.SANDBOX_TEMPLATE.kind): sandbox_template_problem,
+}
 
 
 class ClaimLookup(Protocol):
@@ -46,6 +64,85 @@ class Verdict:
 
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+# --- reading the request -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """The fields of an AdmissionRequest the decisions read, each of the type it must be."""
+
+    uid: str
+    group: str
+    kind: str
+    operation: str
+    sub_resource: str
+    namespace: str
+    name: str
+    user: UserInfo
+    obj: Mapping[str, Any]  # {} when null
+    old: Mapping[str, Any]  # {} when null
+
+
+class MalformedRequestError(ValueError):
+    """A field of the AdmissionRequest has the wrong type (never so from a real API server)."""
+
+
+def read_request(request: Mapping[str, Any]) -> Request:
+    """The request's fields, checked; ``MalformedRequestError`` names the first wrong one."""
+    gvk = _object_or_none(request, "kind")
+    user = _object_or_none(request, "userInfo")
+    groups = user.get("groups")
+    if groups is not None and not (
+        isinstance(groups, list) and all(isinstance(g, str) for g in groups)
+    ):
+        raise MalformedRequestError("request.userInfo.groups must be a list of strings")
+    return Request(
+        uid=_text(request, "uid", "request.uid"),
+        group=_text(gvk, "group", "request.kind.group"),
+        kind=_text(gvk, "kind", "request.kind.kind"),
+        operation=_text(request, "operation", "request.operation"),
+        sub_resource=_text(request, "subResource", "request.subResource"),
+        namespace=_text(request, "namespace", "request.namespace"),
+        name=_text(request, "name", "request.name"),
+        user={"username": _text(user, "username", "request.userInfo.username"),
+              "groups": list(groups or ())},
+        obj=_object_or_none(request, "object"),
+        old=_object_or_none(request, "oldObject"),
+    )  # fmt: skip
+
+
+def _text(parent: Mapping[str, Any], key: str, where: str) -> str:
+    value = parent.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedRequestError(f"{where} must be a string, not {type_name(value)}")
+    return value
+
+
+def _object_or_none(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MalformedRequestError(
+            f"request.{key} must be an object or null, not {type_name(value)}"
+        )
+    return value
+
+
+def _malformed(request: Mapping[str, Any], problem: str) -> AdmissionResponse:
+    uid = request.get("uid")
+    return response.errored(
+        uid if isinstance(uid, str) else "", 400, f"malformed AdmissionRequest: {problem}"
+    )
+
+
+# JSON a few hundred levels deep (orjson reads up to 1024) passes Python's recursion limit
+# when compared or shown; no object our webhooks match is deeper than a few dozen.
+TOO_DEEP = "an object is nested too deeply to be read"
 
 
 # --- validation -------------------------------------------------------------
@@ -79,55 +176,78 @@ def validate_override(value: str | None, *, settings: Settings) -> Findings:
     return found
 
 
-def validate(request: AdmissionRequest, *, settings: Settings) -> AdmissionResponse:
-    """The validating webhook."""
-    uid = request.get("uid", "")
-    operation = request.get("operation")
-    if operation not in ("CREATE", "UPDATE") or request.get("subResource"):
+def validate(
+    request: AdmissionRequest, *, settings: Settings, sandboxes: SandboxLookup | None = None
+) -> AdmissionResponse:
+    """The validating webhook. ``sandboxes``: the reconciler's caches, for the widening check."""
+    try:
+        return _validate(
+            read_request(request),
+            settings=settings,
+            sandboxes=sandboxes if sandboxes is not None else NoSandboxes(),
+        )
+    except MalformedRequestError as exc:
+        return _malformed(request, str(exc))
+    except RecursionError:
+        return _malformed(request, TOO_DEEP)
+
+
+def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> AdmissionResponse:
+    uid, operation = req.uid, req.operation
+    if operation not in ("CREATE", "UPDATE") or req.sub_resource:
         return response.allowed(uid)
-    gvk = request.get("kind") or {}
-    key = (gvk.get("group", ""), gvk.get("kind", ""))
-    obj = request.get("object") or {}
-    old = (request.get("oldObject") or {}) if operation == "UPDATE" else {}
-    user = request.get("userInfo") or {}
+    key = (req.group, req.kind)
+    obj = req.obj
+    old = req.old if operation == "UPDATE" else {}
 
     if key in _TEMPLATE_KINDS:
         path = kinds.TEMPLATE_POLICY_PATH[key[1]]
         if old and kinds.get_path(old, path) == kinds.get_path(obj, path):
             return response.allowed(uid)  # unchanged: an older invalid value does not block updates
         found = validate_template(obj, kind=key[1], settings=settings)
-        return _verdict(uid, key[1], request, found)
+        return _verdict(req, found)
 
     if key in _OVERRIDE_KINDS:
         new_value, old_value = override_annotation(obj), override_annotation(old)
         if new_value == old_value:
             return response.allowed(uid)
-        if not is_privileged(user, settings):
+        if not is_privileged(req.user, settings):
             return response.denied(
                 uid,
-                f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', user, settings)}",
+                f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', req.user, settings)}",
             )
-        return _verdict(uid, key[1], request, validate_override(new_value, settings=settings))
+        return _verdict(req, validate_override(new_value, settings=settings))
+
+    if key in _WIDENING:
+        problem = _WIDENING[key](obj, req.namespace, sandboxes)
+        if problem is None:
+            return response.allowed(uid)
+        if settings.deny_widening:
+            name = _metadata_text(obj, "name") or req.name
+            return response.denied(
+                uid, f'{req.kind} "{name}" is forbidden: {problem}', code=403, reason="Forbidden"
+            )
+        return response.allowed(uid, warnings=[problem])
 
     if key == _POD and operation == "UPDATE":
-        old_name = _labels(old).get(kinds.LABEL_SANDBOX_NAME)
-        new_name = _labels(obj).get(kinds.LABEL_SANDBOX_NAME)
-        if old_name is not None and new_name != old_name and not is_privileged(user, settings):
+        old_name = _label(old, kinds.LABEL_SANDBOX_NAME)
+        new_name = _label(obj, kinds.LABEL_SANDBOX_NAME)
+        if old_name is not None and new_name != old_name and not is_privileged(req.user, settings):
             action = "remove" if new_name is None else "change"
             return response.denied(
                 uid,
-                f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', user, settings)}: {show_value(old_name)}",
+                f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', req.user, settings)}: {show_value(old_name)}",
             )
     return response.allowed(uid)
 
 
-def _verdict(uid: str, kind: str, request: AdmissionRequest, found: Findings) -> AdmissionResponse:
+def _verdict(req: Request, found: Findings) -> AdmissionResponse:
     if not found.errors:
-        return response.allowed(uid, warnings=found.warnings)
-    name = (request.get("object") or {}).get("metadata", {}).get("name") or request.get("name", "")
+        return response.allowed(req.uid, warnings=found.warnings)
+    name = _metadata_text(req.obj, "name") or req.name
     return response.denied(
-        uid,
-        invalid_message(kind, name, found.errors),
+        req.uid,
+        invalid_message(req.kind, name, found.errors),
         code=422,
         reason="Invalid",
         warnings=found.warnings,
@@ -204,16 +324,24 @@ def mutate(
     request: AdmissionRequest, *, settings: Settings, claims: ClaimLookup
 ) -> AdmissionResponse:
     """The mutating webhook: label what a NetworkPolicy must select."""
-    uid = request.get("uid", "")
-    if request.get("subResource"):
+    try:
+        return _mutate(read_request(request), claims=claims)
+    except MalformedRequestError as exc:
+        return _malformed(request, str(exc))
+    except RecursionError:
+        return _malformed(request, TOO_DEEP)
+
+
+def _mutate(req: Request, *, claims: ClaimLookup) -> AdmissionResponse:
+    uid = req.uid
+    if req.sub_resource:
         return response.allowed(uid)
-    gvk = request.get("kind") or {}
-    key = (gvk.get("group", ""), gvk.get("kind", ""))
-    operation = request.get("operation")
-    obj = request.get("object") or {}
+    key = (req.group, req.kind)
+    operation = req.operation
+    obj = req.obj
 
     if key == _CLAIM and operation == "CREATE":
-        name = _labels(obj).get(kinds.LABEL_SANDBOX_NAME) or (obj.get("metadata") or {}).get("name")
+        name = _label(obj, kinds.LABEL_SANDBOX_NAME) or _metadata_text(obj, "name")
         if not name:
             return response.allowed(uid)  # generateName: nothing to select on yet
         return response.patched(
@@ -225,14 +353,14 @@ def mutate(
 
     if key == _POD and operation in ("CREATE", "UPDATE"):
         patch: list[dict[str, Any]] = []
-        claim_uid = _labels(obj).get(kinds.LABEL_CLAIM_UID)
+        claim_uid = _label(obj, kinds.LABEL_CLAIM_UID)
         if claim_uid:
-            namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace", "")
+            namespace = req.namespace or _metadata_text(obj, "namespace")
             claim = claims.claim_by_uid(namespace, claim_uid)
             # An unknown claim: the reconciler labels the pod once it knows the claim.
             if claim is not None:
                 patch += patch_labels(obj, ("metadata", "labels"), pod_labels_for_claim(claim))
-        elif operation == "CREATE" and _labels(obj).get(kinds.LABEL_SANDBOX_NAME):
+        elif operation == "CREATE" and _label(obj, kinds.LABEL_SANDBOX_NAME):
             # Direct path. A claimed pod is held by its warm pool's baseline policy instead.
             patch += patch_scheduling_gate(obj)
         return response.patched(uid, patch) if patch else response.allowed(uid)
@@ -322,12 +450,26 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return labels if isinstance(labels, Mapping) else {}
 
 
+def _label(obj: Mapping[str, Any], key: str) -> str | None:
+    """The label's value; None when absent or not a string."""
+    value = _labels(obj).get(key)
+    return value if isinstance(value, str) else None
+
+
+def _metadata_text(obj: Mapping[str, Any], key: str) -> str:
+    value = kinds.get_path(obj, ("metadata", key))
+    return value if isinstance(value, str) else ""
+
+
 __all__ = [
     "ClaimLookup",
+    "MalformedRequestError",
     "MutationReview",
     "NoClaims",
+    "Request",
     "Verdict",
     "mutate",
+    "read_request",
     "validate",
     "validate_object",
 ]

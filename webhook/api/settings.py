@@ -57,4 +57,7 @@ class Settings:
     # sandbox-name label.
     privileged_groups: tuple[str, ...] = ("system:serviceaccounts:agentcube",)
     privileged_users: tuple[str, ...] = ()
+    # A NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation (policies add
+    # up) is admitted with a warning; with this set it is refused.
+    deny_widening: bool = False
     limits: Limits = field(default_factory=Limits)

@@ -26,6 +26,11 @@ def register(commands: Commands) -> None:
         help="where to write the admin kubeconfig (default: %(default)s)",
     )
     parser.add_argument("--port", type=int, default=0, help="webhook port (default: a free one)")
+    parser.add_argument(
+        "--without-agent-sandbox",
+        action="store_true",
+        help="start no agent-sandbox controller nor stand-in kubelet (nothing to build first)",
+    )
     add_policy_options(parser)
 
 
@@ -33,5 +38,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.devtools.devenv import run_dev
 
     return run_dev(
-        kubeconfig=args.kubeconfig, port=args.port, settings=settings, environ=os.environ
+        kubeconfig=args.kubeconfig,
+        port=args.port,
+        settings=settings,
+        environ=os.environ,
+        with_agent_sandbox=not args.without_agent_sandbox,
     )

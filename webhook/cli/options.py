@@ -84,6 +84,12 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         metavar="USER",
         help="user allowed to set the override annotation and sandbox-name labels (repeatable)",
     )
+    group.add_argument(
+        "--deny-widening",
+        action="store_true",
+        help="refuse a NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation "
+        "(default: admit it with a warning; run and audit report it either way)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -96,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dns_to_anywhere=args.dns_to_anywhere,
         privileged_groups=tuple(args.privileged_group or [f"system:serviceaccounts:{namespace}"]),
         privileged_users=tuple(args.privileged_user or ()),
+        deny_widening=args.deny_widening,
     )
 
 

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(
             trust=cluster_trust(args),
             claims=runtime.caches,
+            sandboxes=runtime.caches,
             ready=lambda: runtime.ready,
             metrics=metrics,
             settings=settings,

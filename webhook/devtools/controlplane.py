@@ -73,6 +73,8 @@ LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.1
+# Starts on fresh ports when one was taken between picking and binding it.
+PORT_ATTEMPTS = 3
 HEALTH_REQUEST_TIMEOUT_S = 2.0
 KUBECTL_TIMEOUT_S = 60.0
 CRD_ESTABLISHED_TIMEOUT_S = 60.0
@@ -389,7 +391,12 @@ def controller_manager_args(*, kubeconfig: Path, port: int, cert_dir: Path, pki:
 
 
 def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (held together, then released)."""
+    """``count`` distinct ports free on 127.0.0.1 right now (held together, then released).
+
+    Another process may take one before it is bound again: ``ControlPlane.start`` retries on
+    new ports when that happens; a server in this process binds once instead
+    (``bound_loopback_socket``).
+    """
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
@@ -397,6 +404,23 @@ def free_loopback_ports(count: int) -> list[int]:
             sock.bind((LOOPBACK, 0))
             ports.append(int(sock.getsockname()[1]))
         return ports
+
+
+def bound_loopback_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:``port`` (0: any free port), ready to listen on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((LOOPBACK, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def lost_a_port(message: str) -> bool:
+    """Whether a start failed because a port was taken between picking and binding it."""
+    return "address already in use" in message.lower()
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -557,11 +581,19 @@ class ControlPlane:
     def start(self) -> None:
         started_at = time.monotonic()
         atexit.register(self.stop)
-        try:
-            self._start()
-        except BaseException:
-            self._stop_processes()
-            raise
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start()
+                break
+            except ControlPlaneError as exc:
+                self._stop_processes()
+                if attempt == PORT_ATTEMPTS or not lost_a_port(str(exc)):
+                    raise
+                logger.warning("a port was taken before it was bound; starting on new ports")
+                shutil.rmtree(self.work_dir / "etcd", ignore_errors=True)
+            except BaseException:
+                self._stop_processes()
+                raise
         self.started_in_s = time.monotonic() - started_at
         logger.info(
             "control plane ready at %s in %.1fs (work dir %s)",

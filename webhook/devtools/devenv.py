@@ -1,7 +1,9 @@
 """``python -m webhook dev``: a newcomer's playground on a real control plane.
 
 Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``),
-installs the CRDs, runs the admission server in this process and registers the webhook
+installs the CRDs, starts the real agent-sandbox controller and a stand-in kubelet (unless
+``--without-agent-sandbox``), runs the admission server and the reconciler (``run``'s
+runtime) in this process and registers the webhook
 configurations against it (both from the package's manifests, which deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs
 until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
 a server that is gone).
@@ -9,6 +11,7 @@ a server that is gone).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -19,10 +22,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
+from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
 from webhook.devtools.controlplane import (
     CRDS_DIR,
     KUBECTL,
@@ -31,8 +35,8 @@ from webhook.devtools.controlplane import (
     WEBHOOKS_DIR,
     ControlPlane,
     ControlPlaneError,
+    bound_loopback_socket,
     find_binaries,
-    free_loopback_ports,
     install_crds,
     install_webhooks,
     is_healthy,
@@ -40,12 +44,15 @@ from webhook.devtools.controlplane import (
     read_versions,
     tls_context,
 )
-from webhook.kube.claimcache import ClaimCache
+from webhook.devtools.kubelet import FakeKubelet
+from webhook.kube.rest import Rest
+from webhook.reconciler.manager import ReconcilerRuntime
 from webhook.tls.certs import CA_CERT_FILE
 
 logger = logging.getLogger(__name__)
 
 SERVER_READY_TIMEOUT_S = 30.0
+LEASE_NAMESPACE = "default"  # the reconciler's Lease; the namespace every cluster has
 POLL_INTERVAL_S = 0.1
 
 EXAMPLE = """\
@@ -60,16 +67,24 @@ spec:
       egress: [{cidrs: ["10.0.0.1/8"]}]"""
 
 
-def banner(*, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str) -> str:
+def banner(
+    *, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str, agent_sandbox: bool
+) -> str:
     versions = read_versions(VERSIONS_FILE) if VERSIONS_FILE.is_file() else {}
+    sandbox_line = (
+        f"agent-sandbox {versions.get('AGENT_SANDBOX_VERSION', '')} controller and a stand-in "
+        "kubelet: warm pools fill, claims are adopted, pods run"
+        if agent_sandbox
+        else "no agent-sandbox controller (--without-agent-sandbox)"
+    )
     kubectl = control_plane.binaries.path(KUBECTL)
     return f"""
 agentcube-netpol dev is ready.
   API server  {control_plane.url}  (kube-apiserver {versions.get("K8S_VERSION", "")})
-  webhook     {webhook_url}  (/validate, /mutate; its log is this terminal)
+  webhook     {webhook_url}  (/validate, /mutate; its log and the reconciler's are this terminal)
   kubectl     {kubectl}  (same version as the server)
-Templates are validated, claims and claimed warm-pool pods get the sandbox-name label.
-No reconciler runs yet: NetworkPolicies are not created for sandboxes.
+  {sandbox_line}
+Templates are validated; each isolated sandbox gets its NetworkPolicy from the reconciler.
 
 Try:
   export KUBECONFIG={kubeconfig.resolve()}
@@ -79,6 +94,9 @@ Try:
 {EXAMPLE}
 EOF
   (refused: the CIDR has host bits set; fix it to 10.0.0.0/8 and apply again)
+  kubectl apply -f examples/dev/warm-pool.yaml    # a CodeInterpreter with a warm pool, as AgentCube sets it up
+  kubectl apply -f examples/dev/session.yaml      # a session claims a warm sandbox
+  kubectl get networkpolicy -w                    # its NetworkPolicy appears
 
 Ctrl-C stops the control plane and removes {kubeconfig}.
 """
@@ -91,32 +109,62 @@ def run_dev(
     settings: Settings,
     environ: Mapping[str, str] | None = None,
     stdout: TextIO = sys.stdout,
+    with_agent_sandbox: bool = True,
 ) -> int:
     """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start.
 
     ``environ`` is where ``KUBEBUILDER_ASSETS`` / ``AGENTCUBE_NETPOL_CACHE`` are read from
     (the CLI passes ``os.environ``).
     """
+    from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import serve  # uvicorn and starlette only when serving
 
     try:
         binaries = find_binaries(environ or {})
+        build = find_agent_sandbox(environ or {}) if with_agent_sandbox else None
     except ControlPlaneError as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
-    webhook_port = port or free_loopback_ports(1)[0]
+    try:
+        # Bound here, served by the server: no other process can take it in between.
+        webhook_socket = bound_loopback_socket(port or 0)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%s: %s", LOOPBACK, port, exc)
+        return EXIT_FAILED
+    webhook_port = int(webhook_socket.getsockname()[1])
     webhook_url = f"https://{LOOPBACK}:{webhook_port}"
     work_dir = Path(tempfile.mkdtemp(prefix="agentcube-netpol-dev-"))
     cert_dir = work_dir / "webhook-certs"
     stop_waiting = threading.Event()
-    claims: ClaimCache | None = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        with ControlPlane(
-            binaries=binaries, with_controller_manager=True, work_dir=work_dir / "control-plane"
-        ) as control_plane:
+        with contextlib.ExitStack() as stack:
+            control_plane = stack.enter_context(
+                ControlPlane(
+                    binaries=binaries,
+                    with_controller_manager=True,
+                    work_dir=work_dir / "control-plane",
+                )
+            )
             install_crds(control_plane, CRDS_DIR)
+            if build is not None:
+                # Its own CRDs replace the package's four agent-sandbox ones.
+                stack.enter_context(
+                    AgentSandboxController(
+                        build=build, control_plane=control_plane, work_dir=work_dir / "as"
+                    )
+                )
+                stack.enter_context(FakeKubelet(_core_v1(control_plane)))
             manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
+            metrics = AdmissionMetrics()
+            runtime = ReconcilerRuntime(
+                rest=Rest.from_config(control_plane.admin_kubeconfig),
+                settings=settings,
+                registry=metrics.registry,
+                lease_namespace=LEASE_NAMESPACE,
+            )
+            runtime.start()
+            stack.callback(runtime.stop)  # before the API server stops: it waits for watches
             # The webhook configurations need the server's CA, which the server makes when it
             # starts; a helper thread registers them once it answers, then hands over.
             registrar = threading.Thread(
@@ -129,20 +177,23 @@ def run_dev(
                     "kubeconfig": kubeconfig,
                     "stop_waiting": stop_waiting,
                     "stdout": stdout,
+                    "agent_sandbox": build is not None,
                 },
                 name="register-webhooks",
                 daemon=True,
             )
             registrar.start()
-            cache = claims = _claim_cache(control_plane)
             code = serve(
                 settings=settings,
                 host=LOOPBACK,
                 port=webhook_port,
                 cert_dir=cert_dir,
                 dns_names=["localhost"],
-                claims=cache,
-                ready=lambda: cache.synced,
+                claims=runtime.caches,
+                sandboxes=runtime.caches,
+                ready=lambda: runtime.ready,
+                metrics=metrics,
+                sock=webhook_socket,
             )
             stop_waiting.set()
             registrar.join()
@@ -153,26 +204,20 @@ def run_dev(
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        if claims is not None:
-            # Only once the API server is gone: closing the watch while its thread is
-            # blocked reading from the live connection hangs (http.client on an SSL socket).
-            claims.stop()
         stop_waiting.set()
+        webhook_socket.close()
         signal.signal(signal.SIGTERM, previous_sigterm)
         kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
         logger.info("dev control plane stopped")
 
 
-def _claim_cache(control_plane: ControlPlane) -> ClaimCache:
-    """SandboxClaims watched into memory, so claimed warm-pool pods get their label."""
-    from kubernetes.client import CustomObjectsApi
+def _core_v1(control_plane: ControlPlane) -> Any:
+    """A ``kubernetes.client.CoreV1Api`` as the admin (for the stand-in kubelet)."""
+    from kubernetes.client import CoreV1Api
     from kubernetes.config import new_client_from_config
 
-    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-    claims = ClaimCache(CustomObjectsApi(api_client))
-    claims.start()
-    return claims
+    return CoreV1Api(new_client_from_config(config_file=str(control_plane.admin_kubeconfig)))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -189,6 +234,7 @@ def _register_when_ready(
     kubeconfig: Path,
     stop_waiting: threading.Event,
     stdout: TextIO,
+    agent_sandbox: bool,
 ) -> None:
     ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -214,6 +260,11 @@ def _register_when_ready(
     shutil.copyfile(control_plane.admin_kubeconfig, kubeconfig)
     kubeconfig.chmod(0o600)
     stdout.write(
-        banner(kubeconfig=kubeconfig, control_plane=control_plane, webhook_url=webhook_url)
+        banner(
+            kubeconfig=kubeconfig,
+            control_plane=control_plane,
+            webhook_url=webhook_url,
+            agent_sandbox=agent_sandbox,
+        )
     )
     stdout.flush()

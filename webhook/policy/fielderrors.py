@@ -34,8 +34,11 @@ def show_value(value: Any, *, limit: int = 80) -> str:
     """A value as JSON, cut short so one bad field cannot flood a message."""
     try:
         text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # not JSON, or nested deeper than orjson writes
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = "<nested too deeply to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

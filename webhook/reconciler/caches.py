@@ -19,9 +19,10 @@ import orjson
 
 from webhook.api import kinds
 from webhook.api.kinds import Kind
+from webhook.api.settings import Settings
 from webhook.kube.informer import Informer, interned
 from webhook.kube.rest import Rest
-from webhook.reconciler.sandboxes import INDEXES, labels_of, uid_of
+from webhook.reconciler.sandboxes import BY_NAMESPACE, INDEXES, labels_of, uid_of
 from webhook.reconciler.snapshot import Snapshot
 
 Handler = Callable[[Kind, Mapping[str, Any] | None, Mapping[str, Any] | None], None]
@@ -166,7 +167,8 @@ SLIM: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 class Caches:
     """The informers, read as one ``View``; handlers hear every change of every kind."""
 
-    def __init__(self, rest: Rest) -> None:
+    def __init__(self, rest: Rest, settings: Settings) -> None:
+        self._settings = settings
         self.informers: dict[Kind, list[Informer]] = {}
         for kind, slim in SLIM.items():
             if kind == kinds.POD:
@@ -195,8 +197,12 @@ class Caches:
             informer.start()
 
     def stop(self) -> None:
-        for informer in self._all():
-            informer.stop()
+        """Every informer at once: each waits for its watch to close, so in turn they add up."""
+        stoppers = [threading.Thread(target=i.stop, name=f"stop-{i.name}") for i in self._all()]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
 
     @property
     def synced(self) -> bool:
@@ -235,6 +241,21 @@ class Caches:
             for obj in informer.items():
                 found.setdefault(uid_of(obj), obj)
         return list(found.values())
+
+    # SandboxLookup for admission's widening check.
+    def sandbox_pods(self, namespace: str) -> list[Mapping[str, Any]]:
+        return self.by_index(kinds.POD, BY_NAMESPACE, namespace)
+
+    def isolated_warm_pool(self, namespace: str, name: str) -> bool:
+        from webhook.reconciler.plan import template_mode, warm_pool_size, with_kind
+
+        found = self.get(kinds.CODE_INTERPRETER, namespace, name)
+        if found is None:
+            return False
+        interpreter = with_kind(found, kinds.CODE_INTERPRETER)
+        return (
+            warm_pool_size(interpreter) > 0 and template_mode(interpreter, self._settings) != "None"
+        )
 
     # ClaimLookup for the pod mutation: served from the claims informer.
     def claim_by_uid(self, namespace: str, uid: str) -> Mapping[str, Any] | None:

@@ -49,7 +49,7 @@ class ReconcilerRuntime:
         retry_seconds: float = 2.0,
     ) -> None:
         self.identity = identity or default_identity()
-        self.caches = Caches(rest)
+        self.caches = Caches(rest, settings)
         self.reconciler = Reconciler(
             rest=rest,
             caches=self.caches,

@@ -33,6 +33,7 @@ BY_SANDBOX_NAME = "sandbox-name"  # SandboxClaim and Pod: the AgentCube sandbox 
 BY_UID = "uid"  # SandboxClaim: its uid
 BY_CLAIM_UID = "claim-uid"  # Pod: agents.x-k8s.io/claim-uid
 BY_OWNER = "owner"  # Pod and Sandbox: the controller owner's name
+BY_NAMESPACE = "namespace"  # Pod: its namespace alone (admission's widening check)
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -160,6 +161,7 @@ INDEXES: dict[Kind, dict[str, IndexFunction]] = {
         BY_SANDBOX_NAME: lambda o: _one(o, labels_of(o).get(kinds.LABEL_SANDBOX_NAME)),
         BY_CLAIM_UID: lambda o: _one(o, labels_of(o).get(kinds.LABEL_CLAIM_UID)),
         BY_OWNER: lambda o: _one(o, (controller_of(o) or {}).get("name")),
+        BY_NAMESPACE: lambda o: [namespace_of(o)],
     },
 }
 

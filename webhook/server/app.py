@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from webhook.admission import decide, response
 from webhook.admission.decide import ClaimLookup
+from webhook.admission.widening import SandboxLookup
 from webhook.api.settings import Settings
 from webhook.api.wire import AdmissionRequest, AdmissionResponse
 from webhook.server.metrics import (
@@ -64,6 +65,7 @@ def create_app(
     *,
     settings: Settings,
     claims: ClaimLookup,
+    sandboxes: SandboxLookup | None = None,
     ready: Callable[[], bool] = lambda: True,
     metrics: AdmissionMetrics | None = None,
 ) -> Starlette:
@@ -76,7 +78,7 @@ def create_app(
 
     # Looked up on the module at call time, so a test can replace the decision.
     def decide_validate(request: AdmissionRequest) -> AdmissionResponse:
-        return decide.validate(request, settings=settings)
+        return decide.validate(request, settings=settings, sandboxes=sandboxes)
 
     def decide_mutate(request: AdmissionRequest) -> AdmissionResponse:
         return decide.mutate(request, settings=settings, claims=claims)
@@ -191,13 +193,22 @@ def parse_for_mutation(body: bytes) -> Any:
         return parse_whole(body)
     except msgspec.DecodeError:
         raise BadRequestError(400, "request body is not JSON") from None
+    except RecursionError:  # msgspec stops at Python's recursion limit
+        raise _nested_too_deeply() from None
 
 
 def parse_whole(body: bytes) -> Any:
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson stops at 1024 levels
+            raise _nested_too_deeply() from None
         raise BadRequestError(400, "request body is not JSON") from None
+
+
+def _nested_too_deeply() -> BadRequestError:
+    # The objects our webhooks match are a few dozen levels deep at most.
+    return BadRequestError(400, "request body is not JSON we read: nested too deeply")
 
 
 def decode_review(

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from webhook.admission.decide import ClaimLookup, NoClaims
+from webhook.admission.widening import SandboxLookup
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
 from webhook.api.settings import Settings
 from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
@@ -64,8 +65,14 @@ def serve(
     http_implementation: str = HTTP_IMPLEMENTATION,
     trust: ClusterTrust | None = None,
     metrics: AdmissionMetrics | None = None,
+    sandboxes: SandboxLookup | None = None,
+    sock: socket.socket | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
+
+    ``sock``: a socket already bound (to ``host``:``port``) by the caller, served instead
+    of binding again; a caller that picks a free port binds it once and passes it, so no
+    other process can take the port in between.
 
     ``claims`` is the SandboxClaim lookup for pod mutation (the reconciler's
     watch cache plugs in here); ``ready`` adds a readiness condition (caches
@@ -94,6 +101,7 @@ def serve(
     app = create_app(
         settings=settings,
         claims=claims if claims is not None else NoClaims(),
+        sandboxes=sandboxes,
         ready=is_ready,
         metrics=metrics,
     )
@@ -102,7 +110,7 @@ def serve(
     )
     server = _Server(config)
     try:
-        asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds, trust))
+        asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock))
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         return int(exc.code) if isinstance(exc.code, int) else EXIT_FAILED
     if not server.started:
@@ -146,12 +154,13 @@ async def _serve_and_watch(
     reloader: CertificateReloader,
     interval_seconds: float,
     trust: ClusterTrust | None,
+    sock: socket.socket | None = None,
 ) -> None:
     watchers = [asyncio.create_task(watch_certificates(reloader, interval_seconds))]
     if trust is not None:
         watchers.append(asyncio.create_task(keep_trust(trust, SYNC_INTERVAL_SECONDS)))
     try:
-        await server.serve()
+        await server.serve(sockets=None if sock is None else [sock])
     finally:
         for watcher in watchers:
             watcher.cancel()
