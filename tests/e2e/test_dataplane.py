@@ -1,0 +1,216 @@
+"""The NetworkPolicies `run` writes, enforced at the packet level by kube-router's
+network-policy controller on pods that are network namespaces (tests/e2e/dataplane.py).
+
+A module of its own control plane, with the fake kubelet's pods on the dataplane. Every
+address a probe sends to is a namespace this module created; probes start only in pod
+namespaces (kube-router always lets the node itself through). Without root, iptables,
+ipset or the kube-router build, the tier FAILS with the reason: it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.dataplane import Dataplane, DataplaneError, Host
+from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
+from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
+from tests.e2e.test_reconciler import (
+    grant_agentcube,
+    interpreter,
+    sandbox,
+    sandbox_pod,
+    start_run,
+)
+from webhook.api import kinds
+from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
+from webhook.devtools.kubelet import FakeKubelet
+
+WAIT_S = 60.0
+POLL_S = 0.3
+ALLOWED_HOST = "203.0.113.10"  # inside the allowed CIDR
+ALLOWED_PORT = 443
+OTHER_PORT = 8443  # same host, a port outside the list
+FORBIDDEN_HOST = "198.51.100.10"  # outside every allowed CIDR
+SANDBOX_PORT = 8080
+RESTRICTED = {
+    "mode": "Restricted",
+    "egress": [{"cidrs": ["203.0.113.0/24"], "ports": [{"protocol": "TCP", "port": ALLOWED_PORT}]}],
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
+    with ControlPlane(binaries=binaries) as control_plane:
+        install_crds(control_plane, CRD_DIR)
+        yield control_plane
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: ControlPlane) -> Kubectl:
+    kubectl = Kubectl(cluster)
+    grant_agentcube(kubectl)
+    return kubectl
+
+
+@pytest.fixture(scope="module")
+def run(
+    cluster: ControlPlane, kube: Kubectl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WebhookServer]:
+    manifests = deploy_manifests(cluster)
+    service_account = install_rbac(cluster, manifests)
+    server = start_run(cluster, service_account, tmp_path_factory.mktemp("run"))
+    install_webhooks(cluster, manifests, base_url=server.url, ca_pem=server.ca_pem)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def dataplane(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dataplane]:
+    """The node namespace with kube-router, and the fake kubelet running pods on it."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    kubeconfig = yaml.safe_load(cluster.admin_kubeconfig.read_text(encoding="utf-8"))
+    try:
+        plane = Dataplane(
+            api_port=cluster.api_port,
+            kubeconfig=kubeconfig,
+            work_dir=tmp_path_factory.mktemp("dataplane"),
+        )
+    except DataplaneError as exc:
+        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
+    api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
+    try:
+        plane.start()
+        with FakeKubelet(
+            CoreV1Api(api_client), node_name=plane.node_name, node_ip=plane.node_ip, network=plane
+        ):
+            plane.wait_kube_router()
+            yield plane
+    except DataplaneError as exc:
+        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
+    finally:
+        plane.stop()
+        api_client.close()
+
+
+def eventually_true(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(POLL_S)
+    return False
+
+
+def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def running_pod(kube: Kubectl, dataplane: Dataplane, ns: str, name: str) -> Host:
+    """The pod's namespace, once the fake kubelet runs it (after its gate, if any, came off)."""
+
+    def ip() -> str | None:
+        status = kube.get("pod", name, "-n", ns).get("status") or {}
+        return status.get("podIP") if status.get("phase") == "Running" else None
+
+    address = eventually(ip, f"pod {ns}/{name} to run")
+    host = dataplane.pod(ns, name)
+    assert host.address == address
+    return host
+
+
+def plain_pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    }
+
+
+def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
+    kube: Kubectl, run: WebhookServer, dataplane: Dataplane
+) -> None:
+    allowed = dataplane.add_host(ALLOWED_HOST)
+    dataplane.serve(allowed, "allowed", ALLOWED_PORT, OTHER_PORT)
+    forbidden = dataplane.add_host(FORBIDDEN_HOST)
+    dataplane.serve(forbidden, "forbidden", ALLOWED_PORT)
+
+    kube.ok("create", "namespace", "tenant-a")
+    kube.ok("create", "namespace", "tenant-b")
+    kube.ok("create", "namespace", "agentcube")
+    kube.ok("apply", "-f", "-", input=as_json(interpreter("tenant-a", policy=RESTRICTED)))
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox("tenant-a")))
+    )
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-a", created)))
+    for ns, name, labels in (
+        ("tenant-b", "other-tenant", {"app": "other-tenant"}),
+        ("agentcube", "router", {"app": "agentcube-router"}),
+        ("agentcube", "not-router", {"app": "something-else"}),
+    ):
+        kube.ok("create", "-f", "-", input=as_json(plain_pod(ns, name, labels)))
+
+    box = running_pod(kube, dataplane, "tenant-a", "py-abcd1234")
+    other_tenant = running_pod(kube, dataplane, "tenant-b", "other-tenant")
+    router = running_pod(kube, dataplane, "agentcube", "router")
+    not_router = running_pod(kube, dataplane, "agentcube", "not-router")
+    dataplane.serve(box, "sandbox", SANDBOX_PORT)
+    dataplane.serve(other_tenant, "other-tenant", SANDBOX_PORT)
+    assert (
+        kube.get("networkpolicy", "py-abcd1234", "-n", "tenant-a")["metadata"]["labels"][
+            kinds.MANAGED_BY_LABEL
+        ]
+        == "agentcube-netpol"
+    )
+
+    want = {
+        "sandbox -> allowed CIDR, allowed port": (box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
+        "sandbox -> allowed CIDR, other port": (box, ALLOWED_HOST, OTHER_PORT, None),
+        "sandbox -> other CIDR": (box, FORBIDDEN_HOST, ALLOWED_PORT, None),
+        "sandbox -> other tenant's pod": (box, other_tenant.address, SANDBOX_PORT, None),
+        "router -> sandbox": (router, box.address, SANDBOX_PORT, "sandbox"),
+        "other agentcube pod -> sandbox": (not_router, box.address, SANDBOX_PORT, None),
+        "other tenant's pod -> sandbox": (other_tenant, box.address, SANDBOX_PORT, None),
+        # Controls: the same probes reach unisolated pods, so a "no" above is the policy's.
+        "other tenant's pod -> forbidden host": (other_tenant, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
+        "other agentcube pod -> other tenant's pod": (not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
+    }  # fmt: skip
+
+    def outcomes() -> dict[str, str | None]:
+        seen: dict[str, str | None] = {}
+        for what, (source, address, port, _) in want.items():
+            answer = dataplane.probe(source, address, port)
+            seen[what] = None if answer.startswith("no: ") else answer
+        return seen
+
+    expected = {what: answer for what, (_, _, _, answer) in want.items()}
+    seen: list[dict[str, str | None]] = [{}]
+
+    def enforced() -> bool:
+        seen[0] = outcomes()
+        return seen[0] == expected
+
+    # kube-router programs the policy some time after the pod runs: until it has, wait.
+    if not eventually_true(enforced, WAIT_S):
+        wrong = {what: got for what, got in seen[0].items() if got != expected[what]}
+        raise AssertionError(f"not as the policy says after {WAIT_S:.0f}s: {wrong}")
+    assert outcomes() == expected  # and it holds
