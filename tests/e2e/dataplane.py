@@ -58,29 +58,44 @@ STOP_GRACE_S = 10.0
 PROBE_TIMEOUT_S = 1.5
 KUBE_ROUTER_START_S = 60.0
 
-# A tiny TCP server: answers every connection with its name, on each port given.
+# A tiny server: answers every TCP connection, and every UDP datagram, with its name, on
+# each port given ("443" is TCP, "53/udp" UDP).
 SERVER = r"""
 import socket, sys, threading
 name = sys.argv[1].encode()
-def serve(port):
+def serve_tcp(port):
     listener = socket.socket(); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", port)); listener.listen(64)
     while True:
         conn, _ = listener.accept()
         with conn:
             conn.sendall(name + b"\n")
-for port in sys.argv[2:]:
+def serve_udp(port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sock.bind(("0.0.0.0", port))
+    while True:
+        _, peer = sock.recvfrom(512)
+        sock.sendto(name + b"\n", peer)
+for spec in sys.argv[2:]:
+    port, _, protocol = spec.partition("/")
+    serve = serve_udp if protocol == "udp" else serve_tcp
     threading.Thread(target=serve, args=(int(port),), daemon=True).start()
 print("listening", flush=True)
 threading.Event().wait()
 """
-# Connects, reads the server's name: prints it, or the reason nothing came back.
+# Connects (TCP) or sends a datagram (UDP), reads the server's name: prints it, or the
+# reason nothing came back.
 PROBE = r"""
 import socket, sys
+address, port, protocol, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as s:
-        s.settimeout(float(sys.argv[3]))
-        print(s.recv(256).decode().strip() or "empty")
+    if protocol == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout); s.connect((address, port)); s.send(b"probe")
+            print(s.recv(256).decode().strip() or "empty")
+    else:
+        with socket.create_connection((address, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            print(s.recv(256).decode().strip() or "empty")
 except OSError as exc:
     print(f"no: {exc!r}")
 """
@@ -403,8 +418,8 @@ class Dataplane:
 
     # -- traffic
 
-    def serve(self, host: Host, name: str, *ports: int) -> None:
-        """A TCP server in ``host``'s namespace answering ``name`` on each port."""
+    def serve(self, host: Host, name: str, *ports: int | str) -> None:
+        """A server in ``host``'s namespace answering ``name`` on each port (``53/udp``: UDP)."""
         process = subprocess.Popen(
             ["ip", "netns", "exec", host.namespace, sys.executable, "-c", SERVER, name]
             + [str(port) for port in ports],
@@ -418,9 +433,9 @@ class Dataplane:
         if line != "listening":
             raise DataplaneError(f"server {name} in {host.namespace} did not start: {line!r}")
 
-    def probe(self, source: Host, address: str, port: int) -> str:
-        """What a TCP connection from ``source`` to address:port reads: the server's name,
-        or ``no: <reason>``."""
+    def probe(self, source: Host, address: str, port: int, protocol: str = "tcp") -> str:
+        """What a connection (``protocol`` tcp or udp) from ``source`` to address:port reads:
+        the server's name, or ``no: <reason>``."""
         result = subprocess.run(
             [
                 "ip",
@@ -432,6 +447,7 @@ class Dataplane:
                 PROBE,
                 address,
                 str(port),
+                protocol,
                 str(PROBE_TIMEOUT_S),
             ],
             capture_output=True,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ ALLOWED_PORT = 443
 OTHER_PORT = 8443  # same host, a port outside the list
 FORBIDDEN_HOST = "198.51.100.10"  # outside every allowed CIDR
 SANDBOX_PORT = 8080
+METADATA = "169.254.169.254"  # a stand-in for the cloud metadata address
 RESTRICTED = {
     "mode": "Restricted",
     "egress": [{"cidrs": ["203.0.113.0/24"], "ports": [{"protocol": "TCP", "port": ALLOWED_PORT}]}],
@@ -137,6 +139,17 @@ def running_pod(kube: Kubectl, dataplane: Dataplane, ns: str, name: str) -> Host
     return host
 
 
+@dataclass(frozen=True)
+class Probe:
+    """From ``source`` to address:port: the server's name that comes back, or None."""
+
+    source: Host
+    address: str
+    port: int
+    answer: str | None
+    protocol: str = "tcp"
+
+
 def plain_pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -153,6 +166,8 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
     dataplane.serve(allowed, "allowed", ALLOWED_PORT, OTHER_PORT)
     forbidden = dataplane.add_host(FORBIDDEN_HOST)
     dataplane.serve(forbidden, "forbidden", ALLOWED_PORT)
+    metadata = dataplane.add_host(METADATA)
+    dataplane.serve(metadata, "metadata", 80)
 
     kube.ok("create", "namespace", "tenant-a")
     kube.ok("create", "namespace", "tenant-b")
@@ -163,16 +178,22 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
     )
     kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-a", created)))
     for ns, name, labels in (
+        ("kube-system", "dns", {"k8s-app": "kube-dns"}),
         ("tenant-b", "other-tenant", {"app": "other-tenant"}),
         ("agentcube", "router", {"app": "agentcube-router"}),
+        ("agentcube", "workload-manager", {"app": "workloadmanager"}),
         ("agentcube", "not-router", {"app": "something-else"}),
     ):
         kube.ok("create", "-f", "-", input=as_json(plain_pod(ns, name, labels)))
 
     box = running_pod(kube, dataplane, "tenant-a", "py-abcd1234")
+    started = time.monotonic()
+    dns = running_pod(kube, dataplane, "kube-system", "dns")
     other_tenant = running_pod(kube, dataplane, "tenant-b", "other-tenant")
     router = running_pod(kube, dataplane, "agentcube", "router")
+    manager = running_pod(kube, dataplane, "agentcube", "workload-manager")
     not_router = running_pod(kube, dataplane, "agentcube", "not-router")
+    dataplane.serve(dns, "kube-dns", "53/udp", 53, 80)
     dataplane.serve(box, "sandbox", SANDBOX_PORT)
     dataplane.serve(other_tenant, "other-tenant", SANDBOX_PORT)
     assert (
@@ -183,26 +204,33 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
     )
 
     want = {
-        "sandbox -> allowed CIDR, allowed port": (box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
-        "sandbox -> allowed CIDR, other port": (box, ALLOWED_HOST, OTHER_PORT, None),
-        "sandbox -> other CIDR": (box, FORBIDDEN_HOST, ALLOWED_PORT, None),
-        "sandbox -> other tenant's pod": (box, other_tenant.address, SANDBOX_PORT, None),
-        "router -> sandbox": (router, box.address, SANDBOX_PORT, "sandbox"),
-        "other agentcube pod -> sandbox": (not_router, box.address, SANDBOX_PORT, None),
-        "other tenant's pod -> sandbox": (other_tenant, box.address, SANDBOX_PORT, None),
+        "sandbox -> allowed CIDR, allowed port": Probe(box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
+        "sandbox -> allowed CIDR, other port": Probe(box, ALLOWED_HOST, OTHER_PORT, None),
+        "sandbox -> other CIDR": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, None),
+        "sandbox -> other tenant's pod": Probe(box, other_tenant.address, SANDBOX_PORT, None),
+        "sandbox -> metadata address": Probe(box, METADATA, 80, None),
+        "sandbox -> cluster DNS 53/UDP": Probe(box, dns.address, 53, "kube-dns", "udp"),
+        "sandbox -> cluster DNS 53/TCP": Probe(box, dns.address, 53, "kube-dns"),
+        "sandbox -> cluster DNS pod, another port": Probe(box, dns.address, 80, None),
+        "router -> sandbox": Probe(router, box.address, SANDBOX_PORT, "sandbox"),
+        "workload manager -> sandbox": Probe(manager, box.address, SANDBOX_PORT, "sandbox"),
+        "other agentcube pod -> sandbox": Probe(not_router, box.address, SANDBOX_PORT, None),
+        "other tenant's pod -> sandbox": Probe(other_tenant, box.address, SANDBOX_PORT, None),
         # Controls: the same probes reach unisolated pods, so a "no" above is the policy's.
-        "other tenant's pod -> forbidden host": (other_tenant, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
-        "other agentcube pod -> other tenant's pod": (not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
+        "other tenant's pod -> forbidden host": Probe(other_tenant, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
+        "other tenant's pod -> metadata address": Probe(other_tenant, METADATA, 80, "metadata"),
+        "other tenant's pod -> DNS pod, another port": Probe(other_tenant, dns.address, 80, "kube-dns"),
+        "other agentcube pod -> other tenant's pod": Probe(not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
     }  # fmt: skip
 
     def outcomes() -> dict[str, str | None]:
         seen: dict[str, str | None] = {}
-        for what, (source, address, port, _) in want.items():
-            answer = dataplane.probe(source, address, port)
+        for what, probe in want.items():
+            answer = dataplane.probe(probe.source, probe.address, probe.port, probe.protocol)
             seen[what] = None if answer.startswith("no: ") else answer
         return seen
 
-    expected = {what: answer for what, (_, _, _, answer) in want.items()}
+    expected = {what: probe.answer for what, probe in want.items()}
     seen: list[dict[str, str | None]] = [{}]
 
     def enforced() -> bool:
@@ -213,4 +241,5 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
     if not eventually_true(enforced, WAIT_S):
         wrong = {what: got for what, got in seen[0].items() if got != expected[what]}
         raise AssertionError(f"not as the policy says after {WAIT_S:.0f}s: {wrong}")
+    print(f"policy in force {time.monotonic() - started:.1f}s after the sandbox pod ran")
     assert outcomes() == expected  # and it holds
