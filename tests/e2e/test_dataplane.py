@@ -22,6 +22,7 @@ from tests.e2e.dataplane import Dataplane, DataplaneError, Host
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.test_reconciler import (
+    AGENTCUBE,
     grant_agentcube,
     interpreter,
     sandbox,
@@ -159,16 +160,49 @@ def plain_pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
-    kube: Kubectl, run: WebhookServer, dataplane: Dataplane
-) -> None:
-    allowed = dataplane.add_host(ALLOWED_HOST)
-    dataplane.serve(allowed, "allowed", ALLOWED_PORT, OTHER_PORT)
-    forbidden = dataplane.add_host(FORBIDDEN_HOST)
-    dataplane.serve(forbidden, "forbidden", ALLOWED_PORT)
-    metadata = dataplane.add_host(METADATA)
-    dataplane.serve(metadata, "metadata", 80)
+@pytest.fixture(scope="module")
+def externals(dataplane: Dataplane) -> None:
+    """Hosts outside the cluster, each a namespace answering its name: one inside the
+    allowed CIDR (on the allowed port and another), one outside it, the metadata stand-in."""
+    for address, name, ports in (
+        (ALLOWED_HOST, "allowed", (ALLOWED_PORT, OTHER_PORT)),
+        (FORBIDDEN_HOST, "forbidden", (ALLOWED_PORT,)),
+        (METADATA, "metadata", (80,)),
+    ):
+        dataplane.serve(dataplane.add_host(address), name, *ports)
 
+
+def outcomes(dataplane: Dataplane, want: dict[str, Probe]) -> dict[str, str | None]:
+    seen: dict[str, str | None] = {}
+    for what, probe in want.items():
+        answer = dataplane.probe(probe.source, probe.address, probe.port, probe.protocol)
+        seen[what] = None if answer.startswith("no: ") else answer
+    return seen
+
+
+def wait_until_as(dataplane: Dataplane, want: dict[str, Probe], why: str) -> float:
+    """Until every probe comes back as ``want`` says (kube-router programs a policy some
+    time after it changes), then once more: the seconds it took."""
+    started = time.monotonic()
+    expected = {what: probe.answer for what, probe in want.items()}
+    seen: list[dict[str, str | None]] = [{}]
+
+    def as_wanted() -> bool:
+        seen[0] = outcomes(dataplane, want)
+        return seen[0] == expected
+
+    if not eventually_true(as_wanted, WAIT_S):
+        wrong = {what: got for what, got in seen[0].items() if got != expected[what]}
+        raise AssertionError(f"{why}: not so after {WAIT_S:.0f}s: {wrong}")
+    took = time.monotonic() - started
+    assert outcomes(dataplane, want) == expected  # and it holds
+    return took
+
+
+@pytest.mark.usefixtures("run", "externals")
+def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
+    kube: Kubectl, dataplane: Dataplane
+) -> None:
     kube.ok("create", "namespace", "tenant-a")
     kube.ok("create", "namespace", "tenant-b")
     kube.ok("create", "namespace", "agentcube")
@@ -223,23 +257,50 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "other agentcube pod -> other tenant's pod": Probe(not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
     }  # fmt: skip
 
-    def outcomes() -> dict[str, str | None]:
-        seen: dict[str, str | None] = {}
-        for what, probe in want.items():
-            answer = dataplane.probe(probe.source, probe.address, probe.port, probe.protocol)
-            seen[what] = None if answer.startswith("no: ") else answer
-        return seen
+    took = wait_until_as(dataplane, want, "the Restricted policy")
+    print(
+        f"policy in force {time.monotonic() - started:.1f}s after the sandbox pod ran ({took:.1f}s probing)"
+    )
 
-    expected = {what: probe.answer for what, probe in want.items()}
-    seen: list[dict[str, str | None]] = [{}]
 
-    def enforced() -> bool:
-        seen[0] = outcomes()
-        return seen[0] == expected
+@pytest.mark.usefixtures("run", "externals")
+def test_an_override_at_runtime_changes_what_gets_through_and_none_opens(
+    kube: Kubectl, dataplane: Dataplane
+) -> None:
+    kube.ok("create", "namespace", "tenant-c")
+    kube.ok("create", "namespace", "tenant-d")
+    kube.ok("apply", "-f", "-", input=as_json(interpreter("tenant-c", policy=RESTRICTED)))
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox("tenant-c")))
+    )
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-c", created)))
+    kube.ok("create", "-f", "-", input=as_json(plain_pod("tenant-d", "peer", {"app": "peer"})))
+    box = running_pod(kube, dataplane, "tenant-c", "py-abcd1234")
+    peer = running_pod(kube, dataplane, "tenant-d", "peer")
+    dataplane.serve(peer, "peer", SANDBOX_PORT)
 
-    # kube-router programs the policy some time after the pod runs: until it has, wait.
-    if not eventually_true(enforced, WAIT_S):
-        wrong = {what: got for what, got in seen[0].items() if got != expected[what]}
-        raise AssertionError(f"not as the policy says after {WAIT_S:.0f}s: {wrong}")
-    print(f"policy in force {time.monotonic() - started:.1f}s after the sandbox pod ran")
-    assert outcomes() == expected  # and it holds
+    def probes(allowed: str | None, forbidden: str | None, other: str | None) -> dict[str, Probe]:
+        return {
+            "sandbox -> 203.0.113.10:443": Probe(box, ALLOWED_HOST, ALLOWED_PORT, allowed),
+            "sandbox -> 198.51.100.10:443": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, forbidden),
+            "sandbox -> another tenant's pod": Probe(box, peer.address, SANDBOX_PORT, other),
+        }
+
+    wait_until_as(dataplane, probes("allowed", None, None), "the template's policy")
+
+    override = {
+        "mode": "Restricted",
+        "egress": [{"cidrs": ["198.51.100.0/24"], "ports": [{"protocol": "TCP", "port": 443}]}],
+    }
+    kube.ok(
+        "annotate", "sandbox", "py-abcd1234", "-n", "tenant-c",
+        f"{kinds.ANNOTATION_NETWORK_POLICY}={json.dumps(override)}", *AGENTCUBE,
+    )  # fmt: skip
+    # The override replaces the template's policy, whole: the template's CIDR is closed now.
+    wait_until_as(dataplane, probes(None, "forbidden", None), "the override")
+
+    kube.ok(
+        "annotate", "sandbox", "py-abcd1234", "-n", "tenant-c", "--overwrite",
+        f"{kinds.ANNOTATION_NETWORK_POLICY}={json.dumps({'mode': 'None'})}", *AGENTCUBE,
+    )  # fmt: skip
+    wait_until_as(dataplane, probes("allowed", "forbidden", "peer"), "mode None: open")
