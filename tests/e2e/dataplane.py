@@ -38,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,37 @@ try:
 except OSError as exc:
     print(f"no: {exc!r}")
 """
+# Connects again and again (TCP, every 10 ms) for a while; prints how many connections got
+# the server's answer, and when the first and last did (seconds after "go").
+PROBER = r"""
+import socket, sys, time
+address, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+print("go", flush=True)
+start = time.monotonic(); through = refused = 0; first = last = None
+while (now := time.monotonic() - start) < seconds:
+    try:
+        with socket.create_connection((address, port), timeout=0.2) as s:
+            s.settimeout(0.2)
+            if s.recv(64):
+                through += 1; first = now if first is None else first; last = now
+            else:
+                refused += 1
+    except OSError:
+        refused += 1
+    time.sleep(0.01)
+print(f"{through} {refused} {first} {last}", flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What a ``prober`` saw: connections answered and not, and when the first and the last
+    answered one started (seconds after it began; None: none was)."""
+
+    through: int
+    refused: int
+    first_through_s: float | None
+    last_through_s: float | None
 
 
 class DataplaneError(RuntimeError):
@@ -267,6 +298,9 @@ class Dataplane:
         self._processes: list[subprocess.Popen[bytes]] = []
         self._relay: Relay | None = None
         self.kube_router: subprocess.Popen[bytes] | None = None
+        # Called with each pod and its namespace as soon as the namespace is plumbed, before
+        # the kubelet reports the pod running (a container starts with its network).
+        self.on_attach: Callable[[Mapping[str, Any], Host], None] | None = None
 
     # -- the node
 
@@ -400,6 +434,8 @@ class Dataplane:
         host = self._plug(self._addresses.attach(pod))
         with self._lock:
             self._pods[key] = host
+        if self.on_attach is not None:
+            self.on_attach(pod, host)
         return host.address
 
     def detach(self, pod: Mapping[str, Any]) -> None:
@@ -456,6 +492,44 @@ class Dataplane:
             check=False,
         )
         return result.stdout.strip() or f"no: probe failed {result.stderr.strip()!r}"
+
+    def prober(self, source: Host, address: str, port: int, seconds: float) -> Callable[[], Probed]:
+        """Starts connecting from ``source`` to address:port again and again for ``seconds``;
+        returns once the first attempt is under way. Call the result for what it saw."""
+        process = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                source.namespace,
+                sys.executable,
+                "-c",
+                PROBER,
+                address,
+                str(port),
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._processes.append(process)
+        assert process.stdout is not None
+        stdout = process.stdout
+        if stdout.readline().decode().strip() != "go":
+            raise DataplaneError(f"prober in {source.namespace} did not start")
+
+        def result() -> Probed:
+            through, refused, first, last = stdout.readline().decode().split()
+            process.wait(timeout=STOP_GRACE_S)
+            return Probed(
+                through=int(through),
+                refused=int(refused),
+                first_through_s=None if first == "None" else float(first),
+                last_through_s=None if last == "None" else float(last),
+            )
+
+        return result
 
     # -- teardown
 
