@@ -172,30 +172,30 @@ class Reconciler:
         if not self.leading:
             return True  # the new leader does it
         try:
-            written = self._write(the_plan)
+            self._write(the_plan)
         except (AlreadyExists, Conflict) as exc:
             logger.info("reconcile %s/%s: %s; cache behind, retrying", *request, exc.reason)
             return False
         if the_plan.write == "blocked":
             return True
         for patch in the_plan.label_pods:
-            self._patch_pod(patch, written)
+            self._patch_pod(patch)
         for patch in the_plan.ungate_pods:
-            self._patch_pod(patch, written)
+            self._patch_pod(patch)
         return True
 
-    def _write(self, the_plan: Plan) -> Mapping[str, Any] | None:
+    def _write(self, the_plan: Plan) -> None:
         request = the_plan.request
         what = "baseline" if request.name.startswith(BASELINE_PREFIX) else "NetworkPolicy"
         if the_plan.write == "create":
             assert the_plan.desired is not None
-            created = self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
+            self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
             self._metrics.writes.labels("create").inc()
             logger.info("created %s %s/%s", what, *request)
             self._report_write(the_plan, "NetworkPolicyCreated", f"created {what} {request.name}")
-            return created
+            return
         if the_plan.write == "update":
-            updated = self._rest.patch(
+            self._rest.patch(
                 kinds.NETWORK_POLICY,
                 request.namespace,
                 request.name,
@@ -210,7 +210,7 @@ class Reconciler:
                 f"{what} {request.name} brought back to the sandbox's policy "
                 "(it was edited, or the policy changed)",
             )
-            return updated
+            return
         if the_plan.write == "delete":
             assert the_plan.current is not None and is_managed(the_plan.current)
             try:
@@ -221,14 +221,13 @@ class Reconciler:
                     uid=uid_of(the_plan.current),
                 )
             except NotFound:
-                return None
+                return
             self._metrics.writes.labels("delete").inc()
             logger.info("deleted %s %s/%s: no longer needed", what, *request)
             self._report_write(the_plan, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
-            return None
-        return the_plan.current
+            return
 
-    def _patch_pod(self, patch: PodPatch, _written: Mapping[str, Any] | None) -> None:
+    def _patch_pod(self, patch: PodPatch) -> None:
         patch_type: PatchType
         if patch.gates is not None:
             body: Any = [
