@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test: lint controlplane dataplane-packages wheel-check
 
 bench: install
 	$(PY) bench/admission.py
+
+## bench-reconciler: burst, latency and memory of `run` against a real API server (~25 min)
+bench-reconciler: install controlplane
+	$(PY) bench/reconciler.py all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -234,8 +234,10 @@ def test_a_direct_sandbox_gets_its_policy_and_its_pod_waits_for_it(kube: Kubectl
     pod_now = kube.get("pod", "py-abcd1234", "-n", ns)
     assert int(policy["metadata"]["resourceVersion"]) < int(pod_now["metadata"]["resourceVersion"])
 
-    described = kube.ok("describe", "sandbox", "py-abcd1234", "-n", ns)
-    assert "NetworkPolicyCreated" in described
+    eventually(  # Events are sent by a thread of their own, just after the write
+        lambda: "NetworkPolicyCreated" in kube.ok("describe", "sandbox", "py-abcd1234", "-n", ns),
+        "the NetworkPolicyCreated Event on the Sandbox",
+    )
 
 
 def test_a_deleted_or_edited_policy_comes_back(kube: Kubectl, ns: str) -> None:
