@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane bench clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,17 @@ serve: install
 dev: install controlplane
 	$(PY) -m webhook dev
 
-## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd and the agent-sandbox controller (cached)
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, the agent-sandbox controller and kube-router (cached)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
 	tests/controlplane/build-agent-sandbox.sh >/dev/null
+	tests/controlplane/build-kube-router.sh >/dev/null
+
+## dataplane-packages: iptables and ipset (Debian packages) for kube-router in the dataplane tier, when missing
+dataplane-packages:
+	@if ! command -v iptables >/dev/null || ! command -v ipset >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset; \
+	fi
 
 ## lint: ruff, mypy, and the layering contracts of pyproject.toml [tool.importlinter]
 lint: install
@@ -47,11 +54,15 @@ wheel-check: controlplane
 	PYTHON=$(PYTHON) tests/wheel/check.sh
 
 ## test: lint, types, the installed wheel, and every tier, end-to-end against a real kube-apiserver included
-test: lint controlplane wheel-check
+test: lint controlplane dataplane-packages wheel-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/admission.py
+
+## bench-reconciler: burst, latency and memory of `run` against a real API server (~25 min)
+bench-reconciler: install controlplane
+	$(PY) bench/reconciler.py all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -73,16 +73,26 @@ def template(kind: str, policy: Any, *, name: str = "demo", namespace: str = TEA
 
 
 def sandbox(
-    name: str = "demo-ab12cd34", namespace: str = TEAM, *, annotations: dict[str, str] | None = None
+    name: str = "demo-ab12cd34",
+    namespace: str = TEAM,
+    *,
+    annotations: dict[str, str] | None = None,
+    workload: str | None = None,
 ) -> Obj:
-    """A Sandbox as AgentCube creates it on the direct path."""
+    """A Sandbox as AgentCube creates it on the direct path; with ``workload``, labelled with
+    its template (workload-name) and a session, as the reconciler finds it."""
+    metadata: Obj = {"name": name, "namespace": namespace, "annotations": annotations or {}}
+    pod_labels = {kinds.LABEL_SANDBOX_NAME: name}
+    if workload is not None:
+        metadata["labels"] = {kinds.LABEL_WORKLOAD_NAME: workload, kinds.LABEL_SESSION_ID: "s-1"}
+        pod_labels[kinds.LABEL_SESSION_ID] = "s-1"
     return {
         "apiVersion": kinds.SANDBOX.api_version,
         "kind": kinds.SANDBOX.kind,
-        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "metadata": metadata,
         "spec": {
             "podTemplate": {
-                "metadata": {"labels": {kinds.LABEL_SANDBOX_NAME: name}},
+                "metadata": {"labels": pod_labels},
                 "spec": {"containers": [{"name": "sandbox", "image": "python:3.12"}]},
             }
         },

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import FIXTURES
 from tests.builders import (
     agent_runtime,
     code_interpreter,
@@ -17,6 +19,7 @@ from tests.builders import (
 )
 from tests.e2e.harness import Kubectl, as_json
 from webhook.api import kinds
+from webhook.cli.offline import load_objects
 from webhook.devtools.controlplane import ControlPlane
 
 pytestmark = pytest.mark.usefixtures("webhook_configurations")
@@ -322,3 +325,42 @@ def test_agentcube_may_set_an_override_but_only_a_valid_one(
     assert '"10.0.0.0/8"' in refused.stderr
     stored = kubectl.get(SANDBOXES, "sbx-4", "-n", namespace)
     assert stored["metadata"]["annotations"][kinds.ANNOTATION_NETWORK_POLICY] == good
+
+
+# --- the corpus of invalid templates, as a user applies it -------------------------------------
+
+INVALID = sorted((FIXTURES / "invalid").glob("*.yaml"))
+
+
+def expected_errors(path: Path) -> list[str]:
+    return re.findall(r"^# expect-error: (\S+)$", path.read_text(), flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_each_invalid_fixture_is_refused_by_our_webhook_naming_the_field(
+    kubectl: Kubectl, namespace: str, path: Path
+) -> None:
+    """Refused by the webhook (not earlier by the CRD schema), with every expected field."""
+    result = kubectl("apply", "-n", namespace, "-f", str(path))
+    assert result.returncode != 0
+    assert 'admission webhook "templates.netpol.agentcube.io" denied the request' in (
+        result.stderr
+    ), result.stderr
+    for field in expected_errors(path):
+        assert field in result.stderr, result.stderr
+
+
+def test_every_valid_fixture_is_stored(kubectl: Kubectl, namespace: str) -> None:
+    objects = [
+        item.obj
+        for path in sorted((FIXTURES / "valid").iterdir())
+        for item in load_objects(str(path))
+    ]
+    assert len(objects) == len(list((FIXTURES / "valid").iterdir()))
+    refused = []
+    for obj in objects:
+        obj["metadata"]["namespace"] = namespace
+        result = kubectl("create", "-f", "-", input=as_json(obj))
+        if result.returncode != 0:
+            refused.append(result.stderr)
+    assert refused == []

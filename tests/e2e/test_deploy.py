@@ -119,7 +119,7 @@ def stored_templates(control_plane: ControlPlane) -> dict[str, Doc]:
 
 @pytest.fixture(scope="module")
 def installed_base(control_plane: ControlPlane, stored_templates: dict[str, Doc]) -> None:
-    control_plane.kubectl("apply", "--server-side", "-k", str(DEPLOY))
+    control_plane.kubectl("apply", "-k", str(DEPLOY))  # as the README says
 
 
 @pytest.mark.e2e
@@ -199,10 +199,10 @@ def test_cert_manager_overlay_applies(control_plane: ControlPlane) -> None:
     without_cert_manager_kinds = [
         d for d in render_cert_manager() if "cert-manager.io" not in d["apiVersion"]
     ]
+    # Client-side, as deploy/README.md applies it (over the base, when the module installed it).
     applied = apply_json(
         control_plane,
         "apply",
-        "--server-side",
         "--dry-run=server",
         obj={"apiVersion": "v1", "kind": "List", "items": without_cert_manager_kinds},
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 from tests.builders import code_interpreter
 from tests.e2e.harness import REPO_ROOT, as_json
+from tests.readme import console_commands, section
 from webhook.api import kinds
 from webhook.devtools.controlplane import KUBECTL, Binaries
 
@@ -27,9 +29,9 @@ SESSION_SELECTOR = f"{kinds.LABEL_SANDBOX_NAME}={SESSION}"
 
 
 def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> dict[str, Any]:
-    """The README's session: a warm pool as AgentCube sets it up, then a claim; the real
-    agent-sandbox controller adopts a warm pod, the reconciler gives the claim its policy and
-    the pod carries the label it selects on. Returns the adopted pod."""
+    """The README's warm-pool session: a warm pool as AgentCube sets it up, then a claim; the
+    real agent-sandbox controller adopts a warm pod, the reconciler gives the claim its policy
+    and the pod carries the label it selects on. Returns the adopted pod."""
 
     def kubectl(*args: str) -> str:
         return subprocess.run(
@@ -40,6 +42,7 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
     kubectl("apply", "-f", "examples/dev/warm-pool.yaml")
     kubectl("apply", "-f", "examples/dev/session.yaml")
     deadline = time.monotonic() + SESSION_WAIT_S
+    names: set[str] = set()
     while time.monotonic() < deadline:
         policies = json.loads(kubectl("get", "networkpolicy", "-n", "default", "-o", "json"))
         names = {p["metadata"]["name"] for p in policies["items"]}
@@ -51,6 +54,36 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
             return pod
         time.sleep(0.5)
     raise AssertionError(f"no NetworkPolicy and labelled pod for {SESSION}: {names}")
+
+
+def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> None:
+    """The kubectl commands of the README's dev session, run from the checkout's root: each
+    line shown after a command is a line of its output (stdout and stderr), and the fixtures
+    are each refused by our webhook with the fields their headers name."""
+    session = section((REPO_ROOT / "README.md").read_text(), "### A session with `dev`")
+    commands = console_commands(session, "kubectl")
+    assert [c for c, _ in commands] == [
+        "apply -f examples/",
+        "apply -f examples/agentcube/",
+        "apply -f tests/fixtures/invalid/",
+    ]
+    for command, shown in commands:
+        result = subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *command.split()],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT,
+        )  # fmt: skip
+        output = result.stdout.splitlines() + result.stderr.splitlines()
+        missing = [line for line in shown if line != "..." and line not in output]
+        assert missing == [], f"kubectl {command}:\n{result.stdout}{result.stderr}"
+        refused = any(line.startswith("Error from server") for line in shown)
+        assert (result.returncode != 0) == refused, result.stderr
+    invalid = sorted((REPO_ROOT / "tests" / "fixtures" / "invalid").glob("*.yaml"))
+    denials = [line for line in output if 'webhook "templates.netpol.agentcube.io" denied' in line]
+    assert len(denials) == len(invalid), result.stderr
+    for path in invalid:
+        (denial,) = [line for line in denials if f'"tests/fixtures/invalid/{path.name}"' in line]
+        for field in re.findall(r"^# expect-error: (\S+)$", path.read_text(), re.MULTILINE):
+            assert field in denial, denial
 
 
 def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path: Path) -> None:
@@ -83,6 +116,7 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         assert "spec.template.networkPolicy.egress[0].cidrs[0]" in result.stderr
         pod = a_session_gets_its_network_policy(binaries, kubeconfig)
         assert kinds.LABEL_CLAIM_UID in pod["metadata"]["labels"]  # adopted by the real controller
+        readme_session_does_what_it_shows(binaries, kubeconfig)
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(dev.pid)], capture_output=True, text=True, check=False
         ).stdout.split()]  # fmt: skip

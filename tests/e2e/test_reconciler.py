@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests import builders
 from tests.e2e.deployed import (
     NAMESPACE,
     deploy_manifests,
@@ -145,23 +146,7 @@ def interpreter(
 
 def sandbox(ns: str, name: str = "py-abcd1234", workload: str = "py") -> dict[str, Any]:
     """A Sandbox as AgentCube's workload manager creates it (direct path)."""
-    return {
-        "apiVersion": kinds.SANDBOX.api_version,
-        "kind": "Sandbox",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": {kinds.LABEL_WORKLOAD_NAME: workload, kinds.LABEL_SESSION_ID: "s-1"},
-        },
-        "spec": {
-            "podTemplate": {
-                "metadata": {
-                    "labels": {kinds.LABEL_SANDBOX_NAME: name, kinds.LABEL_SESSION_ID: "s-1"}
-                },
-                "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
-            }
-        },
-    }
+    return builders.sandbox(name, ns, workload=workload)
 
 
 def sandbox_pod(ns: str, owner: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +219,10 @@ def test_a_direct_sandbox_gets_its_policy_and_its_pod_waits_for_it(kube: Kubectl
     pod_now = kube.get("pod", "py-abcd1234", "-n", ns)
     assert int(policy["metadata"]["resourceVersion"]) < int(pod_now["metadata"]["resourceVersion"])
 
-    described = kube.ok("describe", "sandbox", "py-abcd1234", "-n", ns)
-    assert "NetworkPolicyCreated" in described
+    eventually(  # Events are sent by a thread of their own, just after the write
+        lambda: "NetworkPolicyCreated" in kube.ok("describe", "sandbox", "py-abcd1234", "-n", ns),
+        "the NetworkPolicyCreated Event on the Sandbox",
+    )
 
 
 def test_a_deleted_or_edited_policy_comes_back(kube: Kubectl, ns: str) -> None:

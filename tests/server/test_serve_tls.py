@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests import builders
+from tests import REPO_ROOT, builders
+from tests.readme import console_commands
 from webhook.api import kinds
 from webhook.devtools.controlplane import lost_a_port
 from webhook.tls import certs
@@ -201,3 +202,32 @@ def test_sigterm_exits_zero_promptly_with_a_keep_alive_connection_open(server: S
         assert time.monotonic() - started < 5.0
     finally:
         idle.close()
+
+
+def test_the_readme_curl_gets_ok_from_serve_with_its_defaults(tmp_path: Path) -> None:
+    """`make serve` runs `python -m webhook serve`: certificates in ./certs, then the README's
+    curl line (on this test's port instead of 9443) answers ok."""
+    ((command, shown),) = console_commands((REPO_ROOT / "README.md").read_text(), "curl")
+    assert "https://localhost:9443/healthz" in command
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        log = tmp_path / "serve.log"
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "webhook", "serve", "--port", str(port)],
+                cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        running = Server(process=process, port=port, cert_dir=tmp_path / "certs", log=log)
+        try:
+            if not wait_until_ready(running, retry_on_lost_port=attempt < PORT_ATTEMPTS):
+                continue
+            result = subprocess.run(
+                ["curl", "--silent", "--show-error",
+                 *command.replace(":9443/", f":{port}/").split()],
+                cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert (result.returncode, result.stdout.splitlines()) == (0, shown), result.stderr
+            return
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)

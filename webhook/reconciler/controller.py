@@ -9,7 +9,9 @@ a failed reconcile is retried with per-key exponential backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -43,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 WORKERS = 4
 RESYNC_SECONDS = 600.0  # a full pass now and then, as controller-runtime's SyncPeriod
-REPORTED_EVENTS_KEPT = 4096  # (object uid, reason, message) seen lately: no Event twice
+REPORTED_EVENTS_KEPT = 4096
+EVENT_QUEUE_SIZE = 4096  # Events waiting to be sent; past that they are dropped (logged)  # (object uid, reason, message) seen lately: no Event twice
 COMPONENT = "agentcube-netpol"
 
 
@@ -72,6 +75,9 @@ class Reconciler:
         self._threads: list[threading.Thread] = []
         self._reported: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._reported_lock = threading.Lock()
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._event_sender = threading.Thread(target=self._send_events, name="events", daemon=True)
+        self._event_sender.start()
         metrics.track_queue(lambda: len(self.queue))
         caches.add_handler(self._on_change)
 
@@ -117,6 +123,9 @@ class Reconciler:
         self.queue.shutdown()
         for thread in self._threads:
             thread.join(timeout=5)
+        with contextlib.suppress(queue.Full):
+            self._events.put_nowait(None)  # after the Events queued so far
+        self._event_sender.join(timeout=2)
 
     def _resync(self) -> None:
         while self.leading and not self.queue.shutting_down:
@@ -172,30 +181,30 @@ class Reconciler:
         if not self.leading:
             return True  # the new leader does it
         try:
-            written = self._write(the_plan)
+            self._write(the_plan)
         except (AlreadyExists, Conflict) as exc:
             logger.info("reconcile %s/%s: %s; cache behind, retrying", *request, exc.reason)
             return False
         if the_plan.write == "blocked":
             return True
         for patch in the_plan.label_pods:
-            self._patch_pod(patch, written)
+            self._patch_pod(patch)
         for patch in the_plan.ungate_pods:
-            self._patch_pod(patch, written)
+            self._patch_pod(patch)
         return True
 
-    def _write(self, the_plan: Plan) -> Mapping[str, Any] | None:
+    def _write(self, the_plan: Plan) -> None:
         request = the_plan.request
         what = "baseline" if request.name.startswith(BASELINE_PREFIX) else "NetworkPolicy"
         if the_plan.write == "create":
             assert the_plan.desired is not None
-            created = self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
+            self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
             self._metrics.writes.labels("create").inc()
             logger.info("created %s %s/%s", what, *request)
             self._report_write(the_plan, "NetworkPolicyCreated", f"created {what} {request.name}")
-            return created
+            return
         if the_plan.write == "update":
-            updated = self._rest.patch(
+            self._rest.patch(
                 kinds.NETWORK_POLICY,
                 request.namespace,
                 request.name,
@@ -210,7 +219,7 @@ class Reconciler:
                 f"{what} {request.name} brought back to the sandbox's policy "
                 "(it was edited, or the policy changed)",
             )
-            return updated
+            return
         if the_plan.write == "delete":
             assert the_plan.current is not None and is_managed(the_plan.current)
             try:
@@ -221,14 +230,13 @@ class Reconciler:
                     uid=uid_of(the_plan.current),
                 )
             except NotFound:
-                return None
+                return
             self._metrics.writes.labels("delete").inc()
             logger.info("deleted %s %s/%s: no longer needed", what, *request)
             self._report_write(the_plan, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
-            return None
-        return the_plan.current
+            return
 
-    def _patch_pod(self, patch: PodPatch, _written: Mapping[str, Any] | None) -> None:
+    def _patch_pod(self, patch: PodPatch) -> None:
         patch_type: PatchType
         if patch.gates is not None:
             body: Any = [
@@ -259,6 +267,17 @@ class Reconciler:
 
     # --- Events -----------------------------------------------------------------------------
 
+    def _send_events(self) -> None:
+        while True:
+            body = self._events.get()
+            if body is None:
+                return
+            try:
+                self._rest.create(kinds.EVENT, body["metadata"]["namespace"], body)
+                self._metrics.writes.labels("event").inc()
+            except ApiError as exc:  # an Event is best effort; the log line stays
+                logger.warning("could not record Event %s: %s", body.get("reason"), exc)
+
     def _report_write(self, the_plan: Plan, reason: str, message: str) -> None:
         if the_plan.regarding is not None:
             self._record(Report(the_plan.regarding, reason, message), once=False)
@@ -274,13 +293,12 @@ class Reconciler:
                 self._reported[key] = None
                 while len(self._reported) > REPORTED_EVENTS_KEPT:
                     self._reported.popitem(last=False)
+        # Sent by a thread of its own, as client-go's recorder does: a worker never waits
+        # on an Event, and a burst of them cannot slow the writes that matter.
         try:
-            self._rest.create(
-                kinds.EVENT, namespace_of(report.regarding), event_body(report, self.identity)
-            )
-            self._metrics.writes.labels("event").inc()
-        except ApiError as exc:  # an Event is best effort; the log line stays
-            logger.warning("could not record Event %s: %s", report.reason, exc)
+            self._events.put_nowait(event_body(report, self.identity))
+        except queue.Full:
+            logger.warning("Event queue full; dropped Event %s", report.reason)
         log = logger.warning if report.warning else logger.info
         log("%s %s/%s: %s: %s", report.regarding.get("kind"), namespace_of(report.regarding),
             name_of(report.regarding), report.reason, report.message)  # fmt: skip

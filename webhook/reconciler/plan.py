@@ -221,7 +221,6 @@ def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
     if ref is None:
         # No sandbox by that name: an orphan of ours is deleted (the garbage collector
         # does this too, once the owner is gone; this covers a policy that lost it).
-        desired = None
         return Plan(request, choose_write(None, current), None, current)
 
     regarding = with_kind(ref.owner, ref.owner_kind)

@@ -1,0 +1,717 @@
+"""Reconciler benchmarks (not a test): burst, latency and memory of ``agentcube-netpol run``.
+
+    python bench/reconciler.py burst     # 1,000 Sandboxes at once vs a bare client's 1,000 creates
+    python bench/reconciler.py latency   # 20 Sandboxes/s: create answered -> policy ADDED
+    python bench/reconciler.py memory    # VmRSS of run with 10,000 sandboxes, pods, policies
+    python bench/reconciler.py all
+
+Each command starts its own control plane (etcd + kube-apiserver from the build cache,
+no kube-controller-manager, no webhook configurations: Sandbox creates go through no
+webhook, and pods are created without the scheduling gate), installs deploy/crds and
+deploy/'s RBAC, and starts ``python -m webhook run`` as a subprocess under deploy/'s
+service account (a client-certificate user of that name, as tests/e2e/deployed.py does).
+
+Every time is read in this process from its own watch of NetworkPolicies (one
+monotonic clock, no polling). The machine is shared: rounds are interleaved with
+their baseline and medians and ratios reported. Nothing here asserts a threshold.
+Only loopback addresses are used; every process started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lib.load import percentile, process_cpu_seconds
+
+from webhook.api import kinds
+from webhook.api.kinds import Kind
+from webhook.api.settings import Settings
+from webhook.devtools.controlplane import (
+    LOOPBACK,
+    ControlPlane,
+    die_with_parent,
+    find_binaries,
+    free_loopback_ports,
+    install_crds,
+    is_healthy,
+    load_manifests,
+    log_tail,
+    stop_process_group,
+    tls_context,
+)
+from webhook.kube.errors import Gone
+from webhook.kube.rest import Rest
+from webhook.policy.builder import build_network_policy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_DIR = REPO_ROOT / "deploy"
+LEASE_NAMESPACE = "agentcube-netpol-system"
+SERVICE_ACCOUNT_USER = f"system:serviceaccount:{LEASE_NAMESPACE}:agentcube-netpol"
+SERVICE_ACCOUNT_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{LEASE_NAMESPACE}")
+RBAC_KINDS = (
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+)
+WORKLOAD = "py"
+RESTRICTED = {
+    "mode": "Restricted",
+    "egress": [{"cidrs": ["10.8.0.0/16"], "ports": [{"protocol": "TCP", "port": 443}]}],
+}
+NAMESPACE = Kind("", "v1", "Namespace", "namespaces")  # cluster-scoped
+GOAL_BURST_RATIO = 1.5
+GOAL_P99_S = 1.0
+GOAL_RSS_MB = 200.0
+RUN_START_TIMEOUT_S = 60.0
+SYNC_TIMEOUT_S = 600.0
+
+
+# --- objects, as tests/e2e/test_reconciler.py builds them ---------------------------------
+
+
+def interpreter(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": kinds.CODE_INTERPRETER.api_version,
+        "kind": "CodeInterpreter",
+        "metadata": {"name": WORKLOAD, "namespace": ns},
+        "spec": {"template": {"image": "python:3.12", "networkPolicy": RESTRICTED}},
+    }
+
+
+def sandbox(ns: str, name: str) -> dict[str, Any]:
+    """A Sandbox as AgentCube's workload manager creates it (direct path)."""
+    return {
+        "apiVersion": kinds.SANDBOX.api_version,
+        "kind": "Sandbox",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {kinds.LABEL_WORKLOAD_NAME: WORKLOAD, kinds.LABEL_SESSION_ID: "s-1"},
+        },
+        "spec": {
+            "podTemplate": {
+                "metadata": {
+                    "labels": {kinds.LABEL_SANDBOX_NAME: name, kinds.LABEL_SESSION_ID: "s-1"}
+                },
+                "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
+            }
+        },
+    }
+
+
+def sandbox_pod(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod agent-sandbox's Sandbox controller creates for a Sandbox."""
+    metadata = owner["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "labels": owner["spec"]["podTemplate"]["metadata"]["labels"],
+            "ownerReferences": [
+                {
+                    "apiVersion": kinds.SANDBOX.api_version,
+                    "kind": "Sandbox",
+                    "name": metadata["name"],
+                    "uid": metadata["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"containers": [{"name": "main", "image": "python:3.12"}]},
+    }
+
+
+def bare_policy(ns: str, name: str) -> dict[str, Any]:
+    """The NetworkPolicy the reconciler would write for ``sandbox(ns, name)``."""
+    owner = {
+        "apiVersion": kinds.SANDBOX.api_version,
+        "kind": "Sandbox",
+        "name": name,
+        "uid": f"00000000-0000-4000-8000-{abs(hash((ns, name))) % 10**12:012d}",
+    }
+    built = build_network_policy(
+        RESTRICTED, sandbox=name, namespace=ns, settings=Settings(), owner=owner
+    )
+    assert built is not None
+    return built
+
+
+def names(count: int, prefix: str = "py") -> list[str]:
+    return [f"{prefix}-{i:05d}" for i in range(count)]
+
+
+# --- the cluster and the process under test -----------------------------------------------
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[tuple[ControlPlane, Path]]:
+    """A control plane with deploy/'s CRDs and RBAC; yields it and the service account's
+    kubeconfig."""
+    with ControlPlane(binaries=find_binaries(os.environ)) as control_plane:
+        install_crds(control_plane, DEPLOY_DIR / "crds")
+        rbac = [
+            m
+            for m in load_manifests(DEPLOY_DIR, control_plane=control_plane)
+            if m["kind"] in RBAC_KINDS
+        ]
+        control_plane.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}),
+        )
+        yield (
+            control_plane,
+            control_plane.mint_user(SERVICE_ACCOUNT_USER, groups=SERVICE_ACCOUNT_GROUPS),
+        )
+
+
+class RunProcess:
+    """``python -m webhook run`` on a loopback port, ready when /readyz says its caches synced."""
+
+    def __init__(self, kubeconfig: Path, work: Path, *extra: str, code: Path = REPO_ROOT) -> None:
+        self.code = code
+        self.port = free_loopback_ports(1)[0]
+        self.cert_dir = work / f"certs-{self.port}"
+        self.log_path = work / f"run-{self.port}.log"
+        argv = [
+            sys.executable, "-m", "webhook", "run",
+            f"--host={LOOPBACK}", f"--port={self.port}", f"--cert-dir={self.cert_dir}",
+            f"--kubeconfig={kubeconfig}", f"--lease-namespace={LEASE_NAMESPACE}", *extra,
+        ]  # fmt: skip
+        with self.log_path.open("ab") as log_file:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (only a prctl call)
+                cwd=code,  # python -m webhook imports the package of this checkout
+            )
+        deadline = time.monotonic() + RUN_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"run exited:\n{log_tail(self.log_path)}")
+            if (self.cert_dir / "ca.crt").is_file() and is_healthy(
+                f"{self.url}/readyz", self._tls()
+            ):
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"run not ready after {RUN_START_TIMEOUT_S}s:\n{log_tail(self.log_path)}"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"https://{LOOPBACK}:{self.port}"
+
+    def _tls(self) -> Any:
+        return tls_context(ca_file=self.cert_dir / "ca.crt", client=None)
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.popen.pid)
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"{self.url}/metrics", context=self._tls(), timeout=10) as r:
+            text = r.read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("agentcube_netpol_") and " " in line:
+                key, value = line.rsplit(" ", 1)
+                found[key] = float(value)
+        return found
+
+    def leading(self) -> bool:
+        return self.metrics().get("agentcube_netpol_leader", 0.0) == 1.0
+
+    def stop(self) -> None:
+        stop_process_group(self.popen, name="run", grace_s=15.0)
+
+
+@contextlib.contextmanager
+def run_process(
+    kubeconfig: Path, work: Path, *extra: str, code: Path = REPO_ROOT
+) -> Iterator[RunProcess]:
+    process = RunProcess(kubeconfig, work, *extra, code=code)
+    try:
+        wait_for(process.leading, "run to take the lease", 60.0)
+        yield process
+    finally:
+        process.stop()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+class PolicyWatch:
+    """A watch of NetworkPolicies (one namespace, or all): when each name was first ADDED,
+    on this process's monotonic clock. Resumes after the server ends the watch."""
+
+    def __init__(self, rest: Rest, namespace: str | None = None) -> None:
+        self._rest = rest
+        self._namespace = namespace
+        self.added: dict[tuple[str, str], float] = {}
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._watch: Any = None
+        listed = rest.list(kinds.NETWORK_POLICY, namespace=namespace, limit=1)
+        self._version = listed["metadata"]["resourceVersion"]
+        self._thread = threading.Thread(target=self._follow, name="policy-watch", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stopping:
+            try:
+                self._watch = self._rest.watch(
+                    kinds.NETWORK_POLICY, namespace=self._namespace, resource_version=self._version
+                )
+                with self._watch as events:
+                    for event in events:
+                        at = time.perf_counter()
+                        metadata = event["object"]["metadata"]
+                        self._version = metadata.get("resourceVersion", self._version)
+                        if event["type"] == "ADDED":
+                            with self._changed:
+                                key = (metadata["namespace"], metadata["name"])
+                                self.added.setdefault(key, at)
+                                self._changed.notify_all()
+            except Gone:
+                raise
+            except Exception:  # a dropped watch: resume
+                if not self._stopping:
+                    time.sleep(0.2)
+
+    def wait_count(self, namespace: str, count: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self.count(namespace) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        return True
+
+    def count(self, namespace: str) -> int:
+        return sum(1 for ns, _ in list(self.added) if ns == namespace)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.close()
+        self._thread.join(timeout=5)
+
+
+def client(control_plane: ControlPlane, threads: int) -> Rest:
+    return Rest.from_config(control_plane.admin_kubeconfig, max_connections=threads + 4)
+
+
+def create_namespace(rest: Rest, name: str, *, with_interpreter: bool) -> None:
+    rest.create(
+        NAMESPACE, "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    if with_interpreter:
+        rest.create(kinds.CODE_INTERPRETER, name, interpreter(name))
+
+
+# --- 1. burst ------------------------------------------------------------------------------
+
+
+def unowned_sandbox(ns: str, name: str) -> dict[str, Any]:
+    """``sandbox(ns, name)`` without the workload-name label: not AgentCube's, so the
+    reconciler leaves it alone (same size: the label is renamed, not dropped)."""
+    body = sandbox(ns, name)
+    labels = body["metadata"]["labels"]
+    labels["bench.agentcube.io/workload-name"] = labels.pop(kinds.LABEL_WORKLOAD_NAME)
+    return body
+
+
+def owned_policy(created: Mapping[str, Any]) -> dict[str, Any]:
+    """The NetworkPolicy the reconciler writes for a created Sandbox."""
+    metadata = created["metadata"]
+    built = build_network_policy(
+        RESTRICTED,
+        sandbox=metadata["name"],
+        namespace=metadata["namespace"],
+        settings=Settings(),
+        owner=created,
+    )
+    assert built is not None
+    return built
+
+
+# What one client thread does per name, on each side of the burst.
+BURST_SIDES: dict[str, str] = {
+    "bare": "a bare client creates the 1,000 NetworkPolicies (the baseline)",
+    "sandbox+policy": "a bare client does the API work of a zero-lag reconciler: each Sandbox "
+    "(not AgentCube's, so run ignores it), then its NetworkPolicy (no Event)",
+    "reconciler": "the client creates the 1,000 Sandboxes; run creates the NetworkPolicies",
+}
+
+
+def burst_task(rest: Rest, side: str, ns: str) -> Callable[[str], None]:
+    def bare(name: str) -> None:
+        rest.create(kinds.NETWORK_POLICY, ns, bare_policy(ns, name))
+
+    def sandbox_and_policy(name: str) -> None:
+        created = rest.create(kinds.SANDBOX, ns, unowned_sandbox(ns, name))
+        rest.create(kinds.NETWORK_POLICY, ns, owned_policy(created))
+
+    def reconciled(name: str) -> None:
+        rest.create(kinds.SANDBOX, ns, sandbox(ns, name))
+
+    return {"bare": bare, "sandbox+policy": sandbox_and_policy, "reconciler": reconciled}[side]
+
+
+def timed_burst(
+    task: Callable[[str], None], *, watch: PolicyWatch, ns: str, count: int, threads: int
+) -> dict[str, float]:
+    """``task`` for ``count`` names from ``threads`` threads; seconds from the first create
+    until the watch has seen all ``count`` NetworkPolicies ADDED in ``ns``."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(task, names(count)))
+    creates_done = time.perf_counter()
+    if not watch.wait_count(ns, count, 300.0):
+        raise TimeoutError(f"{ns}: {watch.count(ns)} of {count} NetworkPolicies after 300s")
+    last = max(at for (n, _), at in list(watch.added.items()) if n == ns)
+    return {"seconds": last - started, "creates_seconds": creates_done - started}
+
+
+def writes(run: RunProcess) -> dict[str, float]:
+    return {
+        key.split('"')[1]: value
+        for key, value in run.metrics().items()
+        if key.startswith("agentcube_netpol_writes_total{")
+    }
+
+
+def queue_drained(run: RunProcess) -> bool:
+    return run.metrics().get("agentcube_netpol_workqueue_depth", 1.0) == 0.0
+
+
+def burst_side(
+    side: str, *, rest: Rest, watch: PolicyWatch, ns: str, args: argparse.Namespace,
+    run: RunProcess | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One timed burst in a fresh namespace; with ``run``, its CPU time and writes too."""
+    create_namespace(rest, ns, with_interpreter=side == "reconciler")
+    cpu_before = run.cpu_seconds() if run else 0.0
+    writes_before = writes(run) if run else {}
+    result: dict[str, Any] = timed_burst(
+        burst_task(rest, side, ns), watch=watch, ns=ns, count=args.count, threads=args.threads
+    )
+    if run is not None:
+        wait_for(lambda: queue_drained(run), "the reconciler's queue to drain", 120.0)
+        result["run cpu"] = run.cpu_seconds() - cpu_before
+        result["run writes"] = {
+            key: value - writes_before.get(key, 0.0)
+            for key, value in writes(run).items()
+            if value != writes_before.get(key, 0.0)
+        }
+    return result
+
+
+def burst(args: argparse.Namespace) -> dict[str, Any]:
+    """Each round: the two baselines and one reconciler burst per ``--workers`` value, in an
+    order that turns with the round; ``run`` is started afresh (and has listed what earlier
+    rounds made, and drained its queue) before its burst, and stopped after."""
+    rows: list[dict[str, Any]] = []
+    sides = ["bare", "sandbox+policy", *(f"w{workers}" for workers in args.workers)]
+    with cluster() as (control_plane, service_account), tempfile.TemporaryDirectory() as work:
+        rest = client(control_plane, args.threads)
+        watch = PolicyWatch(rest)
+        try:
+            for round_ in range(args.rounds):
+                row: dict[str, Any] = {"round": round_ + 1}
+                shift = round_ % len(sides)
+                for side in sides[shift:] + sides[:shift]:  # each side first in turn
+                    ns = f"burst-r{round_}-{side.replace('+', '-')}"
+                    if side in BURST_SIDES:
+                        row[side] = burst_side(side, rest=rest, watch=watch, ns=ns, args=args)
+                        continue
+                    with run_process(service_account, Path(work), f"--workers={side[1:]}") as run:
+                        wait_for(lambda run=run: queue_drained(run), "run's first pass", 300.0)
+                        row[side] = burst_side(
+                            "reconciler", rest=rest, watch=watch, ns=ns, args=args, run=run
+                        )
+                rows.append(row)
+                line = ", ".join(f"{side} {row[side]['seconds']:.2f}s" for side in sides)
+                print(f"  round {round_ + 1}: {line}", flush=True)
+                for side in sides[2:]:
+                    r = row[side]
+                    print(f"    {side}: its Sandbox creates {r['creates_seconds']:.2f}s, run CPU "
+                          f"{r['run cpu']:.1f}s, writes {r['run writes']} -> x{r['seconds'] / row['bare']['seconds']:.2f} "
+                          f"bare, x{r['seconds'] / row['sandbox+policy']['seconds']:.2f} sandbox+policy", flush=True)  # fmt: skip
+        finally:
+            watch.stop()
+
+    def median(values: Iterator[float]) -> float:
+        return statistics.median(list(values))
+
+    summary = []
+    for side in sides[2:]:
+        summary.append({
+            "workers": int(side[1:]),
+            "bare s": median(r["bare"]["seconds"] for r in rows),
+            "sandbox+policy s": median(r["sandbox+policy"]["seconds"] for r in rows),
+            "reconciler s": median(r[side]["seconds"] for r in rows),
+            "ratio": median(r[side]["seconds"] / r["bare"]["seconds"] for r in rows),
+            "ratios": [round(r[side]["seconds"] / r["bare"]["seconds"], 2) for r in rows],
+            "ratio to sandbox+policy": median(
+                r[side]["seconds"] / r["sandbox+policy"]["seconds"] for r in rows),
+            "tail s": median(r[side]["seconds"] - r[side]["creates_seconds"] for r in rows),
+            "run cpu s": median(r[side]["run cpu"] for r in rows),
+        })  # fmt: skip
+    print(f"\nburst: {args.count} per round, {args.threads} client threads, medians of "
+          f"{args.rounds} rounds; goal: reconciler / bare <= {GOAL_BURST_RATIO}")  # fmt: skip
+    for side, meaning in BURST_SIDES.items():
+        print(f"  {side}: {meaning}")
+    print("  tail: from the last Sandbox create's answer to the last NetworkPolicy")
+    print(f"{'workers':>7} {'bare s':>7} {'sbx+pol s':>9} {'reconciler s':>12} {'x bare':>6} "
+          f"{'(rounds)':>16} {'x sbx+pol':>9} {'tail s':>6} {'run CPU s':>9}")  # fmt: skip
+    for s in summary:
+        print(f"{s['workers']:7d} {s['bare s']:7.2f} {s['sandbox+policy s']:9.2f} "
+              f"{s['reconciler s']:12.2f} {s['ratio']:6.2f} {' '.join(map(str, s['ratios'])):>16} "
+              f"{s['ratio to sandbox+policy']:9.2f} {s['tail s']:6.2f} {s['run cpu s']:9.1f}")  # fmt: skip
+    return {"rows": rows, "summary": summary}
+
+
+# --- 2. latency ----------------------------------------------------------------------------
+
+
+def paced(
+    rest: Rest,
+    watch: PolicyWatch,
+    ns: str,
+    *,
+    rate: float,
+    seconds: float,
+    body: Callable[[str], dict[str, Any]],
+    kind: Kind,
+) -> list[float]:
+    """Creates at ``rate`` per second (each on time, in a pool, so one slow answer does not
+    delay the next); seconds from each create's answer to its policy's ADDED event."""
+    count = round(rate * seconds)
+    answered: dict[str, float] = {}
+
+    def create(name: str) -> None:
+        rest.create(kind, ns, body(name))
+        answered[name] = time.perf_counter()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        for i, name in enumerate(names(count)):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(create, name)
+    if not watch.wait_count(ns, count, 120.0):
+        raise TimeoutError(f"{ns}: {watch.count(ns)} of {count} NetworkPolicies")
+    return [watch.added[(ns, name)] - at for name, at in answered.items()]
+
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with cluster() as (control_plane, service_account), tempfile.TemporaryDirectory() as work:
+        rest = client(control_plane, 16)
+        watch = PolicyWatch(rest)
+        try:
+            with run_process(service_account, Path(work)):
+                for round_ in range(args.rounds):
+                    for side in ("bare", "reconciler"):
+                        ns = f"latency-r{round_}-{side}"
+                        create_namespace(rest, ns, with_interpreter=side == "reconciler")
+                        if side == "bare":
+                            samples = paced(rest, watch, ns, rate=args.rate, seconds=args.seconds,
+                                            body=lambda name, ns=ns: bare_policy(ns, name), kind=kinds.NETWORK_POLICY)  # fmt: skip
+                        else:
+                            samples = paced(rest, watch, ns, rate=args.rate, seconds=args.seconds,
+                                            body=lambda name, ns=ns: sandbox(ns, name), kind=kinds.SANDBOX)  # fmt: skip
+                        results.setdefault(side, []).append(samples)
+                        print(f"  round {round_ + 1} {side:10s}: n={len(samples)} "
+                              f"p50 {percentile(samples, 0.5) * 1000:7.1f} ms  "
+                              f"p99 {percentile(samples, 0.99) * 1000:7.1f} ms  "
+                              f"max {max(samples) * 1000:7.1f} ms", flush=True)  # fmt: skip
+        finally:
+            watch.stop()
+    summary = {
+        side: {
+            "p50_ms": statistics.median(percentile(s, 0.5) * 1000 for s in rounds),
+            "p99_ms": statistics.median(percentile(s, 0.99) * 1000 for s in rounds),
+            "p99_ms_rounds": [round(percentile(s, 0.99) * 1000, 1) for s in rounds],
+        }
+        for side, rounds in results.items()
+    }
+    print(f"\nlatency at {args.rate:g}/s for {args.seconds:g}s, medians of {args.rounds} rounds "
+          "(create answered -> NetworkPolicy ADDED; bare: a NetworkPolicy's own create -> ADDED)")  # fmt: skip
+    for side, s in summary.items():
+        print(f"  {side:10s} p50 {s['p50_ms']:7.1f} ms  p99 {s['p99_ms']:7.1f} ms  "
+              f"(p99 per round {s['p99_ms_rounds']})  goal p99 < {GOAL_P99_S * 1000:.0f} ms")  # fmt: skip
+    return {"summary": summary}
+
+
+# --- 3. memory -----------------------------------------------------------------------------
+
+MEMORY_NAMESPACES = 10
+
+
+def mb(value: int) -> float:
+    return value / 2**20
+
+
+def settle(run: RunProcess, watch: PolicyWatch, namespaces: Sequence[str], per_ns: int) -> None:
+    """Waits until every NetworkPolicy exists and the leader's queue is empty."""
+    for ns in namespaces:
+        if not watch.wait_count(ns, per_ns, SYNC_TIMEOUT_S):
+            raise TimeoutError(f"{ns}: {watch.count(ns)} of {per_ns} NetworkPolicies")
+    wait_for(lambda: run.metrics().get("agentcube_netpol_workqueue_depth", 1) == 0,
+             "the reconciler's queue to drain", 120.0)  # fmt: skip
+    time.sleep(3.0)  # the last watch events reach every replica's caches
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    """One ``run`` per checkout in ``--code`` against the same cluster (the first leads and
+    writes; the others only cache, as a standby replica does)."""
+    checkpoints = sorted(args.checkpoints)
+    per_ns_steps = [c // MEMORY_NAMESPACES for c in checkpoints]
+    namespaces = [f"mem-{i}" for i in range(MEMORY_NAMESPACES)]
+    codes: list[Path] = [c.resolve() for c in args.code]
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + args.budget
+    with (
+        cluster() as (control_plane, service_account),
+        tempfile.TemporaryDirectory() as work,
+        contextlib.ExitStack() as stack,
+    ):
+        rest = client(control_plane, args.threads)
+        watch = PolicyWatch(rest)
+        stack.callback(watch.stop)
+        runs = [stack.enter_context(run_process(service_account, Path(work), code=codes[0]))]
+        for code in codes[1:]:
+            standby = RunProcess(service_account, Path(work), code=code)
+            stack.callback(standby.stop)
+            runs.append(standby)
+        time.sleep(3.0)
+
+        labels = [
+            f"{run.code}{' (leader)' if i == 0 else f' (standby {i})'}"
+            for i, run in enumerate(runs)
+        ]
+
+        def record(total: int, elapsed: float) -> None:
+            for label, run in zip(labels, runs, strict=True):
+                rss = run.rss_bytes()
+                rows.append(
+                    {"process": label, "sandboxes": total, "rss_mb": mb(rss), "seconds": elapsed}
+                )
+                print(f"  {total:6d} sandboxes + pods + policies (after {elapsed:4.0f}s), "
+                      f"{label}: VmRSS {mb(rss):.1f} MB", flush=True)  # fmt: skip
+
+        record(0, 0.0)
+        for ns in namespaces:
+            create_namespace(rest, ns, with_interpreter=True)
+
+        def create_pair(ns: str, name: str) -> None:
+            created = rest.create(kinds.SANDBOX, ns, sandbox(ns, name))
+            rest.create(kinds.POD, ns, sandbox_pod(created))
+
+        started = time.perf_counter()
+        done_per_ns = 0
+        for per_ns in per_ns_steps:
+            if time.monotonic() > deadline:
+                print(f"  time budget ({args.budget:.0f}s) spent: stopping before "
+                      f"{per_ns * MEMORY_NAMESPACES}", flush=True)  # fmt: skip
+                break
+            todo = [(ns, name) for name in names(per_ns)[done_per_ns:] for ns in namespaces]
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(lambda item: create_pair(*item), todo))
+            done_per_ns = per_ns
+            settle(runs[0], watch, namespaces, per_ns)
+            record(per_ns * MEMORY_NAMESPACES, time.perf_counter() - started)
+    print("\nmemory: VmRSS of run (caches synced, queue empty)")
+    for label in dict.fromkeys(r["process"] for r in rows):
+        mine = [r for r in rows if r["process"] == label]
+        print(f"  {label}:")
+        for row in mine:
+            grown = row["rss_mb"] - mine[0]["rss_mb"]
+            per = grown * 1024 / row["sandboxes"] if row["sandboxes"] else 0.0
+            print(f"    {row['sandboxes']:6d} sandboxes: {row['rss_mb']:7.1f} MB  (+{grown:6.1f} MB "
+                  f"over empty, {per:5.2f} KB per sandbox)  goal < {GOAL_RSS_MB:.0f} MB")  # fmt: skip
+        if len(mine) >= 3 and mine[-1]["sandboxes"] < 10_000:
+            (n1, r1), (n2, r2) = [(r["sandboxes"], r["rss_mb"]) for r in mine[-2:]]
+            slope = (r2 - r1) / (n2 - n1)
+            print(f"    extrapolated to 10,000: {r2 + slope * (10_000 - n2):.1f} MB "
+                  "(linear through the last two points)")  # fmt: skip
+    return {"rows": rows}
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("benchmark", choices=["burst", "latency", "memory", "all"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--count", type=int, default=1000, help="burst: Sandboxes per round")
+    parser.add_argument("--threads", type=int, default=16, help="client threads (creates)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 8, 16],
+                        help="burst: run --workers values to compare")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=20.0, help="latency: Sandboxes per second")
+    parser.add_argument("--seconds", type=float, default=30.0, help="latency: seconds per round")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[2000, 5000, 10000],
+                        help="memory: sandbox counts at which VmRSS is read")  # fmt: skip
+    parser.add_argument("--budget", type=float, default=900.0,
+                        help="memory: seconds of creating before the last checkpoints are skipped")  # fmt: skip
+    parser.add_argument("--code", type=Path, nargs="+", default=[REPO_ROOT],
+                        help="memory: checkouts whose run to measure side by side (first leads)")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    chosen = ["burst", "latency", "memory"] if args.benchmark == "all" else [args.benchmark]
+    report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "load": os.getloadavg()}  # fmt: skip
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        report[name] = {"burst": burst, "latency": latency, "memory": memory}[name](args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
