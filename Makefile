@@ -22,10 +22,12 @@ serve: install
 dev: install controlplane
 	$(PY) -m webhook dev
 
-## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, the agent-sandbox controller and kube-router (cached)
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, every pinned agent-sandbox controller and kube-router (cached by version)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
-	tests/controlplane/build-agent-sandbox.sh >/dev/null
+	for version in $$(sed -n 's/^AGENT_SANDBOX_VERSIONS=//p' webhook/devtools/versions.env | tr ',' ' '); do \
+		tests/controlplane/build-agent-sandbox.sh $$version >/dev/null || exit 1; \
+	done
 	tests/controlplane/build-kube-router.sh >/dev/null
 
 ## dataplane-packages: iptables and ipset (Debian packages) for kube-router in the dataplane tier, when missing
