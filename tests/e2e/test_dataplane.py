@@ -23,6 +23,7 @@ from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.test_reconciler import (
     AGENTCUBE,
+    eventually,
     grant_agentcube,
     interpreter,
     sandbox,
@@ -116,17 +117,6 @@ def eventually_true(check: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
-
-
 def running_pod(kube: Kubectl, dataplane: Dataplane, ns: str, name: str) -> Host:
     """The pod's namespace, once the fake kubelet runs it (after its gate, if any, came off)."""
 
@@ -134,7 +124,7 @@ def running_pod(kube: Kubectl, dataplane: Dataplane, ns: str, name: str) -> Host
         status = kube.get("pod", name, "-n", ns).get("status") or {}
         return status.get("podIP") if status.get("phase") == "Running" else None
 
-    address = eventually(ip, f"pod {ns}/{name} to run")
+    address = eventually(ip, f"pod {ns}/{name} to run", WAIT_S)
     host = dataplane.pod(ns, name)
     assert host.address == address
     return host
