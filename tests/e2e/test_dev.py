@@ -49,8 +49,10 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
         pods = json.loads(
             kubectl("get", "pods", "-n", "default", "-l", SESSION_SELECTOR, "-o", "json")
         )
-        if {"netpol-baseline.python-warm", SESSION} <= names and pods["items"]:
-            pod: dict[str, Any] = pods["items"][0]
+        # Adopted: the Sandbox controller's own update (claim-uid) may land after our label.
+        adopted = [p for p in pods["items"] if kinds.LABEL_CLAIM_UID in p["metadata"]["labels"]]
+        if {"netpol-baseline.python-warm", SESSION} <= names and adopted:
+            pod: dict[str, Any] = adopted[0]
             return pod
         time.sleep(0.5)
     raise AssertionError(f"no NetworkPolicy and labelled pod for {SESSION}: {names}")
