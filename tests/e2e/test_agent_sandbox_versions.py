@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from tests.builders import code_interpreter, sandbox_claim
-from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.invariant import Recorder, breaches, is_runnable, is_sandbox_pod
 from tests.e2e.test_agent_sandbox import is_running_and_ready, owner_reference, warm_pool_for
@@ -37,10 +36,9 @@ from tests.e2e.test_reconciler import (
     RESTRICTED,
     desired,
     eventually,
-    grant_agentcube,
     policy_of,
+    run_beside,
     sandbox,
-    start_run,
 )
 from webhook.api import kinds
 from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
@@ -50,7 +48,6 @@ from webhook.devtools.controlplane import (
     ControlPlaneError,
     load_manifests,
 )
-from webhook.devtools.kubelet import FakeKubelet
 from webhook.kube.rest import Rest
 from webhook.reconciler.agentsandbox import name_hash
 
@@ -109,9 +106,6 @@ def install_agentcube_crds(control_plane: ControlPlane) -> None:
 def cluster(
     request: pytest.FixtureRequest, binaries: Binaries, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    from kubernetes.client import CoreV1Api
-    from kubernetes.config import new_client_from_config
-
     version, allow_listed = request.param
     try:
         build = find_agent_sandbox(os.environ, version)
@@ -134,28 +128,8 @@ def cluster(
                 f"--namespace={kinds.AGENT_SANDBOX_NAMESPACE}",
                 f"--from-literal={kinds.ALLOWED_LABEL_DOMAINS_KEY}={allow_list}",
             )  # fmt: skip
-        manifests = deploy_manifests(control_plane)
-        service_account = install_rbac(control_plane, manifests)
-        kube = Kubectl(control_plane)
-        grant_agentcube(kube)
-        api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-        with controller:
-            run = start_run(control_plane, service_account, work)
-            try:
-                install_webhooks(control_plane, manifests, base_url=run.url, ca_pem=run.ca_pem)
-                with FakeKubelet(CoreV1Api(api_client)):
-                    yield Cluster(
-                        version,
-                        control_plane,
-                        kube,
-                        run,
-                        Rest.from_config(control_plane.admin_kubeconfig),
-                        controller,
-                        allow_listed,
-                    )
-            finally:
-                run.stop()
-                api_client.close()
+        with run_beside(control_plane, controller, work) as (kube, run, rest):
+            yield Cluster(version, control_plane, kube, run, rest, controller, allow_listed)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ test_agent_sandbox.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -108,6 +109,34 @@ def start_run(
     )
     server.start()
     return server
+
+
+@contextlib.contextmanager
+def run_beside(
+    control_plane: ControlPlane, controller: Any, work: Path
+) -> Iterator[tuple[Kubectl, WebhookServer, Rest]]:
+    """deploy/'s RBAC, AgentCube's grant, ``run`` as deploy/'s service account with deploy/'s
+    webhooks calling it, the agent-sandbox ``controller`` (an AgentSandboxController) and the
+    fake kubelet: the product as a cluster runs it, on ``control_plane``."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    from webhook.devtools.kubelet import FakeKubelet
+
+    manifests = deploy_manifests(control_plane)
+    service_account = install_rbac(control_plane, manifests)
+    kube = Kubectl(control_plane)
+    grant_agentcube(kube)
+    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    with controller:
+        server = start_run(control_plane, service_account, work)
+        try:
+            install_webhooks(control_plane, manifests, base_url=server.url, ca_pem=server.ca_pem)
+            with FakeKubelet(CoreV1Api(api_client)):
+                yield kube, server, Rest.from_config(control_plane.admin_kubeconfig)
+        finally:
+            server.stop()
+            api_client.close()
 
 
 @pytest.fixture(scope="module")

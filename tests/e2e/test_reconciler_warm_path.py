@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from tests.builders import code_interpreter, sandbox_claim
-from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.invariant import Recorder, breaches, is_runnable, is_sandbox_pod
 from tests.e2e.test_agent_sandbox import is_running_and_ready, owner_reference, warm_pool_for
@@ -29,15 +28,13 @@ from tests.e2e.test_reconciler import (
     _without_verb,
     desired,
     eventually,
-    grant_agentcube,
     policy_of,
+    run_beside,
     sandbox,
-    start_run,
 )
 from webhook.api import kinds
 from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
-from webhook.devtools.kubelet import FakeKubelet
 from webhook.kube.rest import Rest
 from webhook.reconciler.agentsandbox import name_hash
 
@@ -58,31 +55,14 @@ def warm(
     agent_sandbox_build: AgentSandboxBuild,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Warm]:
-    from kubernetes.client import CoreV1Api
-    from kubernetes.config import new_client_from_config
-
     work = tmp_path_factory.mktemp("warm-reconciler")
     with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
         install_crds(control_plane, CRD_DIR)
         controller = AgentSandboxController(
             build=agent_sandbox_build, control_plane=control_plane, work_dir=work / "as"
         )
-        manifests = deploy_manifests(control_plane)
-        service_account = install_rbac(control_plane, manifests)
-        kube = Kubectl(control_plane)
-        grant_agentcube(kube)
-        api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-        with controller:
-            run = start_run(control_plane, service_account, work)
-            try:
-                install_webhooks(control_plane, manifests, base_url=run.url, ca_pem=run.ca_pem)
-                with FakeKubelet(CoreV1Api(api_client)):
-                    yield Warm(
-                        control_plane, kube, run, Rest.from_config(control_plane.admin_kubeconfig)
-                    )
-            finally:
-                run.stop()
-                api_client.close()
+        with run_beside(control_plane, controller, work) as (kube, run, rest):
+            yield Warm(control_plane, kube, run, rest)
 
 
 @pytest.fixture
