@@ -1,5 +1,5 @@
 """The NetworkPolicies `run` writes, enforced at the packet level by kube-router's
-network-policy controller on pods that are network namespaces (tests/e2e/dataplane.py).
+network-policy controller on pods that are network namespaces (webhook/devtools/dataplane.py).
 
 A module of its own control plane, with the fake kubelet's pods on the dataplane. Every
 address a probe sends to is a namespace this module created; probes start only in pod
@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.dataplane import Dataplane, DataplaneError, Host, Probed
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.test_reconciler import (
@@ -32,6 +31,7 @@ from tests.e2e.test_reconciler import (
 )
 from webhook.api import kinds
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
+from webhook.devtools.dataplane import Dataplane, DataplaneError, Host, Probed
 from webhook.devtools.kubelet import FakeKubelet
 
 WAIT_S = 60.0

@@ -1,6 +1,7 @@
-"""A dataplane for the end-to-end tier: pods that are network namespaces, NetworkPolicies
-enforced on them by kube-router's network-policy controller (a test-only component, built by
-tests/controlplane/build-kube-router.sh).
+"""A dataplane for the end-to-end tier and the ``dev --dataplane`` playground: pods that are
+network namespaces, NetworkPolicies enforced on them by kube-router's network-policy
+controller (a test-only component, built by tests/controlplane/build-kube-router.sh; never
+part of a deployment).
 
 Topology, all of it created here and removed on ``stop()``:
 
