@@ -231,3 +231,18 @@ def test_the_readme_curl_gets_ok_from_serve_with_its_defaults(tmp_path: Path) ->
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+
+
+def test_a_port_in_use_exits_1_and_says_so(tmp_path: Path) -> None:
+    """DESIGN.md: serve exits 1 when it could not start (uvicorn's own code is 3)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "webhook", "serve", "--port", str(port),
+             "--cert-dir", str(tmp_path / "certs")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "address already in use" in result.stderr

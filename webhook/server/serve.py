@@ -111,8 +111,10 @@ def serve(
     server = _Server(config)
     try:
         asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock))
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_FAILED
+    except SystemExit:
+        # uvicorn exits (3 in current releases, 1 in older ones) when it cannot bind; it has
+        # logged why. DESIGN.md: serve exits 1 when it could not start, whatever uvicorn says.
+        return EXIT_FAILED
     if not server.started:
         return EXIT_FAILED
     logger.info("stopped")
