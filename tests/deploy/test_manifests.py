@@ -405,14 +405,14 @@ def test_rbac_is_least_privilege(install: list[Doc]) -> None:
         if "configmaps" in rule.get("resources", []):
             assert (rule["resources"], rule["verbs"]) == (["configmaps"], ["get"]), rule
             assert rule["resourceNames"] == [kinds.AGENT_SANDBOX_CONFIG_MAP], rule
-    # Secrets: at most the shared CA, in our namespace: read by name, or created.
+    # Secrets: at most the shared CA, in our namespace: read or replaced by name, or created.
     for doc, rule in rbac_rules(install):
         if any("secrets" in resource for resource in rule.get("resources", [])):
             assert doc["kind"] == "Role", rule
             assert doc["metadata"]["namespace"] == NAMESPACE
             assert rule["resources"] == ["secrets"], rule
-            assert set(rule["verbs"]) <= {"get", "create"}, rule
-            if "get" in rule["verbs"]:
+            assert set(rule["verbs"]) <= {"get", "update", "create"}, rule
+            if {"get", "update"} & set(rule["verbs"]):
                 assert rule["resourceNames"] == [CA_SECRET], rule
     # Leases only in our own namespace, never cluster-wide.
     for doc, rule in rbac_rules(install):
@@ -435,6 +435,7 @@ def test_base_lets_the_server_keep_its_own_ca(base: list[Doc]) -> None:
         assert not allows(rules, "admissionregistration.k8s.io", resource, "list")
     secret_role = only(base, "Role", "agentcube-netpol-ca-secret")
     assert allows(secret_role["rules"], "", "secrets", "get")
+    assert allows(secret_role["rules"], "", "secrets", "update")  # the CA's renewal
     assert allows(secret_role["rules"], "", "secrets", "create")
 
 

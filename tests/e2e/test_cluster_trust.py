@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -29,6 +30,8 @@ from webhook.devtools.controlplane import (
     is_healthy,
     tls_context,
 )
+from webhook.kube import cabundle
+from webhook.tls import certs
 
 SECRET = "agentcube-netpol-ca"
 CONFIGURATION = "agentcube-netpol"
@@ -133,3 +136,40 @@ def test_the_ca_secret_is_the_only_secret_the_service_account_can_read(
     ):
         denied = kubectl("auth", "can-i", *args, user=service_account)
         assert denied.stdout.strip() == "no", args
+
+
+def test_a_ca_near_its_end_is_replaced_and_the_old_one_stays_trusted_meanwhile(
+    cluster: ControlPlane, replicas: list[WebhookServer]
+) -> None:
+    """A year before the shared CA expires, the first replica to sync replaces it in the
+    Secret; the caBundle then holds the new CA and the old one (which signed what the other
+    replicas still serve until their next sync), and the API server keeps calling us."""
+    kubectl = Kubectl(cluster)
+    for replica in replicas:
+        replica.stop()
+    now = datetime.now(UTC)
+    old = certs.create_ca(
+        common_name="old",
+        not_before=now - timedelta(days=3500),
+        not_after=now + timedelta(days=150),
+    )
+    body = cabundle.ca_secret(namespace=NAMESPACE, name=SECRET, ca=old)
+    kubectl.ok("replace", "-f", "-", input=json.dumps(body))
+
+    first, second = replicas
+    first.start()
+    secret = kubectl.get("secret", SECRET, "-n", NAMESPACE)
+    new_pem = base64.b64decode(secret["data"]["ca.crt"])
+    assert new_pem != old.cert_pem
+    assert base64.b64decode(secret["data"]["ca-previous.crt"]) == old.cert_pem
+    assert first.ca_pem == new_pem  # and it serves a certificate of the new CA
+    assert is_healthy(f"{first.url}/readyz", tls_context(ca_file=first.ca_file, client=None))
+    assert set(ca_bundles(kubectl)) == {base64.b64encode(new_pem + old.cert_pem).decode()}
+    kubectl.ok("create", "namespace", "renewed")
+    bad = builders.code_interpreter("py", "renewed", {"mode": "Sideways"})
+    refused = kubectl("apply", "-f", "-", input=json.dumps(bad))
+    assert 'admission webhook "templates.netpol.agentcube.io" denied' in refused.stderr
+
+    second.start()  # takes the new CA; no second replacement
+    assert second.ca_pem == new_pem
+    assert kubectl.get("secret", SECRET, "-n", NAMESPACE)["data"] == secret["data"]

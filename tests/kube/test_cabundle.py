@@ -81,3 +81,16 @@ def test_ca_is_long_lived_and_signs_serving_certs() -> None:
     ca = cabundle.new_ca(at=AT)
     # Ten years, give or take the hour it is backdated for clock skew.
     assert ca.cert.not_valid_after_utc - AT >= timedelta(days=3650) - timedelta(hours=1)
+
+
+def test_the_bundle_keeps_the_replaced_ca_only_while_it_is_valid() -> None:
+    old = cabundle.new_ca(at=AT - timedelta(days=3300))  # ten-year CA, 350 days left
+    new = cabundle.new_ca(at=AT)
+    data = cabundle.ca_secret(namespace="ns", name="tls", ca=new, previous=old)["data"]
+    assert cabundle.ca_from_secret(data) is not None  # the current CA, as before
+    assert cabundle.trust_bundle(data, new, at=AT) == new.cert_pem + old.cert_pem
+    after_old_expired = old.cert.not_valid_after_utc + timedelta(seconds=1)
+    assert cabundle.trust_bundle(data, new, at=after_old_expired) == new.cert_pem
+    assert cabundle.trust_bundle(None, new, at=AT) == new.cert_pem
+    garbled = {**data, cabundle.PREVIOUS_CA_CERT_KEY: "bm90IHBlbQ=="}
+    assert cabundle.trust_bundle(garbled, new, at=AT) == new.cert_pem

@@ -340,3 +340,45 @@ def test_reloader_refuses_to_start_on_a_broken_pair(tmp_path: Path) -> None:
     (tmp_path / "tls.key").write_bytes(make_serving(make_ca()).key_pem)
     with pytest.raises(CertificateError, match="does not match"):
         CertificateReloader(tmp_path, dns_names=[]).check(at=NOW)
+
+
+# --- the CA's own end -------------------------------------------------------------
+
+CA_RENEW_BEFORE = timedelta(days=365)  # a year: longer than any serving certificate lives
+
+
+def test_a_ca_a_year_from_its_end_is_replaced_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=NOW)
+    old_ca = load_cert(tmp_path / "ca.crt")
+    not_yet = NOW + CA_VALIDITY - CA_RENEW_BEFORE - timedelta(days=1)
+    ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=not_yet)
+    assert load_cert(tmp_path / "ca.crt") == old_ca
+
+    due = NOW + CA_VALIDITY - CA_RENEW_BEFORE + timedelta(days=1)
+    ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=due)
+
+    new_ca = load_cert(tmp_path / "ca.crt")
+    assert new_ca != old_ca
+    assert new_ca.not_valid_after_utc > old_ca.not_valid_after_utc
+    assert valid_for(load_cert(tmp_path / "tls.crt"), new_ca, hosts=["localhost"], at=due)
+    assert "must trust the new" in caplog.text
+
+
+def test_a_ca_kept_by_the_cluster_is_never_replaced_locally_nor_reissued_in_a_loop(
+    tmp_path: Path,
+) -> None:
+    """ClusterTrust owns the CA (a Secret): locally, a CA near its end stays, and the serving
+    certificate, already cut short to the CA's end, is not reissued at every check."""
+    ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=NOW, renew_ca=False)
+    ca = load_cert(tmp_path / "ca.crt")
+    near_end = ca.not_valid_after_utc - timedelta(days=20)
+    ensure_certificates(tmp_path, dns_names=SERVICE_NAMES, at=near_end, renew_ca=False)
+    assert load_cert(tmp_path / "ca.crt") == ca
+    cut_short = load_cert(tmp_path / "tls.crt")
+    assert cut_short.not_valid_after_utc == ca.not_valid_after_utc
+    ensure_certificates(
+        tmp_path, dns_names=SERVICE_NAMES, at=near_end + timedelta(hours=1), renew_ca=False
+    )
+    assert load_cert(tmp_path / "tls.crt") == cut_short

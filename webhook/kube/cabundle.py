@@ -10,6 +10,12 @@ two webhook configurations. ``sync`` is idempotent; the server runs it at start
 and then periodically, so a configuration re-applied without a caBundle is
 repaired within one period.
 
+A CA within ``CA_RENEW_BEFORE`` of its end is replaced in the Secret (an update at the
+resourceVersion read: of two replicas that try at once, one wins and the other takes its
+CA). The old CA certificate stays in the Secret (``ca-previous.crt``) and in the caBundle
+beside the new one until it expires, so a replica still serving a certificate of the old
+CA, until its next sync, is trusted all along.
+
 The decisions (parse a Secret, build a Secret, the caBundle patch) are pure;
 ``ClusterTrust`` is the thin I/O around them.
 """
@@ -34,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 CA_CERT_KEY = "ca.crt"
 CA_KEY_KEY = "ca.key"
+PREVIOUS_CA_CERT_KEY = "ca-previous.crt"
 SYNC_INTERVAL_SECONDS = 300.0
 HTTP_CONFLICT = 409
 HTTP_NOT_FOUND = 404
@@ -62,8 +69,26 @@ def ca_from_secret(data: Mapping[str, str] | None) -> certs.KeyPair | None:
     return certs.KeyPair(cert=cert, key=key)
 
 
-def ca_secret(*, namespace: str, name: str, ca: certs.KeyPair) -> dict[str, Any]:
-    return {
+def trust_bundle(data: Mapping[str, str] | None, ca: certs.KeyPair, *, at: datetime) -> bytes:
+    """The PEM bundle the webhooks trust: ``ca``, then the Secret's previous CA while it is
+    still valid at ``at`` (certificates it signed may still be served)."""
+    bundle = ca.cert_pem
+    previous = (data or {}).get(PREVIOUS_CA_CERT_KEY)
+    if previous:
+        try:
+            cert = x509.load_pem_x509_certificate(base64.b64decode(previous))
+        except ValueError:
+            return bundle
+        if cert.not_valid_before_utc <= at < cert.not_valid_after_utc and cert != ca.cert:
+            bundle += cert.public_bytes(serialization.Encoding.PEM)
+    return bundle
+
+
+def ca_secret(
+    *, namespace: str, name: str, ca: certs.KeyPair, previous: certs.KeyPair | None = None
+) -> dict[str, Any]:
+    """The Secret holding ``ca`` (and the certificate of the CA it replaced, if any)."""
+    secret: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
@@ -77,6 +102,9 @@ def ca_secret(*, namespace: str, name: str, ca: certs.KeyPair) -> dict[str, Any]
             CA_KEY_KEY: base64.b64encode(ca.key_pem).decode(),
         },
     }
+    if previous is not None:
+        secret["data"][PREVIOUS_CA_CERT_KEY] = base64.b64encode(previous.cert_pem).decode()
+    return secret
 
 
 def new_ca(*, at: datetime) -> certs.KeyPair:
@@ -130,13 +158,14 @@ class ClusterTrust:
         self.configurations = configurations
 
     def sync(self, *, at: datetime) -> certs.KeyPair:
-        """Make sure the CA exists, is in ``cert_dir`` and in every webhook's caBundle."""
-        ca = self._shared_ca(at=at)
+        """Make sure the CA exists and is current, is in ``cert_dir`` and in every
+        webhook's caBundle (with the CA it replaced, while that is still valid)."""
+        ca, data = self._shared_ca(at=at)
         self._write_local(ca)
-        self._inject(ca.cert_pem)
+        self._inject(trust_bundle(data, ca, at=at))
         return ca
 
-    def _shared_ca(self, *, at: datetime) -> certs.KeyPair:
+    def _shared_ca(self, *, at: datetime) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
         secret = self._read_secret()
         if secret is not None:
             ca = ca_from_secret(secret.data)
@@ -145,22 +174,49 @@ class ClusterTrust:
                     f"Secret {self.namespace}/{self.secret_name} holds no usable "
                     f"{CA_CERT_KEY}/{CA_KEY_KEY}; delete it to have a new CA made"
                 )
-            return ca
+            if certs.needs_rotation(ca.cert_pem, at=at, renew_before=certs.CA_RENEW_BEFORE):
+                return self._rotate(secret, ca, at=at)
+            return ca, secret.data
         ca = new_ca(at=at)
         body = ca_secret(namespace=self.namespace, name=self.secret_name, ca=ca)
         try:
             self._core.create_namespaced_secret(self.namespace, body)
             logger.info("created the CA Secret %s/%s", self.namespace, self.secret_name)
-            return ca
+            return ca, body["data"]
         except self._api_exception as exc:
             if exc.status != HTTP_CONFLICT:
                 raise
         # Another replica created it first: use theirs.
+        return self._theirs()
+
+    def _rotate(
+        self, secret: Any, old: certs.KeyPair, *, at: datetime
+    ) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
+        ca = new_ca(at=at)
+        body = ca_secret(namespace=self.namespace, name=self.secret_name, ca=ca, previous=old)
+        body["metadata"]["resourceVersion"] = secret.metadata.resource_version
+        try:
+            self._core.replace_namespaced_secret(self.secret_name, self.namespace, body)
+        except self._api_exception as exc:
+            if exc.status != HTTP_CONFLICT:
+                raise
+            return self._theirs()  # another replica replaced it first
+        logger.warning(
+            "the CA in Secret %s/%s expires at %s: replaced it with a new one (valid until %s); "
+            "the webhooks trust both until the old one expires",
+            self.namespace,
+            self.secret_name,
+            old.cert.not_valid_after_utc.isoformat(),
+            ca.cert.not_valid_after_utc.isoformat(),
+        )
+        return ca, body["data"]
+
+    def _theirs(self) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
         secret = self._read_secret()
         shared = ca_from_secret(secret.data if secret is not None else None)
         if shared is None:
             raise certs.CertificateError(f"Secret {self.namespace}/{self.secret_name} vanished")
-        return shared
+        return shared, secret.data
 
     def _read_secret(self) -> Any:
         try:
@@ -184,7 +240,7 @@ class ClusterTrust:
             (self.cert_dir / name).unlink(missing_ok=True)
         logger.info("wrote the shared CA to %s", ca_cert_file)
 
-    def _inject(self, ca_pem: bytes) -> None:
+    def _inject(self, bundle_pem: bytes) -> None:
         for read, patch, name in (
             (
                 self._admission.read_validating_webhook_configuration,
@@ -205,7 +261,7 @@ class ClusterTrust:
                     continue
                 raise
             as_dict = self._admission.api_client.sanitize_for_serialization(configuration)
-            ops = ca_bundle_patch(as_dict, ca_pem)
+            ops = ca_bundle_patch(as_dict, bundle_pem)
             if ops:
                 patch(name, ops)
                 logger.info("wrote the caBundle into %d webhooks of %s", len(ops) // 2, name)

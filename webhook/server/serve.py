@@ -82,7 +82,8 @@ def serve(
     """
     if trust is not None and not _first_sync(trust):
         return EXIT_FAILED
-    reloader = CertificateReloader(cert_dir, dns_names=dns_names)
+    # With ``trust``, the CA is the cluster's (a Secret): only ClusterTrust replaces it.
+    reloader = CertificateReloader(cert_dir, dns_names=dns_names, renew_ca=trust is None)
     try:
         reloader.check(at=datetime.now(UTC))
     except CertificateError as exc:

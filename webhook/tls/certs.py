@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 CA_VALIDITY = timedelta(days=3650)
 SERVING_CERT_VALIDITY = timedelta(days=365)
 RENEW_BEFORE = timedelta(days=30)
+# A CA is replaced a year before it expires: longer than any serving certificate it signed
+# lives, so the old CA can stay trusted beside the new one until the last of those is gone.
+CA_RENEW_BEFORE = timedelta(days=365)
 # Certificates start this long before "now", so a peer whose clock is a little
 # behind ours still accepts them (cert-controller does the same).
 CLOCK_SKEW_ALLOWANCE = timedelta(hours=1)
@@ -242,13 +245,20 @@ def key_matches_cert(cert_pem: bytes, key_pem: bytes) -> bool:
 # --- I/O ------------------------------------------------------------------------
 
 
-def ensure_certificates(cert_dir: Path, *, dns_names: Sequence[str], at: datetime) -> ServingFiles:
+def ensure_certificates(
+    cert_dir: Path, *, dns_names: Sequence[str], at: datetime, renew_ca: bool = True
+) -> ServingFiles:
     """Make ``cert_dir`` hold a serving certificate good at ``at``, if it is ours to make.
 
     - no ``tls.crt``/``tls.key``: generate them (and a CA, unless ``ca.crt`` and
       ``ca.key`` are already there) for localhost, 127.0.0.1, ::1 and ``dns_names``;
     - ours (``ca.key`` present) and due for rotation, or missing a requested name:
       a new serving certificate from the same CA, so the caBundle stays valid;
+    - ours and the CA within ``CA_RENEW_BEFORE`` of its end: a new CA and serving
+      certificate, with a warning (clients must trust the new ``ca.crt``); unless
+      ``renew_ca`` is False: the CA is someone else's to replace (``ClusterTrust`` keeps
+      the cluster's in a Secret and writes it here), and the serving certificate is not
+      reissued again and again against a CA that cannot give it a longer life;
     - not ours: used as they are; nothing is written.
     """
     files = serving_files(cert_dir)
@@ -264,12 +274,15 @@ def ensure_certificates(cert_dir: Path, *, dns_names: Sequence[str], at: datetim
 
     if cert_present and key_present and files.self_managed:
         ca = _load_key_pair(cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE)
-        cert_pem = files.cert_file.read_bytes()
-        if not _serving_cert_due(cert_pem, files.key_file.read_bytes(), ca, wanted_dns, at):
-            return files
-        logger.info("renewing the serving certificate in %s from the same CA", cert_dir)
+        if renew_ca and needs_rotation(ca.cert_pem, at=at, renew_before=CA_RENEW_BEFORE):
+            ca = _existing_or_new_ca(cert_dir, at=at)
+        else:
+            cert_pem = files.cert_file.read_bytes()
+            if not _serving_cert_due(cert_pem, files.key_file.read_bytes(), ca, wanted_dns, at):
+                return files
+            logger.info("renewing the serving certificate in %s from the same CA", cert_dir)
     else:
-        ca = _existing_or_new_ca(cert_dir, at=at)
+        ca = _existing_or_new_ca(cert_dir, at=at, renew=renew_ca)
 
     serving = create_serving_cert(
         ca,
@@ -303,24 +316,33 @@ def serving_files(cert_dir: Path) -> ServingFiles:
 def _serving_cert_due(
     cert_pem: bytes, key_pem: bytes, ca: KeyPair, dns_names: Sequence[str], at: datetime
 ) -> bool:
-    if needs_rotation(cert_pem, at=at, renew_before=RENEW_BEFORE):
-        return True
     if not key_matches_cert(cert_pem, key_pem):
         return True
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return not valid_for(cert, ca.cert, hosts=[*dns_names, *LOCAL_IP_ADDRESSES], at=at)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return True
+    if not valid_for(cert, ca.cert, hosts=[*dns_names, *LOCAL_IP_ADDRESSES], at=at):
+        return True
+    if not needs_rotation(cert_pem, at=at, renew_before=RENEW_BEFORE):
+        return False
+    # Due, but a certificate that already ends with its CA cannot be given a longer life
+    # by that CA: reissuing it would only repeat at every check. The CA's renewal fixes it.
+    return cert.not_valid_after_utc < ca.cert.not_valid_after_utc
 
 
-def _existing_or_new_ca(cert_dir: Path, *, at: datetime) -> KeyPair:
+def _existing_or_new_ca(cert_dir: Path, *, at: datetime, renew: bool = True) -> KeyPair:
     ca_cert_file, ca_key_file = cert_dir / CA_CERT_FILE, cert_dir / CA_KEY_FILE
     if ca_cert_file.exists() and ca_key_file.exists():
         ca = _load_key_pair(ca_cert_file, ca_key_file)
-        if not needs_rotation(ca.cert_pem, at=at, renew_before=RENEW_BEFORE):
+        if not renew or not needs_rotation(ca.cert_pem, at=at, renew_before=CA_RENEW_BEFORE):
             return ca
         logger.warning(
-            "the CA in %s expires at %s: making a new one; update the webhook caBundle",
+            "the CA in %s expires at %s: making a new one; clients (the webhooks' caBundle "
+            "among them) must trust the new %s",
             cert_dir,
             ca.cert.not_valid_after_utc.isoformat(),
+            ca_cert_file,
         )
     cert_dir.mkdir(parents=True, exist_ok=True)
     ca = create_ca(
@@ -395,10 +417,16 @@ class CertificateReloader:
     """
 
     def __init__(
-        self, cert_dir: Path, *, dns_names: Sequence[str], context: ssl.SSLContext | None = None
+        self,
+        cert_dir: Path,
+        *,
+        dns_names: Sequence[str],
+        context: ssl.SSLContext | None = None,
+        renew_ca: bool = True,
     ) -> None:
         self.cert_dir = cert_dir
         self.dns_names = tuple(dns_names)
+        self.renew_ca = renew_ca
         self.context = context if context is not None else new_server_context()
         self._loaded: tuple[bytes, bytes] | None = None
         self._last_failure: str | None = None
@@ -414,7 +442,9 @@ class CertificateReloader:
     def check(self, *, at: datetime) -> bool:
         """Renew or reload as needed; True when a new certificate was loaded."""
         try:
-            files = ensure_certificates(self.cert_dir, dns_names=self.dns_names, at=at)
+            files = ensure_certificates(
+                self.cert_dir, dns_names=self.dns_names, at=at, renew_ca=self.renew_ca
+            )
             pair = (files.cert_file.read_bytes(), files.key_file.read_bytes())
         except (OSError, CertificateError) as exc:
             return self._failed(f"cannot read the certificate files: {exc}")
