@@ -126,6 +126,66 @@ def sandbox_claim(
     }
 
 
+def sandbox_template(
+    name: str = "demo",
+    namespace: str = TEAM,
+    *,
+    image: str = "python:3.12",
+    management: str | None = "Unmanaged",
+) -> Obj:
+    """The SandboxTemplate AgentCube makes for a CodeInterpreter with a warm pool: named after
+    it, no AgentCube label in its pod metadata, agent-sandbox's own NetworkPolicy turned off
+    (``management``; None leaves the field out: agent-sandbox's default, Managed)."""
+    spec: Obj = {
+        "podTemplate": {"spec": {"containers": [{"name": "code-interpreter", "image": image}]}}
+    }
+    if management is not None:
+        spec = {"networkPolicyManagement": management, **spec}
+    return {
+        "apiVersion": kinds.SANDBOX_TEMPLATE.api_version,
+        "kind": kinds.SANDBOX_TEMPLATE.kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def sandbox_warm_pool(name: str = "demo", namespace: str = TEAM, *, replicas: int = 1) -> Obj:
+    """The SandboxWarmPool AgentCube makes beside ``sandbox_template``, of the same name."""
+    return {
+        "apiVersion": kinds.SANDBOX_WARM_POOL.api_version,
+        "kind": kinds.SANDBOX_WARM_POOL.kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas, "sandboxTemplateRef": {"name": name}},
+    }
+
+
+# The versions agent-sandbox's releases are written in: v0.4 v1alpha1, v0.5 and v1.0 v1beta1.
+# The builders above make v1alpha1; ``in_version`` gives the other shape.
+AGENT_SANDBOX_VERSIONS = ("v1alpha1", "v1beta1")
+
+
+def in_version(obj: Obj, version: str) -> Obj:
+    """An agent-sandbox object (as the builders make it, in v1alpha1) as written in
+    ``version``. v1beta1 (agent-sandbox v0.5+) differs where AgentCube's objects touch it: a
+    SandboxClaim names its warm pool (``spec.warmPoolRef``, required; AgentCube names the pool
+    after the template) instead of the template (``spec.sandboxTemplateRef``), and a Sandbox's
+    ``spec.replicas`` is ``spec.operatingMode``. The SandboxTemplate and SandboxWarmPool keep
+    their shape. Any other field is kept; a fresh object."""
+    out = copy.deepcopy(obj)
+    group = str(obj["apiVersion"]).rpartition("/")[0]
+    assert group in (kinds.SANDBOX_GROUP, kinds.SANDBOX_EXT_GROUP), obj["apiVersion"]
+    out["apiVersion"] = f"{group}/{version}"
+    spec = out.get("spec")
+    if version == "v1alpha1" or not isinstance(spec, dict):
+        return out
+    if obj["kind"] == kinds.SANDBOX_CLAIM.kind and "sandboxTemplateRef" in spec:
+        out["spec"] = {"warmPoolRef": {"name": spec["sandboxTemplateRef"]["name"]}}
+        out["spec"].update((k, v) for k, v in spec.items() if k != "sandboxTemplateRef")
+    if obj["kind"] == kinds.SANDBOX.kind and "replicas" in spec:
+        spec["operatingMode"] = "Running" if spec.pop("replicas") else "Suspended"
+    return out
+
+
 def sandbox_pod(name: str = "p", namespace: str = TEAM, *, labels: Any = None) -> Obj:
     """A pod as the Sandbox controller makes it (never scheduled in the tests: no node)."""
     return {
@@ -167,10 +227,13 @@ def admission_request(
     named = obj if isinstance(obj, dict) else old if isinstance(old, dict) else {}
     metadata = named.get("metadata")
     name = metadata.get("name", "") if isinstance(metadata, dict) else ""
+    # The object comes in the version the request names (a rule lists each version we read).
+    group, _, version = str(named.get("apiVersion", "")).rpartition("/")
+    version = version if group == kind.group and version else kind.version
     request: Obj = {
         "uid": uid,
-        "kind": {"group": kind.group, "version": kind.version, "kind": kind.kind},
-        "resource": {"group": kind.group, "version": kind.version, "resource": kind.plural},
+        "kind": {"group": kind.group, "version": version, "kind": kind.kind},
+        "resource": {"group": kind.group, "version": version, "resource": kind.plural},
         "name": name,
         "namespace": namespace,
         "operation": operation,

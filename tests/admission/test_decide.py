@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import builders
-from tests.builders import AGENTCUBE_SA, TENANT, template
+from tests.builders import AGENTCUBE_SA, TENANT, in_version, template
 from webhook.admission.decide import NoClaims, mutate, patch_labels, validate
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -115,29 +115,41 @@ def test_kinds_we_do_not_handle_pass_unchanged(adm_request: Request, settings: S
 # --- the override annotation ---------------------------------------------------------
 
 
-def sandbox(annotation: str | None, *, kind: kinds.Kind = kinds.SANDBOX) -> dict[str, Any]:
-    """A Sandbox or SandboxClaim carrying the override ``annotation`` (None: none)."""
+def sandbox(
+    annotation: str | None, *, kind: kinds.Kind = kinds.SANDBOX, version: str = "v1alpha1"
+) -> dict[str, Any]:
+    """A Sandbox or SandboxClaim carrying the override ``annotation`` (None: none), written in
+    ``version`` (a v1beta1 claim names its warm pool, not its template)."""
     annotations = {kinds.ANNOTATION_NETWORK_POLICY: annotation} if annotation is not None else {}
     if kind == kinds.SANDBOX_CLAIM:
-        return builders.sandbox_claim(annotations=annotations)
-    return builders.sandbox(annotations=annotations)
+        return in_version(builders.sandbox_claim(annotations=annotations), version)
+    return in_version(builders.sandbox(annotations=annotations), version)
 
 
+# Each agent-sandbox release writes its own shapes; the override is read the same in each.
+VERSIONS = pytest.mark.parametrize("version", builders.AGENT_SANDBOX_VERSIONS)
+
+
+@VERSIONS
 @pytest.mark.parametrize("kind", [kinds.SANDBOX, kinds.SANDBOX_CLAIM])
 def test_override_set_by_agentcube_is_validated(
-    adm_request: Request, settings: Settings, kind: kinds.Kind
+    adm_request: Request, settings: Settings, kind: kinds.Kind, version: str
 ) -> None:
-    good = adm_request(sandbox(json.dumps(GOOD), kind=kind), kind=kind, user=AGENTCUBE_SA)
+    obj = sandbox(json.dumps(GOOD), kind=kind, version=version)
+    good = adm_request(obj, kind=kind, user=AGENTCUBE_SA)
+    assert good["kind"]["version"] == version
     assert validate(good, settings=settings)["allowed"] is True
-    bad = adm_request(sandbox(json.dumps(BAD), kind=kind), kind=kind, user=AGENTCUBE_SA)
-    response = validate(bad, settings=settings)
+    obj = sandbox(json.dumps(BAD), kind=kind, version=version)
+    response = validate(adm_request(obj, kind=kind, user=AGENTCUBE_SA), settings=settings)
     assert response["allowed"] is False
-    assert (
-        "metadata.annotations[runtime.agentcube.io/network-policy].egress[0].cidrs[0]: must be a canonical CIDR"
-        in response["status"]["message"]
+    assert response["status"]["message"] == (
+        f'{kind.kind} "demo-ab12cd34" is invalid: '
+        "metadata.annotations[runtime.agentcube.io/network-policy].egress[0].cidrs[0]: must be a "
+        'canonical CIDR with no host bits set (did you mean "10.0.0.0/8"?): "10.0.0.1/8"'
     )
 
 
+@VERSIONS
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
@@ -148,10 +160,11 @@ def test_override_set_by_agentcube_is_validated(
     ],
 )
 def test_override_that_is_not_a_policy_is_refused(
-    adm_request: Request, settings: Settings, value: str, fragment: str
+    adm_request: Request, settings: Settings, value: str, fragment: str, version: str
 ) -> None:
     response = validate(
-        adm_request(sandbox(value), kind=kinds.SANDBOX, user=AGENTCUBE_SA), settings=settings
+        adm_request(sandbox(value, version=version), kind=kinds.SANDBOX, user=AGENTCUBE_SA),
+        settings=settings,
     )
     assert response["allowed"] is False
     assert response["status"]["message"].startswith(
@@ -160,6 +173,7 @@ def test_override_that_is_not_a_policy_is_refused(
     assert fragment in response["status"]["message"]
 
 
+@VERSIONS
 @pytest.mark.parametrize(
     ("old", "new"),
     [
@@ -170,14 +184,15 @@ def test_override_that_is_not_a_policy_is_refused(
     ids=["set", "change", "remove"],
 )
 def test_tenant_may_not_touch_the_override(
-    adm_request: Request, settings: Settings, old: str | None, new: str | None
+    adm_request: Request, settings: Settings, old: str | None, new: str | None, version: str
 ) -> None:
     operation = "CREATE" if old is None else "UPDATE"
+    claim = kinds.SANDBOX_CLAIM
     request = adm_request(
-        sandbox(new),
-        kind=kinds.SANDBOX_CLAIM,
+        sandbox(new, kind=claim, version=version),
+        kind=claim,
         operation=operation,
-        old=sandbox(old) if operation == "UPDATE" else None,
+        old=sandbox(old, kind=claim, version=version) if operation == "UPDATE" else None,
         user=TENANT,
     )
     response = validate(request, settings=settings)
@@ -189,12 +204,16 @@ def test_tenant_may_not_touch_the_override(
     )
 
 
+@VERSIONS
 def test_tenant_may_update_other_fields_of_an_overridden_sandbox(
-    adm_request: Request, settings: Settings
+    adm_request: Request, settings: Settings, version: str
 ) -> None:
-    old = sandbox(json.dumps(GOOD))
+    old = sandbox(json.dumps(GOOD), version=version)
     new = copy.deepcopy(old)
-    new["spec"]["replicas"] = 0
+    # Suspending the sandbox, in each version's words.
+    new["spec"].update(
+        {"v1alpha1": {"replicas": 0}, "v1beta1": {"operatingMode": "Suspended"}}[version]
+    )
     response = validate(
         adm_request(new, kind=kinds.SANDBOX, operation="UPDATE", old=old, user=TENANT),
         settings=settings,
@@ -339,13 +358,13 @@ def warm_pod(**extra_labels: str) -> dict[str, Any]:
     return obj
 
 
+@VERSIONS
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
 def test_claimed_warm_pod_gets_the_sandbox_labels(
-    adm_request: Request, settings: Settings, operation: str
+    adm_request: Request, settings: Settings, operation: str, version: str
 ) -> None:
-    claims = Claims(
-        claim(labels={kinds.LABEL_SANDBOX_NAME: "demo-ab12cd34", kinds.LABEL_SESSION_ID: "s-1"})
-    )
+    labels = {kinds.LABEL_SANDBOX_NAME: "demo-ab12cd34", kinds.LABEL_SESSION_ID: "s-1"}
+    claims = Claims(in_version(claim(labels=labels), version))
     obj = warm_pod()
     response = mutate(
         adm_request(obj, kind=kinds.POD, operation=operation, old=warm_pod()),

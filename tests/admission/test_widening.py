@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import admission_request
+from tests.builders import AGENT_SANDBOX_VERSIONS, admission_request, in_version, sandbox_template
 from webhook.admission.decide import validate
 from webhook.api import kinds
 from webhook.api.settings import Settings
@@ -47,12 +47,8 @@ def policy(selector: dict[str, Any], *, managed: bool = False) -> dict[str, Any]
     }
 
 
-def template(management: str | None) -> dict[str, Any]:
-    spec: dict[str, Any] = {"podTemplate": {"spec": {"containers": []}}}
-    if management is not None:
-        spec["networkPolicyManagement"] = management
-    return {"apiVersion": kinds.SANDBOX_TEMPLATE.api_version, "kind": "SandboxTemplate",
-            "metadata": {"name": "py", "namespace": "team-a"}, "spec": spec}  # fmt: skip
+def template(management: str | None, version: str = "v1alpha1") -> dict[str, Any]:
+    return in_version(sandbox_template("py", "team-a", management=management), version)
 
 
 def decide(obj: dict[str, Any], kind: kinds.Kind, *, deny: bool = False) -> dict[str, Any]:
@@ -107,19 +103,41 @@ def test_without_the_reconcilers_caches_nothing_is_known_and_nothing_is_said() -
     assert answer["allowed"] is True and not answer.get("warnings")
 
 
+@pytest.mark.parametrize("version", AGENT_SANDBOX_VERSIONS)
 @pytest.mark.parametrize(
     ("management", "warned"), [(None, True), ("Managed", True), ("Unmanaged", False)]
 )
 def test_a_managed_sandbox_template_of_an_isolated_warm_pool_is_warned(
-    management: str | None, warned: bool
+    management: str | None, warned: bool, version: str
 ) -> None:
-    answer = decide(template(management), kinds.SANDBOX_TEMPLATE)
+    answer = decide(template(management, version), kinds.SANDBOX_TEMPLATE)
     assert answer["allowed"] is True
     assert bool(answer.get("warnings")) is warned
     if warned:
-        assert answer["warnings"][0].endswith(
-            "adds agent-sandbox's policy to every session; set Unmanaged"
-        )
-    elsewhere = template(management)
+        assert answer["warnings"] == [
+            f"spec.networkPolicyManagement: {management or 'Managed (default)'} adds "
+            "agent-sandbox's policy to every session; set Unmanaged"
+        ]
+    elsewhere = template(management, version)
     elsewhere["metadata"]["name"] = "not-isolated"
     assert not decide(elsewhere, kinds.SANDBOX_TEMPLATE).get("warnings")
+
+
+@pytest.mark.parametrize("version", AGENT_SANDBOX_VERSIONS)
+def test_a_managed_sandbox_template_with_its_own_rules_is_refused_with_deny_widening(
+    version: str,
+) -> None:
+    """agent-sandbox's own policy (spec.networkPolicy, allowed when Managed) would add its
+    rules to every claimed pod of the warm pool: refused with --deny-widening, in either
+    version's shape."""
+    obj = template("Managed", version)
+    obj["spec"]["networkPolicy"] = {"egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}
+    answer = decide(obj, kinds.SANDBOX_TEMPLATE, deny=True)
+    assert answer["allowed"] is False
+    assert answer["status"]["code"] == 403
+    assert answer["status"]["message"] == (
+        'SandboxTemplate "py" is forbidden: spec.networkPolicyManagement: Managed adds '
+        "agent-sandbox's policy to every session; set Unmanaged"
+    )
+    obj["spec"]["networkPolicyManagement"] = "Unmanaged"
+    assert decide(obj, kinds.SANDBOX_TEMPLATE, deny=True)["allowed"] is True

@@ -17,6 +17,7 @@ from webhook.devtools.agentsandbox import (
     find_agent_sandbox,
     pinned_agent_sandbox_versions,
     rbac_manifests,
+    with_conversion_webhook,
     without_conversion_webhook,
 )
 from webhook.devtools.controlplane import ControlPlaneError
@@ -214,3 +215,40 @@ def test_v0_5_crds_are_installed_without_their_conversion_webhook() -> None:
         "conversion": {"strategy": "None"},
     }
     assert crd["spec"]["conversion"]["strategy"] == "Webhook"  # the release's file untouched
+
+
+def test_v0_5_conversion_webhook_serves_on_the_given_port_with_our_certificate() -> None:
+    args = controller_args(
+        kubeconfig=Path("k"), metrics_port=1, probe_port=2, extensions=True, log_level="info",
+        version="v0.5.6", webhook_port=4003, webhook_cert_dir=Path("/w/certs"),
+    )  # fmt: skip
+    assert "--enable-webhook=false" not in args
+    assert {
+        "--webhook-port=4003",
+        "--webhook-cert-dir=/w/certs",
+        "--manage-webhook-certs=false",
+    } <= (set(args))
+
+
+def test_v0_5_crds_can_convert_through_a_loopback_webhook() -> None:
+    crd = {
+        "spec": {
+            "group": "g",
+            "conversion": {
+                "strategy": "Webhook",
+                "webhook": {
+                    "conversionReviewVersions": ["v1"],
+                    "clientConfig": {"service": {"name": "svc", "namespace": "ns"}},
+                },
+            },
+        }
+    }
+    converted = with_conversion_webhook(crd, url="https://127.0.0.1:4003/convert", ca_pem=b"CA")
+    assert converted["spec"]["conversion"] == {
+        "strategy": "Webhook",
+        "webhook": {
+            "conversionReviewVersions": ["v1"],
+            "clientConfig": {"url": "https://127.0.0.1:4003/convert", "caBundle": "Q0E="},
+        },
+    }
+    assert crd["spec"]["conversion"]["webhook"]["clientConfig"]["service"]["name"] == "svc"

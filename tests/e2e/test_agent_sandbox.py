@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.builders import code_interpreter, sandbox, sandbox_claim, sandbox_pod
+from tests.builders import (
+    code_interpreter,
+    sandbox,
+    sandbox_claim,
+    sandbox_pod,
+    sandbox_template,
+    sandbox_warm_pool,
+)
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from webhook.api import kinds
@@ -113,34 +120,10 @@ def warm_pool_for(interpreter: dict[str, Any]) -> list[dict[str, Any]]:
     carries no AgentCube label, and agent-sandbox's own NetworkPolicy is turned off."""
     name = interpreter["metadata"]["name"]
     namespace = interpreter["metadata"]["namespace"]
-    owner = owner_reference(interpreter)
-    template = {
-        "apiVersion": kinds.SANDBOX_TEMPLATE.api_version,
-        "kind": kinds.SANDBOX_TEMPLATE.kind,
-        "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner]},
-        "spec": {
-            "networkPolicyManagement": "Unmanaged",
-            "podTemplate": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "code-interpreter",
-                            "image": interpreter["spec"]["template"]["image"],
-                        }
-                    ]
-                }
-            },
-        },
-    }
-    pool = {
-        "apiVersion": kinds.SANDBOX_WARM_POOL.api_version,
-        "kind": kinds.SANDBOX_WARM_POOL.kind,
-        "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner]},
-        "spec": {
-            "replicas": interpreter["spec"]["warmPoolSize"],
-            "sandboxTemplateRef": {"name": name},
-        },
-    }
+    template = sandbox_template(name, namespace, image=interpreter["spec"]["template"]["image"])
+    pool = sandbox_warm_pool(name, namespace, replicas=interpreter["spec"]["warmPoolSize"])
+    for obj in (template, pool):
+        obj["metadata"]["ownerReferences"] = [owner_reference(interpreter)]
     return [template, pool]
 
 

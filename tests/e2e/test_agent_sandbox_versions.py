@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import code_interpreter, sandbox_claim
+from tests.builders import code_interpreter, in_version, sandbox_claim
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.invariant import Recorder, breaches, is_runnable, is_sandbox_pod
 from tests.e2e.test_agent_sandbox import is_running_and_ready, owner_reference, warm_pool_for
@@ -77,11 +77,7 @@ class Cluster:
 
 def in_v1beta1(obj: dict[str, Any]) -> dict[str, Any]:
     """An agent-sandbox object as AgentCube writes it for v0.5+."""
-    group = obj["apiVersion"].rpartition("/")[0]
-    out = {**obj, "apiVersion": f"{group}/{V1BETA1}"}
-    if obj["kind"] == kinds.SANDBOX_CLAIM.kind:
-        out["spec"] = {"warmPoolRef": {"name": obj["spec"]["sandboxTemplateRef"]["name"]}}
-    return out
+    return in_version(obj, V1BETA1)
 
 
 def install_agentcube_crds(control_plane: ControlPlane) -> None:

@@ -149,16 +149,63 @@ TOO_DEEP = "an object is nested too deeply to be read"
 
 
 def validate_object(obj: Mapping[str, Any], *, settings: Settings) -> Verdict:
-    """Validate one object as admission would on CREATE by an allowed user (``check``)."""
-    group, _, _version = str(obj.get("apiVersion", "")).rpartition("/")
+    """Validate one object as admission would on CREATE by an allowed user (``check``).
+
+    Offline nothing stands before admission, so for a SandboxClaim ``check`` also asks what
+    agent-sandbox's CRD schema would (the API server refuses the claim before the webhook
+    sees it): the reference to what it claims from, which changed between versions.
+    """
+    group, _, version = str(obj.get("apiVersion", "")).rpartition("/")
     key = (group, str(obj.get("kind", "")))
     if key in _TEMPLATE_KINDS:
         found = validate_template(obj, kind=key[1], settings=settings)
     elif key in _OVERRIDE_KINDS:
         found = validate_override(override_annotation(obj), settings=settings)
+        if key == _CLAIM:
+            found.errors[:0] = claim_reference_errors(obj, version)
     else:
         found = Findings()
     return Verdict([str(e) for e in found.errors], found.warnings)
+
+
+# What a SandboxClaim claims from, by version, as agent-sandbox's CRDs require it: a
+# template in v1alpha1 (v0.4), a warm pool in v1beta1 (v0.5+, where AgentCube names the pool
+# after the template). The reconciler reads either (reconciler.sandboxes.claim_template_name).
+CLAIM_REFERENCE = {
+    "v1alpha1": ("sandboxTemplateRef", "SandboxTemplate"),
+    "v1beta1": ("warmPoolRef", "SandboxWarmPool"),
+}
+
+
+def claim_reference_errors(claim: Mapping[str, Any], version: str) -> list[FieldError]:
+    """A SandboxClaim of ``version`` that names nothing to claim from, or names it in the
+    other version's field (a v1alpha1 claim moved to v1beta1 by its apiVersion alone)."""
+    wanted = CLAIM_REFERENCE.get(version)
+    if wanted is None:
+        return []  # a version we do not know: the API server's to judge
+    field_name, kind = wanted
+    spec = claim.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    errors = []
+    for other, (other_field, _other_kind) in CLAIM_REFERENCE.items():
+        if other != version and other_field in spec:
+            errors.append(
+                FieldError(
+                    f"spec.{other_field}",
+                    f"not a field of SandboxClaim {version} (it is {other}'s): "
+                    f"name the {kind} in spec.{field_name}.name",
+                )
+            )
+    name = kinds.get_path(spec, (field_name, "name"))
+    if not isinstance(name, str) or not name:
+        errors.append(
+            FieldError(
+                f"spec.{field_name}.name",
+                f"required: the {kind} the claim takes its sandbox from",
+                *(() if name is None else (name,)),
+            )
+        )
+    return errors
 
 
 def validate_template(obj: Mapping[str, Any], *, kind: str, settings: Settings) -> Findings:

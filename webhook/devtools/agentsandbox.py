@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -40,10 +41,12 @@ from webhook.devtools.controlplane import (
     VERSIONS_FILE,
     ControlPlane,
     ControlPlaneError,
+    create_ca,
     die_with_parent,
     free_loopback_ports,
     install_crds,
     is_healthy,
+    issue_serving_cert,
     log_tail,
     read_versions,
     stop_process_group,
@@ -174,13 +177,18 @@ def controller_args(
     extensions: bool,
     log_level: str,
     version: str = "",
+    webhook_port: int | None = None,
+    webhook_cert_dir: Path | None = None,
 ) -> list[str]:
     """Flags of ``cmd/agent-sandbox-controller`` (v0.4.6, v0.5.6, v1.0.1): loopback ports, no
     leader election (one replica; no Lease to wait for), the kubeconfig flag registered by
-    controller-runtime. v0.5's webhook server is off (``--enable-webhook=false``): it would
-    write certificates under /tmp/k8s-webhook-server and patch the CRDs for a Service no
-    process here backs; its CRDs are installed with ``conversion: None`` instead, as its own
-    log asks (see ``AgentSandboxController.install``)."""
+    controller-runtime. v0.5's webhook server is off (``--enable-webhook=false``) unless
+    ``webhook_port`` is given: on its own it would write certificates under
+    /tmp/k8s-webhook-server and patch the CRDs for a Service no process here backs, so its
+    CRDs are installed with ``conversion: None``, as its own log asks. With ``webhook_port``
+    its conversion webhook serves on that port with the certificate we put in
+    ``webhook_cert_dir`` (``--manage-webhook-certs=false``: it writes no Secret and patches no
+    CRD; ``AgentSandboxController.install`` points the CRDs at it)."""
     args = [
         f"--kubeconfig={kubeconfig}",
         f"--extensions={'true' if extensions else 'false'}",
@@ -190,7 +198,14 @@ def controller_args(
         f"--zap-log-level={log_level}",
     ]
     if has_conversion_webhook(version):
-        args.append("--enable-webhook=false")
+        if webhook_port is None or webhook_cert_dir is None:
+            args.append("--enable-webhook=false")
+        else:
+            args += [
+                f"--webhook-port={webhook_port}",
+                f"--webhook-cert-dir={webhook_cert_dir}",
+                "--manage-webhook-certs=false",
+            ]
     return args
 
 
@@ -230,6 +245,31 @@ def without_conversion_webhook(crd: dict[str, Any]) -> dict[str, Any]:
     return {**crd, "spec": {**crd["spec"], "conversion": {"strategy": "None"}}}
 
 
+def with_conversion_webhook(crd: dict[str, Any], *, url: str, ca_pem: bytes) -> dict[str, Any]:
+    """A CRD whose versions the controller's webhook at ``url`` converts (what its own
+    startup patch does for the in-cluster Service, here for a loopback URL), trusting
+    ``ca_pem``."""
+    conversion = crd["spec"].get("conversion") or {}
+    webhook = conversion.get("webhook") or {}
+    return {
+        **crd,
+        "spec": {
+            **crd["spec"],
+            "conversion": {
+                "strategy": "Webhook",
+                "webhook": {
+                    "conversionReviewVersions": webhook.get("conversionReviewVersions")
+                    or ["v1", "v1beta1"],
+                    "clientConfig": {
+                        "url": url,
+                        "caBundle": base64.b64encode(ca_pem).decode("ascii"),
+                    },
+                },
+            },
+        },
+    }
+
+
 class AgentSandboxController:
     """The controller process. Use as a context manager, or ``start()`` and ``stop()``."""
 
@@ -244,6 +284,7 @@ class AgentSandboxController:
         work_dir: Path | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
         allowed_label_domains: str | None = None,
+        conversion_webhook: bool = False,
     ) -> None:
         self.build = build
         self.control_plane = control_plane
@@ -253,6 +294,10 @@ class AgentSandboxController:
         self.start_timeout_s = start_timeout_s
         # v0.5+: the allow-list file's content; None runs it without (its default).
         self.allowed_label_domains = allowed_label_domains
+        # v0.5: run its conversion webhook (on a loopback port, our certificate) and install
+        # its CRDs with Webhook conversion pointing there, as in a cluster; else conversion None.
+        self.conversion_webhook = conversion_webhook and has_conversion_webhook(build.version)
+        self.webhook_port = 0
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="agentcube-netpol-as-"))
         self.log_path = self.work_dir / f"{CONTROLLER_BINARY}.log"
         self.probe_port = 0
@@ -293,9 +338,13 @@ class AgentSandboxController:
             crd_dir.mkdir(parents=True, exist_ok=True)
             for path in sorted(self.build.crd_dir.glob("*.yaml")):
                 crd = yaml.safe_load(path.read_text(encoding="utf-8"))
-                (crd_dir / path.name).write_text(
-                    yaml.safe_dump(without_conversion_webhook(crd)), encoding="utf-8"
-                )
+                if self.conversion_webhook:
+                    ca_pem = self._webhook_certificates()
+                    url = f"https://{LOOPBACK}:{self.webhook_port}/convert"
+                    crd = with_conversion_webhook(crd, url=url, ca_pem=ca_pem)
+                else:
+                    crd = without_conversion_webhook(crd)
+                (crd_dir / path.name).write_text(yaml.safe_dump(crd), encoding="utf-8")
         names = install_crds(self.control_plane, crd_dir)
         missing = sorted(set(CRD_NAMES) - set(names))
         if missing:
@@ -330,6 +379,8 @@ class AgentSandboxController:
                 extensions=self.extensions,
                 log_level=self.log_level,
                 version=self.build.version,
+                webhook_port=self.webhook_port if self.conversion_webhook else None,
+                webhook_cert_dir=self.webhook_cert_dir if self.conversion_webhook else None,
             ),
         ]
         if self.allowed_label_domains is not None:
@@ -354,6 +405,27 @@ class AgentSandboxController:
         except BaseException:
             self.stop()
             raise
+
+    @property
+    def webhook_cert_dir(self) -> Path:
+        return self.work_dir / "webhook-certs"
+
+    def _webhook_certificates(self) -> bytes:
+        """The conversion webhook's port (picked once) and serving certificate for 127.0.0.1
+        in ``webhook_cert_dir`` (made once, as tls.crt and tls.key); the CA's PEM."""
+        ca_file = self.webhook_cert_dir / "ca.crt"
+        if not self.webhook_port:
+            (self.webhook_port,) = free_loopback_ports(1)
+        if not ca_file.exists():
+            at = datetime.now(UTC)
+            ca = create_ca(common_name="agent-sandbox-conversion-webhook-ca", at=at)
+            serving = issue_serving_cert(ca, dns_names=[], ip_addresses=[LOOPBACK], at=at)
+            self.webhook_cert_dir.mkdir(parents=True, exist_ok=True)
+            (self.webhook_cert_dir / "tls.crt").write_bytes(serving.cert_pem)
+            (self.webhook_cert_dir / "tls.key").write_bytes(serving.key_pem)
+            (self.webhook_cert_dir / "tls.key").chmod(0o600)
+            ca_file.write_bytes(ca.cert_pem)
+        return ca_file.read_bytes()
 
     def _service_account_kubeconfig(self) -> Path:
         """A kubeconfig with a token of the release's ServiceAccount (TokenRequest API): the

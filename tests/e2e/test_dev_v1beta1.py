@@ -1,0 +1,107 @@
+"""``dev --agent-sandbox v1.0.1`` with the v1beta1 examples, as the README says: the warm-pool
+session of examples/dev/v1beta1/ ends with the claim's NetworkPolicy and the adopted pod
+carrying the label it selects on. On v1.0.1's default allow-list the claim is left alone,
+so the label comes from the pod webhook and the reconciler, not from agent-sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import REPO_ROOT
+from webhook.api import kinds
+from webhook.devtools.controlplane import KUBECTL, Binaries
+
+VERSION = "v1.0.1"
+EXAMPLES = ("examples/dev/v1beta1/warm-pool.yaml", "examples/dev/v1beta1/session.yaml")
+SESSION = "python-warm-s3ss10n1"  # examples/dev/v1beta1/session.yaml
+READY_TIMEOUT_S = 120.0
+SESSION_WAIT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
+    binaries: Binaries, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "dev.kubeconfig"
+    log_path = tmp_path / "dev.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "webhook", "dev", "--kubeconfig", str(kubeconfig),
+             "--agent-sandbox", VERSION],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env={**os.environ, "KUBEBUILDER_ASSETS": str(binaries.directory)},
+        )  # fmt: skip
+
+    def kubectl(*args: str) -> str:
+        return subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
+        ).stdout  # fmt: skip
+
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not kubeconfig.exists():
+            assert dev.poll() is None, log_path.read_text(encoding="utf-8")
+            assert time.monotonic() < deadline, log_path.read_text(encoding="utf-8")
+            time.sleep(0.2)
+        print(f"dev --agent-sandbox {VERSION} ready after {time.monotonic() - started:.1f}s")
+        served = kubectl("api-versions").split()
+        assert "extensions.agents.x-k8s.io/v1beta1" in served
+        assert "extensions.agents.x-k8s.io/v1alpha1" not in served  # v1.0: v1beta1 only
+        for example in EXAMPLES:
+            kubectl("apply", "-f", example)
+        applied = time.monotonic()
+        pod, policy = session_isolated(kubectl)
+        print(f"session isolated {time.monotonic() - applied:.1f}s after apply")
+        claim = json.loads(kubectl("get", "sandboxclaim", SESSION, "-n", "default", "-o", "json"))
+        # Left alone: v1.0.1's default allow-list would refuse our label in the claim.
+        assert not (claim["spec"].get("additionalPodMetadata") or {}).get("labels")
+        assert pod["metadata"]["labels"][kinds.LABEL_SESSION_ID] == "session-1"
+        assert policy["spec"]["podSelector"] == {"matchLabels": {kinds.LABEL_SANDBOX_NAME: SESSION}}
+        [owner] = policy["metadata"]["ownerReferences"]
+        assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
+            "extensions.agents.x-k8s.io/v1beta1",
+            "SandboxClaim",
+            claim["metadata"]["uid"],
+        )
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        try:
+            code = dev.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            dev.kill()  # its control plane dies with it (PR_SET_PDEATHSIG)
+            dev.wait()
+            raise AssertionError(
+                f"dev did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM:\n"
+                + log_path.read_text(encoding="utf-8")
+            ) from None
+    assert code == 0, log_path.read_text(encoding="utf-8")
+    assert not kubeconfig.exists()
+
+
+def session_isolated(kubectl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod the real v1.0.1 controller adopted for the claim (labelled for the claim's
+    policy) and that policy, once both are there."""
+    deadline = time.monotonic() + SESSION_WAIT_S
+    seen: Any = None
+    while time.monotonic() < deadline:
+        policies = json.loads(kubectl("get", "networkpolicy", "-n", "default", "-o", "json"))
+        by_name = {p["metadata"]["name"]: p for p in policies["items"]}
+        pods = json.loads(
+            kubectl("get", "pods", "-n", "default", "-l", f"{kinds.LABEL_SANDBOX_NAME}={SESSION}",
+                    "-o", "json")
+        )["items"]  # fmt: skip
+        adopted = [p for p in pods if kinds.LABEL_CLAIM_UID in p["metadata"]["labels"]]
+        seen = (sorted(by_name), [p["metadata"]["name"] for p in pods])
+        if {"netpol-baseline.python-warm", SESSION} <= by_name.keys() and adopted:
+            return adopted[0], by_name[SESSION]
+        time.sleep(0.5)
+    raise AssertionError(f"no NetworkPolicy and labelled adopted pod for {SESSION}: {seen}")
