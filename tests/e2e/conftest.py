@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer
+from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, agent_sandbox_running
 from webhook.devtools.agentsandbox import (
     AgentSandboxBuild,
     AgentSandboxController,
@@ -120,19 +120,10 @@ def agent_sandbox(
     """The real agent-sandbox controller, extensions on, as its own ServiceAccount, for one
     test module. Its CRDs (Established before it starts) replace deploy/'s four agent-sandbox
     CRDs for the rest of the session; deploy/'s AgentRuntime and CodeInterpreter CRDs stay."""
-    controller = AgentSandboxController(
-        build=agent_sandbox_build,
-        control_plane=control_plane,
-        work_dir=tmp_path_factory.mktemp("agent-sandbox"),
-    )
-    try:
-        controller.start()
-    except ControlPlaneError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
+    with agent_sandbox_running(
+        control_plane, agent_sandbox_build, tmp_path_factory.mktemp("agent-sandbox")
+    ) as controller:
         yield controller
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,24 @@ The control plane itself is ``webhook.devtools.controlplane`` (``python -m webho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
 from webhook.devtools.controlplane import (
     LOOPBACK,
     ControlPlane,
+    ControlPlaneError,
     die_with_parent,
     free_loopback_ports,
     is_healthy,
@@ -189,3 +195,20 @@ def as_json(*objects: dict[str, Any]) -> str:
     if len(objects) == 1:
         return json.dumps(objects[0])
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+
+
+@contextlib.contextmanager
+def agent_sandbox_running(
+    control_plane: ControlPlane, build: AgentSandboxBuild, work_dir: Path
+) -> Iterator[AgentSandboxController]:
+    """The real agent-sandbox controller, extensions on, as its own ServiceAccount, on
+    ``control_plane``; stopped afterwards. A failed start FAILS the test with the reason."""
+    controller = AgentSandboxController(build=build, control_plane=control_plane, work_dir=work_dir)
+    try:
+        controller.start()
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield controller
+    finally:
+        controller.stop()

@@ -290,16 +290,19 @@ def test_tenant_cannot_set_the_override_annotation(
 ) -> None:
     kubectl.ok("create", "-f", "-", input=as_json(sandbox("sbx-3", namespace)))
     grant_tenant(kubectl, namespace, resource=SANDBOXES, group="tenants")
-    override = json.dumps({"mode": "None"})
+    assert_override_denied(kubectl, namespace, "sbx-3", tenant)
 
+
+def assert_override_denied(kubectl: Kubectl, namespace: str, name: str, user: Path) -> None:
+    """``user`` sets an override (mode None) on Sandbox ``name``: denied, none stored."""
     result = kubectl(
-        "annotate", SANDBOXES, "sbx-3", "-n", namespace,
-        f"{kinds.ANNOTATION_NETWORK_POLICY}={override}", user=tenant,
+        "annotate", SANDBOXES, name, "-n", namespace,
+        f"{kinds.ANNOTATION_NETWORK_POLICY}={json.dumps({'mode': 'None'})}", user=user,
     )  # fmt: skip
 
     assert result.returncode != 0
     assert f"metadata.annotations[{kinds.ANNOTATION_NETWORK_POLICY}]" in result.stderr
-    stored = kubectl.get(SANDBOXES, "sbx-3", "-n", namespace)
+    stored = kubectl.get(SANDBOXES, name, "-n", namespace)
     assert kinds.ANNOTATION_NETWORK_POLICY not in (stored["metadata"].get("annotations") or {})
 
 

@@ -5,41 +5,60 @@ A module of its own control plane, with the fake kubelet's pods on the dataplane
 address a probe sends to is a namespace this module created; probes start only in pod
 namespaces (kube-router always lets the node itself through). Without root, iptables,
 ipset or the kube-router build, the tier FAILS with the reason: it never skips.
+
+Most tests play agent-sandbox's Sandbox controller by hand (they create a Sandbox's pod);
+the last one starts the real agent-sandbox controller (warm pool, claim, adoption) on this
+cluster, so it must stay last: that controller would make those pods itself.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
-from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
+from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, agent_sandbox_running, as_json
+from tests.e2e.test_admission import SANDBOXES, assert_override_denied, grant_tenant
 from tests.e2e.test_reconciler import (
     AGENTCUBE,
+    audit,
+    desired,
     eventually,
     grant_agentcube,
     interpreter,
+    policy_of,
     sandbox,
     sandbox_pod,
     start_run,
 )
+from tests.e2e.test_reconciler import RESTRICTED as WARM_POOL_POLICY
+from tests.e2e.test_reconciler_warm_path import Warm, adopted_pod, claim_session, warm_pool
 from webhook.api import kinds
+from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 from webhook.devtools.dataplane import Dataplane, DataplaneError, Host, Probed
 from webhook.devtools.kubelet import FakeKubelet
+from webhook.kube.rest import Rest
+from webhook.reconciler.agentsandbox import name_hash
 
 WAIT_S = 60.0
 POLL_S = 0.3
+PROBE_S = 15.0  # the warm path's probers: from before the claim until well after
 ALLOWED_HOST = "203.0.113.10"  # inside the allowed CIDR
 ALLOWED_PORT = 443
 OTHER_PORT = 8443  # same host, a port outside the list
 FORBIDDEN_HOST = "198.51.100.10"  # outside every allowed CIDR
+EXCEPTED_HOST = "203.0.113.200"  # inside the allowed CIDR, in Custom's except range
+# Inside WARM_POOL_POLICY's CIDR (10.8.0.0/16, port 443): the policy warm_pool() sets.
+WARM_ALLOWED_HOST = "10.8.0.10"
 SANDBOX_PORT = 8080
 METADATA = "169.254.169.254"  # a stand-in for the cloud metadata address
 RESTRICTED = {
@@ -150,13 +169,68 @@ def plain_pod(ns: str, name: str, labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def pods_serving(
+    kube: Kubectl, dataplane: Dataplane, ns: str, *pods: tuple[str, dict[str, str], str]
+) -> list[Host]:
+    """Plain pods (name, labels, what each answers on SANDBOX_PORT), once they run."""
+    for name, labels, _ in pods:
+        kube.ok("create", "-f", "-", input=as_json(plain_pod(ns, name, labels)))
+    hosts = [running_pod(kube, dataplane, ns, name) for name, _, _ in pods]
+    for host, (_, _, answer) in zip(hosts, pods, strict=True):
+        dataplane.serve(host, answer, SANDBOX_PORT)
+    return hosts
+
+
+def sandbox_in(kube: Kubectl, dataplane: Dataplane, ns: str, policy: Any, *ports: int) -> Host:
+    """A CodeInterpreter with ``policy`` in a new namespace ``ns``, a Sandbox of it as
+    AgentCube makes it and its pod as agent-sandbox makes it; once it runs, answering
+    "sandbox" on each of ``ports``."""
+    kube.ok("create", "namespace", ns)
+    kube.ok("apply", "-f", "-", input=as_json(interpreter(ns, policy=policy)))
+    created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns))))
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod(ns, created)))
+    box = running_pod(kube, dataplane, ns, "py-abcd1234")
+    dataplane.serve(box, "sandbox", *ports)
+    return box
+
+
+@dataclass(frozen=True)
+class SystemPods:
+    """Cluster DNS (kube-system, ``k8s-app=kube-dns``: 53/UDP, 53/TCP and 80), AgentCube's
+    router and workload manager and another pod of its namespace."""
+
+    dns: Host
+    router: Host
+    manager: Host
+    not_router: Host
+
+
+@pytest.fixture(scope="module")
+def system_pods(kube: Kubectl, dataplane: Dataplane) -> SystemPods:
+    kube.ok("create", "namespace", "agentcube")
+    kube.ok(
+        "create", "-f", "-", input=as_json(plain_pod("kube-system", "dns", {"k8s-app": "kube-dns"}))
+    )
+    dns = running_pod(kube, dataplane, "kube-system", "dns")
+    dataplane.serve(dns, "kube-dns", "53/udp", 53, 80)
+    router, manager, not_router = pods_serving(
+        kube, dataplane, "agentcube",
+        ("router", {"app": "agentcube-router"}, "router"),
+        ("workload-manager", {"app": "workloadmanager"}, "workload-manager"),
+        ("not-router", {"app": "something-else"}, "not-router"),
+    )  # fmt: skip
+    return SystemPods(dns, router, manager, not_router)
+
+
 @pytest.fixture(scope="module")
 def externals(dataplane: Dataplane) -> None:
     """Hosts outside the cluster, each a namespace answering its name: one inside the
     allowed CIDR (on the allowed port and another), one outside it, the metadata stand-in."""
     for address, name, ports in (
         (ALLOWED_HOST, "allowed", (ALLOWED_PORT, OTHER_PORT)),
+        (EXCEPTED_HOST, "excepted", (ALLOWED_PORT,)),
         (FORBIDDEN_HOST, "forbidden", (ALLOWED_PORT,)),
+        (WARM_ALLOWED_HOST, "warm-allowed", (ALLOWED_PORT,)),
         (METADATA, "metadata", (80,)),
     ):
         dataplane.serve(dataplane.add_host(address), name, *ports)
@@ -191,35 +265,18 @@ def wait_until_as(dataplane: Dataplane, want: dict[str, Probe], why: str) -> flo
 
 @pytest.mark.usefixtures("run", "externals")
 def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
-    kube: Kubectl, dataplane: Dataplane
+    kube: Kubectl, dataplane: Dataplane, system_pods: SystemPods
 ) -> None:
-    kube.ok("create", "namespace", "tenant-a")
-    kube.ok("create", "namespace", "tenant-b")
-    kube.ok("create", "namespace", "agentcube")
-    kube.ok("apply", "-f", "-", input=as_json(interpreter("tenant-a", policy=RESTRICTED)))
-    created = json.loads(
-        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox("tenant-a")))
-    )
-    kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-a", created)))
-    for ns, name, labels in (
-        ("kube-system", "dns", {"k8s-app": "kube-dns"}),
-        ("tenant-b", "other-tenant", {"app": "other-tenant"}),
-        ("agentcube", "router", {"app": "agentcube-router"}),
-        ("agentcube", "workload-manager", {"app": "workloadmanager"}),
-        ("agentcube", "not-router", {"app": "something-else"}),
-    ):
-        kube.ok("create", "-f", "-", input=as_json(plain_pod(ns, name, labels)))
-
-    box = running_pod(kube, dataplane, "tenant-a", "py-abcd1234")
+    box = sandbox_in(kube, dataplane, "tenant-a", RESTRICTED, SANDBOX_PORT)
     started = time.monotonic()
-    dns = running_pod(kube, dataplane, "kube-system", "dns")
-    other_tenant = running_pod(kube, dataplane, "tenant-b", "other-tenant")
-    router = running_pod(kube, dataplane, "agentcube", "router")
-    manager = running_pod(kube, dataplane, "agentcube", "workload-manager")
-    not_router = running_pod(kube, dataplane, "agentcube", "not-router")
-    dataplane.serve(dns, "kube-dns", "53/udp", 53, 80)
-    dataplane.serve(box, "sandbox", SANDBOX_PORT)
-    dataplane.serve(other_tenant, "other-tenant", SANDBOX_PORT)
+    # Another tenant: an isolated sandbox of its own, and a plain pod.
+    other_box = sandbox_in(kube, dataplane, "tenant-b", RESTRICTED, SANDBOX_PORT)
+    (other_tenant,) = pods_serving(
+        kube, dataplane, "tenant-b", ("other-tenant", {"app": "other-tenant"}, "other-tenant")
+    )
+    dns, router, manager, not_router = (
+        system_pods.dns, system_pods.router, system_pods.manager, system_pods.not_router
+    )  # fmt: skip
     assert (
         kube.get("networkpolicy", "py-abcd1234", "-n", "tenant-a")["metadata"]["labels"][
             kinds.MANAGED_BY_LABEL
@@ -232,6 +289,8 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "sandbox -> allowed CIDR, other port": Probe(box, ALLOWED_HOST, OTHER_PORT, None),
         "sandbox -> other CIDR": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, None),
         "sandbox -> other tenant's pod": Probe(box, other_tenant.address, SANDBOX_PORT, None),
+        "sandbox -> other tenant's sandbox": Probe(box, other_box.address, SANDBOX_PORT, None),
+        "other tenant's sandbox -> sandbox": Probe(other_box, box.address, SANDBOX_PORT, None),
         "sandbox -> metadata address": Probe(box, METADATA, 80, None),
         "sandbox -> cluster DNS 53/UDP": Probe(box, dns.address, 53, "kube-dns", "udp"),
         "sandbox -> cluster DNS 53/TCP": Probe(box, dns.address, 53, "kube-dns"),
@@ -245,6 +304,9 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "other tenant's pod -> metadata address": Probe(other_tenant, METADATA, 80, "metadata"),
         "other tenant's pod -> DNS pod, another port": Probe(other_tenant, dns.address, 80, "kube-dns"),
         "other agentcube pod -> other tenant's pod": Probe(not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
+        # ...and each sandbox answers, and sends, where its policy lets it.
+        "router -> other tenant's sandbox": Probe(router, other_box.address, SANDBOX_PORT, "sandbox"),
+        "other tenant's sandbox -> allowed CIDR": Probe(other_box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
     }  # fmt: skip
 
     took = wait_until_as(dataplane, want, "the Restricted policy")
@@ -296,6 +358,197 @@ def test_an_override_at_runtime_changes_what_gets_through_and_none_opens(
     wait_until_as(dataplane, probes("allowed", "forbidden", "peer"), "mode None: open")
 
 
+CUSTOM = {
+    "mode": "Custom",
+    "custom": {
+        "ingress": [
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "tenant-g"}
+                        },
+                        "podSelector": {"matchLabels": {"role": "client"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": SANDBOX_PORT}],
+            }
+        ],
+        "egress": [
+            {
+                "to": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}}],
+                "ports": [{"protocol": "TCP", "port": ALLOWED_PORT}],
+            }
+        ],
+    },
+}
+
+
+@pytest.mark.usefixtures("run", "externals")
+def test_a_custom_sandbox_gets_exactly_its_raw_rules_and_no_dns(
+    kube: Kubectl, dataplane: Dataplane, system_pods: SystemPods
+) -> None:
+    """Custom: the control-plane ingress rule, then the raw rules verbatim; egress is the
+    user's alone, DNS included (DESIGN.md section 4): nothing adds DNS."""
+    kube.ok("create", "namespace", "tenant-g")
+    client, not_client = pods_serving(
+        kube, dataplane, "tenant-g",
+        ("client", {"role": "client"}, "client"),
+        ("not-client", {"role": "server"}, "not-client"),
+    )  # fmt: skip
+    kube.ok("create", "namespace", "tenant-f")
+    applied = kube("apply", "-f", "-", input=as_json(interpreter("tenant-f", policy=CUSTOM)))
+    assert applied.returncode == 0, applied.stderr
+    assert "no DNS (port 53) allowed; names will not resolve" in applied.stderr  # warned
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox("tenant-f")))
+    )
+    kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-f", created)))
+    box = running_pod(kube, dataplane, "tenant-f", "py-abcd1234")
+    dataplane.serve(box, "sandbox", SANDBOX_PORT, OTHER_PORT)
+    # A client by its labels, but in the sandbox's own namespace, not tenant-g.
+    (same_ns_client,) = pods_serving(
+        kube, dataplane, "tenant-f", ("client", {"role": "client"}, "same-ns-client")
+    )
+    dns, router = system_pods.dns, system_pods.router
+
+    want = {
+        # egress rule 0: the ipBlock, on its port, without its except range
+        "sandbox -> ipBlock, its port": Probe(box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
+        "sandbox -> ipBlock, another port": Probe(box, ALLOWED_HOST, OTHER_PORT, None),
+        "sandbox -> ipBlock's except range": Probe(box, EXCEPTED_HOST, ALLOWED_PORT, None),
+        "sandbox -> outside the ipBlock": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, None),
+        # ...and nothing else: no DNS added, no metadata address, no pods
+        "sandbox -> cluster DNS 53/UDP": Probe(box, dns.address, 53, None, "udp"),
+        "sandbox -> cluster DNS 53/TCP": Probe(box, dns.address, 53, None),
+        "sandbox -> metadata address": Probe(box, METADATA, 80, None),
+        "sandbox -> a tenant-g pod": Probe(box, client.address, SANDBOX_PORT, None),
+        # ingress rule 1: role=client pods of tenant-g, on its port only
+        "tenant-g client -> sandbox, its port": Probe(client, box.address, SANDBOX_PORT, "sandbox"),
+        "tenant-g client -> sandbox, another port": Probe(client, box.address, OTHER_PORT, None),
+        "tenant-g other pod -> sandbox": Probe(not_client, box.address, SANDBOX_PORT, None),
+        "client of the sandbox's namespace -> sandbox": Probe(same_ns_client, box.address, SANDBOX_PORT, None),
+        # ingress rule 0, every mode: AgentCube's router, on any port
+        "router -> sandbox, another port": Probe(router, box.address, OTHER_PORT, "sandbox"),
+        "other agentcube pod -> sandbox": Probe(system_pods.not_router, box.address, SANDBOX_PORT, None),
+        # Controls: unisolated pods get through where the sandbox is refused, and the pods
+        # refused above can send.
+        "tenant-g other pod -> except range": Probe(not_client, EXCEPTED_HOST, ALLOWED_PORT, "excepted"),
+        "tenant-g other pod -> ipBlock, another port": Probe(not_client, ALLOWED_HOST, OTHER_PORT, "allowed"),
+        "tenant-g other pod -> cluster DNS 53/UDP": Probe(not_client, dns.address, 53, "kube-dns", "udp"),
+        "tenant-g other pod -> same-namespace client": Probe(not_client, same_ns_client.address, SANDBOX_PORT, "same-ns-client"),
+        "same-namespace client -> tenant-g other pod": Probe(same_ns_client, not_client.address, SANDBOX_PORT, "not-client"),
+    }  # fmt: skip
+    wait_until_as(dataplane, want, "the Custom policy")
+
+
+def tenant_of(kube: Kubectl, ns: str, user: str) -> Path:
+    """A tenant user with ordinary edit rights in ``ns`` (the rules of the built-in ``edit``
+    role: pods, NetworkPolicies, ...) and update/patch on its Sandboxes. This cluster runs no
+    aggregation controller to fill ``edit`` itself: the user gets the two roles it gathers."""
+    for role in ("system:aggregate-to-edit", "system:aggregate-to-view"):
+        kube.ok(
+            "create", "rolebinding", f"{user}-{role.rpartition(':')[2]}",
+            f"--clusterrole={role}", f"--user={user}", "-n", ns,
+        )  # fmt: skip
+    grant_tenant(kube, ns, resource=SANDBOXES, group="tenants")
+    return kube.control_plane.mint_user(user, groups=["tenants"])
+
+
+@pytest.mark.usefixtures("externals")
+def test_escapes_a_tenant_tries_are_refused_or_reported(
+    kube: Kubectl, dataplane: Dataplane, run: WebhookServer, tmp_path: Path
+) -> None:
+    """As a tenant with edit rights in its namespace: relabelling the sandbox pod and an
+    override annotation are denied and change nothing on packets; an allow-all NetworkPolicy
+    of its own is admitted with a warning and reported by audit, and it does widen
+    (NetworkPolicies add up) until the tenant deletes it; with --deny-widening it is refused."""
+    ns = "tenant-h"
+    box = sandbox_in(kube, dataplane, ns, RESTRICTED, SANDBOX_PORT)
+    (peer,) = pods_serving(kube, dataplane, ns, ("peer", {"app": "peer"}, "peer"))
+    tenant = tenant_of(kube, ns, "tenant-hana")
+
+    def probes(open_: bool) -> dict[str, Probe]:
+        return {
+            "sandbox -> forbidden host": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden" if open_ else None),
+            "sandbox -> its namespace's pod": Probe(box, peer.address, SANDBOX_PORT, "peer" if open_ else None),
+            "its namespace's pod -> sandbox": Probe(peer, box.address, SANDBOX_PORT, "sandbox" if open_ else None),
+            "sandbox -> allowed host": Probe(box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
+            "control: its namespace's pod -> forbidden host": Probe(peer, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
+        }  # fmt: skip
+
+    isolated, widened = probes(open_=False), probes(open_=True)
+    wait_until_as(dataplane, isolated, "the Restricted policy")
+
+    # Relabelling the pod out of its policy: RBAC allows it, the webhook does not.
+    kube.ok("label", "pod", "py-abcd1234", "-n", ns, "app=renamed", user=tenant)
+    for change in (f"{kinds.LABEL_SANDBOX_NAME}-", f"{kinds.LABEL_SANDBOX_NAME}=elsewhere"):
+        relabel = kube("label", "pod", "py-abcd1234", "-n", ns, change, "--overwrite", user=tenant)
+        assert relabel.returncode != 0
+        assert "denied the request" in relabel.stderr
+        assert f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]" in relabel.stderr
+    labels = kube.get("pod", "py-abcd1234", "-n", ns)["metadata"]["labels"]
+    assert labels[kinds.LABEL_SANDBOX_NAME] == "py-abcd1234"
+    wait_until_as(dataplane, isolated, "isolated after the relabelling was denied")
+
+    # An override of its own: denied.
+    assert_override_denied(kube, ns, "py-abcd1234", tenant)
+    wait_until_as(dataplane, isolated, "isolated after the override was denied")
+
+    # A NetworkPolicy of its own allowing everything: warned and reported, and it widens.
+    allow_all = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "tenant-allow-all", "namespace": ns},
+        "spec": {
+            "podSelector": {},
+            "ingress": [{}],
+            "egress": [{}],
+            "policyTypes": ["Ingress", "Egress"],
+        },
+    }
+    created = kube("create", "-f", "-", input=as_json(allow_all), user=tenant)
+    assert created.returncode == 0, created.stderr
+    assert (
+        "Warning: spec.podSelector: selects sandbox pod py-abcd1234; its rules loosen their isolation"
+        in created.stderr
+    )
+    found = audit(kube, kube.control_plane.admin_kubeconfig, "-n", ns)
+    assert found.returncode == 1, found.stderr
+    assert f"{ns}  tenant-allow-all  widens" in found.stdout
+    took = wait_until_as(dataplane, widened, "the tenant's allow-all policy adding up")
+    print(f"the tenant's allow-all policy widened the sandbox within {took:.1f}s")
+    kube.ok("delete", "networkpolicy", "tenant-allow-all", "-n", ns, user=tenant)
+    wait_until_as(dataplane, isolated, "isolated again once the tenant deleted its policy")
+
+    # With --deny-widening (a second replica, the webhooks calling it for a while): refused.
+    def dry_run() -> subprocess.CompletedProcess[str]:
+        return kube("create", "--dry-run=server", "-f", "-", input=as_json(allow_all), user=tenant)
+
+    manifests = deploy_manifests(kube.control_plane)
+    strict = start_run(
+        kube.control_plane, install_rbac(kube.control_plane, manifests), tmp_path, "--deny-widening"
+    )
+    try:
+        install_webhooks(kube.control_plane, manifests, base_url=strict.url, ca_pem=strict.ca_pem)
+        # The API server takes the new configuration up a moment later (and this webhook
+        # fails open): until then the first replica answers.
+        eventually(lambda: dry_run().returncode != 0, "the --deny-widening replica to answer")
+        refused = kube("create", "-f", "-", input=as_json(allow_all), user=tenant)
+    finally:
+        install_webhooks(kube.control_plane, manifests, base_url=run.url, ca_pem=run.ca_pem)
+        eventually(lambda: dry_run().returncode == 0, "the module's replica to answer again")
+        strict.stop()
+    assert refused.returncode != 0
+    assert 'admission webhook "widening.netpol.agentcube.io" denied' in refused.stderr
+    assert (
+        '"tenant-allow-all" is forbidden: spec.podSelector: selects sandbox pod py-abcd1234; '
+        "its rules loosen their isolation" in refused.stderr
+    )
+    assert policy_of(kube, ns, "tenant-allow-all") is None
+    wait_until_as(dataplane, isolated, "isolated: the widening policy was refused")
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
@@ -333,3 +586,76 @@ def test_not_one_packet_gets_through_while_a_direct_sandbox_starts(
     print(f"forbidden: {forbidden}; allowed: {allowed}")
     assert allowed.through > 0  # the probers ran, and the allowed destination answered
     assert forbidden.through == 0, f"got through to {FORBIDDEN_HOST}: {forbidden}"
+
+
+@pytest.fixture(scope="module")
+def agent_sandbox_controller(
+    cluster: ControlPlane,
+    agent_sandbox_build: AgentSandboxBuild,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AgentSandboxController]:
+    """The real agent-sandbox controller on this module's cluster, for the LAST test only:
+    its Sandbox controller makes the pods the other tests make by hand."""
+    with agent_sandbox_running(
+        cluster, agent_sandbox_build, tmp_path_factory.mktemp("agent-sandbox")
+    ) as controller:
+        yield controller
+
+
+@pytest.mark.usefixtures("externals", "agent_sandbox_controller")
+def test_not_one_packet_gets_through_while_a_warm_pod_is_claimed(
+    cluster: ControlPlane, kube: Kubectl, dataplane: Dataplane, run: WebhookServer
+) -> None:
+    """A warm pod of an isolated pool, held by the pool's baseline (no egress at all), is
+    claimed and adopted by the real claim controller and gets its sandbox's own policy:
+    probers in it send to a forbidden destination and to one the sandbox's policy allows
+    (and the baseline does not), again and again, from before the claim to after."""
+    ns = "tenant-w"
+    kube.ok("create", "namespace", ns)
+    warm = Warm(cluster, kube, run, Rest.from_config(cluster.admin_kubeconfig))
+    pool = warm_pool(warm, ns, "pywarm", size=1)
+    eventually(lambda: policy_of(kube, ns, "netpol-baseline.pywarm"), "the baseline", WAIT_S)
+    (warm_pod,) = kube.get(
+        "pods", "-n", ns, "-l", f"{kinds.LABEL_TEMPLATE_REF_HASH}={name_hash('pywarm')}"
+    )["items"]
+    pod_name = warm_pod["metadata"]["name"]
+    host = dataplane.pod(ns, pod_name)
+    (peer,) = pods_serving(kube, dataplane, ns, ("peer", {"app": "peer"}, "peer"))
+    wait_until_as(
+        dataplane,
+        {
+            "warm pod -> forbidden host": Probe(host, FORBIDDEN_HOST, ALLOWED_PORT, None),
+            "warm pod -> its sandbox's allowed host": Probe(host, WARM_ALLOWED_HOST, ALLOWED_PORT, None),
+            "control: a plain pod -> forbidden host": Probe(peer, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
+            "control: a plain pod -> allowed host": Probe(peer, WARM_ALLOWED_HOST, ALLOWED_PORT, "warm-allowed"),
+        },
+        "the baseline",
+    )  # fmt: skip
+
+    forbidden = dataplane.prober(host, FORBIDDEN_HOST, ALLOWED_PORT, PROBE_S)
+    allowed = dataplane.prober(host, WARM_ALLOWED_HOST, ALLOWED_PORT, PROBE_S)
+    claimed_at = time.monotonic()  # the probers began just before
+    claim = claim_session(warm, ns, pool)
+    name = claim["metadata"]["name"]
+    adopted = adopted_pod(warm, ns, claim)
+    adopted_s = time.monotonic() - claimed_at
+    assert adopted["metadata"]["name"] == pod_name  # the pod the probers run in
+    want = desired(ns, name, WARM_POOL_POLICY, claim)["spec"]
+    eventually(
+        lambda: (p := policy_of(kube, ns, name)) is not None and p["spec"] == want,
+        "the claim's own policy",
+        WAIT_S,
+    )
+    policy_s = time.monotonic() - claimed_at
+    to_forbidden, to_allowed = forbidden(), allowed()
+    print(f"warm path: forbidden {to_forbidden}; allowed {to_allowed}")
+    assert to_forbidden.refused > 0  # it ran
+    assert to_forbidden.through == 0, f"got through to {FORBIDDEN_HOST}: {to_forbidden}"
+    assert to_allowed.first_through_s is not None, (
+        f"the sandbox's policy let nothing through in {PROBE_S:.0f}s: {to_allowed}"
+    )
+    first_allowed_s = to_allowed.first_through_s  # the prober began just before the claim
+    print(
+        f"warm path: the allowed host reached {first_allowed_s:.1f}s after the claim was sent "
+        f"(kubectl polling saw the pod adopted by {adopted_s:.1f}s, its policy by {policy_s:.1f}s)"
+    )
