@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+DEV_ARGS ?=
 
 .PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench bench-reconciler clean
 
@@ -18,9 +19,9 @@ install: $(VENV)/.installed
 serve: install
 	$(PY) -m webhook serve
 
-## dev: a local playground: real kube-apiserver + etcd + the webhook (Ctrl-C stops all)
+## dev: a local playground: real kube-apiserver + etcd + the webhook (Ctrl-C stops all); DEV_ARGS=--dataplane: policies enforced on packets (root; make dataplane-packages)
 dev: install controlplane
-	$(PY) -m webhook dev
+	$(PY) -m webhook dev $(DEV_ARGS)
 
 ## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, every pinned agent-sandbox controller and kube-router (cached by version)
 controlplane:

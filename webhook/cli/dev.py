@@ -39,6 +39,13 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="start no agent-sandbox controller nor stand-in kubelet (nothing to build first)",
     )
+    parser.add_argument(
+        "--dataplane",
+        action="store_true",
+        help="pods are network namespaces and kube-router enforces the NetworkPolicies on them; "
+        "prints, for each pod, commands to try from it (needs root, iptables, ipset: "
+        "`make dataplane-packages`; kube-router: `make controlplane`)",
+    )
     add_policy_options(parser)
 
 
@@ -52,4 +59,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         environ=os.environ,
         with_agent_sandbox=not args.without_agent_sandbox,
         agent_sandbox_version=args.agent_sandbox,
+        with_dataplane=args.dataplane,
     )

@@ -2,7 +2,8 @@
 
 Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``),
 installs the CRDs, starts the real agent-sandbox controller and a stand-in kubelet (unless
-``--without-agent-sandbox``), runs the admission server and the reconciler (``run``'s
+``--without-agent-sandbox``; with ``--dataplane`` its pods are network namespaces on a
+dataplane where kube-router enforces the NetworkPolicies, ``webhook.devtools.devdataplane``), runs the admission server and the reconciler (``run``'s
 runtime) in this process and registers the webhook
 configurations against it (both from the package's manifests, which deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs
 until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from webhook.api.kinds import AGENTCUBE_GROUP
 from webhook.api.settings import Settings
 from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
@@ -47,6 +48,8 @@ from webhook.devtools.controlplane import (
     read_versions,
     tls_context,
 )
+from webhook.devtools.dataplane import Dataplane, DataplaneError, check_prerequisites
+from webhook.devtools.devdataplane import EXTERNAL_HOSTS, POD_PORT, DevNetwork
 from webhook.devtools.kubelet import FakeKubelet
 from webhook.kube.discovery import resolve_claim_label_injection
 from webhook.kube.rest import Rest
@@ -85,8 +88,14 @@ def agentcube_crds(control_plane: ControlPlane, directory: Path) -> Path:
 
 
 def banner(
-    *, kubeconfig: Path, control_plane: ControlPlane, webhook_url: str, agent_sandbox: str | None
+    *,
+    kubeconfig: Path,
+    control_plane: ControlPlane,
+    webhook_url: str,
+    agent_sandbox: str | None,
+    dataplane: str | None = None,
 ) -> str:
+    """What ``dev`` prints once ready; ``dataplane``: the prefix of its network namespaces."""
     versions = read_versions(VERSIONS_FILE) if VERSIONS_FILE.is_file() else {}
     sandbox_line = (
         f"agent-sandbox {agent_sandbox} controller and a stand-in "
@@ -95,6 +104,15 @@ def banner(
         else "no agent-sandbox controller (--without-agent-sandbox)"
     )
     kubectl = control_plane.binaries.path(KUBECTL)
+    if dataplane is not None:
+        hosts = ", ".join(
+            f"{address} (:{', :'.join(str(p) for p in ports)})" for address, ports in EXTERNAL_HOSTS
+        )
+        sandbox_line += f"""
+  dataplane   kube-router enforces the NetworkPolicies on pods that are network namespaces
+              ({dataplane}*), each answering http on :{POD_PORT}; outside the cluster:
+              {hosts}.
+              A pod's commands to try are printed when it starts and when its policies change."""
     return f"""
 agentcube-netpol dev is ready.
   API server  {control_plane.url}  (kube-apiserver {versions.get("K8S_VERSION", "")})
@@ -128,15 +146,27 @@ def run_dev(
     stdout: TextIO = sys.stdout,
     with_agent_sandbox: bool = True,
     agent_sandbox_version: str | None = None,
+    with_dataplane: bool = False,
 ) -> int:
-    """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start.
+    """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start
+    (2: ``with_dataplane`` without the agent-sandbox controller and its kubelet).
 
     ``environ`` is where ``KUBEBUILDER_ASSETS`` / ``AGENTCUBE_NETPOL_CACHE`` are read from
-    (the CLI passes ``os.environ``).
+    (the CLI passes ``os.environ``; the dataplane's kube-router is looked up in the process's
+    own environment).
     """
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import serve  # uvicorn and starlette only when serving
 
+    if with_dataplane and not with_agent_sandbox:
+        logger.error("--dataplane runs the stand-in kubelet's pods: drop --without-agent-sandbox")
+        return EXIT_USAGE
+    if with_dataplane:
+        try:
+            check_prerequisites()
+        except DataplaneError as exc:
+            logger.error("dev --dataplane cannot start: %s", exc)
+            return EXIT_FAILED
     try:
         binaries = find_binaries(environ or {})
         build = (
@@ -177,10 +207,16 @@ def run_dev(
                         build=build, control_plane=control_plane, work_dir=work_dir / "as"
                     )
                 )
+            rest = Rest.from_config(control_plane.admin_kubeconfig)
+            dataplane_prefix: str | None = None
+            if build is not None and with_dataplane:
+                kubelet, network = _start_dataplane(stack, control_plane, rest, work_dir, stdout)
+                stack.enter_context(kubelet)
+                dataplane_prefix = network.dataplane.prefix
+            elif build is not None:
                 stack.enter_context(FakeKubelet(_core_v1(control_plane)))
             manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
             metrics = AdmissionMetrics()
-            rest = Rest.from_config(control_plane.admin_kubeconfig)
             settings = resolve_claim_label_injection(settings, rest)
             runtime = ReconcilerRuntime(
                 rest=rest,
@@ -203,6 +239,7 @@ def run_dev(
                     "stop_waiting": stop_waiting,
                     "stdout": stdout,
                     "agent_sandbox": None if build is None else build.version,
+                    "dataplane": dataplane_prefix,
                 },
                 name="register-webhooks",
                 daemon=True,
@@ -223,7 +260,7 @@ def run_dev(
             stop_waiting.set()
             registrar.join()
             return code
-    except ControlPlaneError as exc:
+    except (ControlPlaneError, DataplaneError) as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -235,6 +272,38 @@ def run_dev(
         kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
         logger.info("dev control plane stopped")
+
+
+def _start_dataplane(
+    stack: contextlib.ExitStack,
+    control_plane: ControlPlane,
+    rest: Rest,
+    work_dir: Path,
+    stdout: TextIO,
+) -> tuple[FakeKubelet, DevNetwork]:
+    """The node namespace with kube-router, once it enforces, and the external hosts, each
+    removed when ``stack`` unwinds (the pods' servers, then every namespace and process);
+    returns the stand-in kubelet running pods on them, its Node registered, not started."""
+    directory = work_dir / "dataplane"
+    directory.mkdir(parents=True, exist_ok=True)
+    dataplane = Dataplane(
+        api_port=control_plane.api_port,
+        kubeconfig=yaml.safe_load(control_plane.admin_kubeconfig.read_text(encoding="utf-8")),
+        work_dir=directory,
+    )
+    network = DevNetwork(dataplane, rest, stdout)
+    kubelet = FakeKubelet(
+        _core_v1(control_plane),
+        node_name=dataplane.node_name,
+        node_ip=dataplane.node_ip,
+        network=network,
+    )
+    kubelet.register_node()  # kube-router exits when it finds no Node of its name
+    stack.callback(dataplane.stop)
+    dataplane.start()
+    stack.callback(network.stop)
+    network.start()
+    return kubelet, network
 
 
 def _core_v1(control_plane: ControlPlane) -> Any:
@@ -260,6 +329,7 @@ def _register_when_ready(
     stop_waiting: threading.Event,
     stdout: TextIO,
     agent_sandbox: str | None,
+    dataplane: str | None,
 ) -> None:
     ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -290,6 +360,7 @@ def _register_when_ready(
             control_plane=control_plane,
             webhook_url=webhook_url,
             agent_sandbox=agent_sandbox,
+            dataplane=dataplane,
         )
     )
     stdout.flush()
