@@ -1,11 +1,14 @@
 """``python -m webhook dev`` as a newcomer runs it: the kubeconfig appears once everything is
-ready, kubectl against it is refused a bad template, and SIGTERM cleans everything up."""
+ready, kubectl against it is refused a bad template, and SIGTERM cleans everything up. With
+``--dataplane``: the commands it prints for a claimed sandbox pod, run, are refused and
+answered as printed, and SIGTERM leaves no network namespace behind."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +29,8 @@ STOP_TIMEOUT_S = 30.0
 SESSION_WAIT_S = 60.0
 SESSION = "python-warm-s3ss10n1"  # examples/dev/session.yaml
 SESSION_SELECTOR = f"{kinds.LABEL_SANDBOX_NAME}={SESSION}"
+ENFORCED_WAIT_S = 60.0
+TRY_LINE = re.compile(r"^  (allowed|refused)  (ip netns exec .*?)\s+# (.*)$")
 
 
 def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> dict[str, Any]:
@@ -88,21 +93,54 @@ def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> N
             assert field in denial, denial
 
 
-def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "dev.kubeconfig"
-    log_path = tmp_path / "dev.log"
+def start_dev(
+    binaries: Binaries, kubeconfig: Path, log_path: Path, *flags: str
+) -> subprocess.Popen[bytes]:
+    """``dev`` as a subprocess, its stdout and stderr into ``log_path``; returns once the
+    kubeconfig is written (everything ready)."""
     with log_path.open("wb") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "dev", "--kubeconfig", str(kubeconfig)],
+            [sys.executable, "-m", "webhook", "dev", "--kubeconfig", str(kubeconfig), *flags],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             env={**os.environ, "KUBEBUILDER_ASSETS": str(binaries.directory)},
         )  # fmt: skip
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not kubeconfig.exists():
+        if dev.poll() is not None or time.monotonic() > deadline:
+            stop_dev(dev, log_path)
+            raise AssertionError(log_path.read_text(encoding="utf-8"))
+        time.sleep(0.2)
+    return dev
+
+
+def children_of(process: subprocess.Popen[bytes]) -> list[int]:
+    return [int(pid) for pid in subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()]  # fmt: skip
+
+
+def stop_dev(dev: subprocess.Popen[bytes], log_path: Path) -> int:
+    """SIGTERM, as Ctrl-C would; its exit code once it stopped."""
+    dev.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not kubeconfig.exists():
-            assert dev.poll() is None, log_path.read_text(encoding="utf-8")
-            assert time.monotonic() < deadline, log_path.read_text(encoding="utf-8")
-            time.sleep(0.2)
+        code = dev.wait(timeout=STOP_TIMEOUT_S)
+        print(f"dev stopped {time.monotonic() - signalled:.1f}s after SIGTERM")
+        return code
+    except subprocess.TimeoutExpired:
+        dev.kill()  # its control plane dies with it (PR_SET_PDEATHSIG)
+        dev.wait()
+        raise AssertionError(
+            f"dev did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM:\n"
+            + log_path.read_text(encoding="utf-8")
+        ) from None
+
+
+def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "dev.kubeconfig"
+    log_path = tmp_path / "dev.log"
+    dev = start_dev(binaries, kubeconfig, log_path)
+    try:
         banner = log_path.read_text(encoding="utf-8")
         assert f"export KUBECONFIG={kubeconfig}" in banner
         assert "each isolated sandbox gets its NetworkPolicy from the reconciler" in banner
@@ -119,24 +157,11 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         pod = a_session_gets_its_network_policy(binaries, kubeconfig)
         assert kinds.LABEL_CLAIM_UID in pod["metadata"]["labels"]  # adopted by the real controller
         readme_session_does_what_it_shows(binaries, kubeconfig)
-        children = [int(pid) for pid in subprocess.run(
-            ["pgrep", "-P", str(dev.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()]  # fmt: skip
+        children = children_of(dev)
         # etcd, kube-apiserver, kube-controller-manager, the agent-sandbox controller
         assert len(children) == 4
     finally:
-        dev.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        try:
-            code = dev.wait(timeout=STOP_TIMEOUT_S)
-            print(f"dev stopped {time.monotonic() - signalled:.1f}s after SIGTERM")
-        except subprocess.TimeoutExpired:
-            dev.kill()  # its control plane dies with it (PR_SET_PDEATHSIG)
-            dev.wait()
-            raise AssertionError(
-                f"dev did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM:\n"
-                + log_path.read_text(encoding="utf-8")
-            ) from None
+        code = stop_dev(dev, log_path)
 
     log_text = log_path.read_text(encoding="utf-8")
     assert code == 0, log_text
@@ -144,3 +169,103 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
     assert not kubeconfig.exists()
     for pid in children:
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} left running"
+
+
+def printed_tries(log_text: str, pod: str) -> list[tuple[str, str, str]]:
+    """(allowed|refused, command, what) of the last block ``dev --dataplane`` printed for
+    pod ``default/<pod>`` once the session's NetworkPolicy selected it; [] before."""
+    tries: list[tuple[str, str, str]] = []
+    block: list[str] | None = None
+    for line in [*log_text.splitlines(), ""]:
+        if line.startswith(f"pod default/{pod} "):
+            block = []
+        elif block is not None and line.startswith("  "):
+            block.append(line)
+        elif block is not None:
+            if block and SESSION in block[0]:
+                tries = [(m[1], m[2], m[3]) for m in map(TRY_LINE.match, block[1:]) if m]
+            block = None
+    return tries
+
+
+def run_try(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        shlex.split(command), capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def as_printed(tries: list[tuple[str, str, str]]) -> dict[str, str]:
+    """Each command that did not do what its line says, and what it did instead."""
+    wrong = {}
+    for verdict, command, _ in tries:
+        result = run_try(command)
+        answered = result.returncode == 0 and result.stdout.startswith("hello from ")
+        if answered != (verdict == "allowed"):
+            wrong[command] = f"exit {result.returncode}: {result.stdout}{result.stderr}".strip()
+    return wrong
+
+
+def test_dev_dataplane_refuses_and_answers_as_the_printed_commands_say(
+    binaries: Binaries, tmp_path: Path
+) -> None:
+    """The README's warm-pool session on `dev --dataplane`: the commands printed for the
+    claimed pod, run as a newcomer would paste them, connect where its policy allows and are
+    refused elsewhere; after SIGTERM no namespace, no process of it is left."""
+    kubeconfig = tmp_path / "dev.kubeconfig"
+    log_path = tmp_path / "dev.log"
+    dev = start_dev(binaries, kubeconfig, log_path, "--dataplane")
+    try:
+        found = re.search(r"network namespaces\s+\((acnp[0-9a-f]+)\*\)", log_path.read_text())
+        assert found, log_path.read_text()
+        prefix = found.group(1)
+        pod = a_session_gets_its_network_policy(binaries, kubeconfig)["metadata"]["name"]
+        deadline = time.monotonic() + ENFORCED_WAIT_S
+        while not (tries := printed_tries(log_path.read_text(), pod)):
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+        printed = time.monotonic()
+        assert [(verdict, command.split()[-1]) for verdict, command, _ in tries] == [
+            ("allowed", "http://192.0.2.10:443/"),  # the session's 192.0.2.0/24 on 443
+            ("refused", "http://192.0.2.10/"),
+            ("refused", "http://198.51.100.10:443/"),
+            ("refused", "http://169.254.169.254/"),
+        ]
+        wrong = as_printed(tries)
+        while wrong and time.monotonic() < deadline:  # kube-router programs it within seconds
+            time.sleep(0.5)
+            wrong = as_printed(tries)
+        assert wrong == {}, f"not as printed after {ENFORCED_WAIT_S:.0f}s"
+        print(f"as printed {time.monotonic() - printed:.1f}s after it was printed")
+        assert as_printed(tries) == {}  # and it holds
+        children = children_of(dev)
+        # the control plane (3), the agent-sandbox controller, kube-router, and the http
+        # servers: three hosts outside the cluster, one per pod (the claimed and a new warm one)
+        assert len(children) >= 4 + 1 + 3 + 2
+        assert [line for line in _netns() if line.startswith(prefix)], "no namespace of dev's"
+    finally:
+        code = stop_dev(dev, log_path)
+
+    log_text = log_path.read_text(encoding="utf-8")
+    assert code == 0, log_text
+    assert "did not stop" not in log_text
+    assert [line for line in _netns() if line.startswith(prefix)] == []
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists(), f"process {pid} left running"
+
+
+def _netns() -> list[str]:
+    return subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.splitlines()
+
+
+def test_dev_dataplane_without_kube_router_says_how_to_build_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "dev", "--dataplane"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
+        env={**os.environ, "AGENTCUBE_NETPOL_CACHE": str(tmp_path / "empty-cache")},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "dev --dataplane cannot start" in result.stderr
+    # Root with iptables and ipset here (the tier needs them): what is missing is kube-router.
+    assert "build-kube-router.sh" in result.stderr, result.stderr
