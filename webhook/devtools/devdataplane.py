@@ -244,10 +244,13 @@ def try_lines(
     else:
         head = f"pod {pod} ({network_namespace}): the NetworkPolicies that select it changed"
     if view.policies:
-        selected = f"  selected by NetworkPolicy {', '.join(view.policies)}"
+        selected = (
+            f"  selected by NetworkPolicy {', '.join(view.policies)}; "
+            "kube-router enforces it within seconds. Try:"
+        )
     else:
-        selected = "  selected by no NetworkPolicy: not isolated"
-    lines = [head, f"{selected}; kube-router enforces it within seconds. Try:"]
+        selected = "  selected by no NetworkPolicy: not isolated. Try:"
+    lines = [head, selected]
     commands = [try_command(network_namespace, d.url, curl) for d in DESTINATIONS]
     width = max(len(command) for command in commands)
     for destination, allowed, command in zip(DESTINATIONS, view.allowed, commands, strict=True):
