@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from webhook.api import kinds
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_USAGE
 from webhook.api.settings import Settings
 from webhook.devtools.devdataplane import (
     DESTINATIONS,
@@ -24,6 +26,7 @@ from webhook.devtools.devdataplane import (
     try_command,
     try_lines,
 )
+from webhook.devtools.devenv import run_dev
 from webhook.policy.builder import build_network_policy
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.plan import build_baseline
@@ -153,3 +156,35 @@ def test_without_curl_the_printed_command_fetches_what_the_server_answers() -> N
         server.wait()
         assert server.stdout is not None
         server.stdout.close()
+
+
+def dev_dataplane(**flags: Any) -> int:
+    return run_dev(
+        kubeconfig=Path("unused.kubeconfig"),
+        port=0,
+        settings=Settings(),
+        environ={},
+        with_dataplane=True,
+        **flags,
+    )
+
+
+def test_dev_dataplane_without_tools_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing starts: the reason, and what to run, before any control plane."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ip, iptables nor ipset on it
+    if os.geteuid() != 0:
+        assert dev_dataplane() == EXIT_FAILED
+        assert "dev --dataplane cannot start: the dataplane tier needs root" in caplog.text
+        return
+    assert dev_dataplane() == EXIT_FAILED
+    assert (
+        "dev --dataplane cannot start: missing ip, iptables, ipset: "
+        "`make dataplane-packages` installs iptables and ipset"
+    ) in caplog.text
+
+
+def test_dev_dataplane_needs_the_stand_in_kubelet(caplog: pytest.LogCaptureFixture) -> None:
+    assert dev_dataplane(with_agent_sandbox=False) == EXIT_USAGE
+    assert "drop --without-agent-sandbox" in caplog.text
