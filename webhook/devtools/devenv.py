@@ -3,11 +3,12 @@
 Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``),
 installs the CRDs, starts the real agent-sandbox controller and a stand-in kubelet (unless
 ``--without-agent-sandbox``; with ``--dataplane`` its pods are network namespaces on a
-dataplane where kube-router enforces the NetworkPolicies, ``webhook.devtools.devdataplane``), runs the admission server and the reconciler (``run``'s
-runtime) in this process and registers the webhook
-configurations against it (both from the package's manifests, which deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs
-until Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at
-a server that is gone).
+dataplane where kube-router enforces the NetworkPolicies, ``webhook.devtools.devdataplane``),
+runs the admission server and the reconciler (``run``'s runtime) in this process and
+registers the webhook configurations against it (both from the package's manifests, which
+deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs until
+Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at a
+server that is gone).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ EOF
   kubectl apply -f examples/dev/session.yaml      # a session claims a warm sandbox
   kubectl get networkpolicy -w                    # its NetworkPolicy appears
 
-Ctrl-C stops the control plane and removes {kubeconfig}.
+Ctrl-C stops everything it started and removes {kubeconfig}.
 """
 
 
