@@ -6,6 +6,10 @@ A list then a watch for each of pods and NetworkPolicies; their events are merge
 resourceVersion (one etcd: versions are comparable across kinds) and replayed. A pod is
 "runnable" once nothing holds it: no scheduling gate of ours (a gated pod is never
 scheduled). A sandbox pod is one with the sandbox-name or claim-uid label.
+
+A sandbox's fail-closed policy (Restricted with nothing added: what the reconciler writes
+while the sandbox's template is not yet in its cache, or invalid) is always allowed: it
+lets through a subset of what any Restricted policy does.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.api import kinds
+from webhook.api.settings import Settings
 from webhook.kube.rest import Rest
+from webhook.policy.builder import FAIL_CLOSED_POLICY, build_network_policy
 from webhook.policy.selectors import selector_matches
 
 Event = tuple[int, str, str, Mapping[str, Any]]  # (resourceVersion, kind, type, object)
@@ -118,7 +124,7 @@ def breaches(
             if not selecting:
                 found.append(Breach(version, f"{namespace}/{name}", "selected by no NetworkPolicy"))
                 continue
-            allowed = allowed_specs(pod)
+            allowed = [*allowed_specs(pod), *fail_closed_spec(namespace, labels)]
             for policy in selecting:
                 if policy.get("spec") not in allowed:
                     policy_name = (policy.get("metadata") or {}).get("name")
@@ -126,3 +132,14 @@ def breaches(
                         Breach(version, f"{namespace}/{name}", f"selected by looser {policy_name}")
                     )
     return found
+
+
+def fail_closed_spec(namespace: str, labels: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The fail-closed policy's spec for the sandbox a pod's labels name (none: [])."""
+    sandbox = labels.get(kinds.LABEL_SANDBOX_NAME)
+    if not isinstance(sandbox, str):
+        return []
+    built = build_network_policy(
+        FAIL_CLOSED_POLICY, sandbox=sandbox, namespace=namespace, settings=Settings()
+    )
+    return [built["spec"]] if built is not None else []

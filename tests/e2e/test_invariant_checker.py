@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.e2e.invariant import Breach, breaches
+from tests.e2e.invariant import Breach, breaches, fail_closed_spec
 from webhook.api import kinds
 
 SPEC = {
@@ -52,3 +52,14 @@ def test_a_looser_policy_selecting_the_pod_is_a_breach() -> None:
     found = check([(1, "NetworkPolicy", "ADDED", policy("s", SPEC)), (2, "NetworkPolicy", "ADDED", policy("open", LOOSE)),
                    (3, "Pod", "ADDED", pod(gated=False))])  # fmt: skip
     assert found == [Breach(3, "a/s", "selected by looser open")]
+
+
+def test_the_fail_closed_policy_holds_a_pod_until_its_own_arrives() -> None:
+    """The reconciler writes the fail-closed policy while a template is not in its cache yet,
+    lifts the gate, then patches the policy to the template's: never a breach."""
+    fail_closed = fail_closed_spec("a", {kinds.LABEL_SANDBOX_NAME: "s"})
+    assert fail_closed and fail_closed[0]["podSelector"] == SPEC["podSelector"]
+    assert check([(1, "Pod", "ADDED", pod(gated=True)),
+                  (2, "NetworkPolicy", "ADDED", policy("s", dict(fail_closed[0]))),
+                  (3, "Pod", "MODIFIED", pod(gated=False)),
+                  (4, "NetworkPolicy", "MODIFIED", policy("s", SPEC))]) == []  # fmt: skip
