@@ -139,10 +139,11 @@ def test_version_changes_name_each_kind_that_moved() -> None:
 
 
 def _rediscovery(
-    rest: DiscoveryRest, in_use: dict[str, list[str]], settings: Settings = Settings()
+    rest: DiscoveryRest, in_use: dict[str, list[str]], settings: Settings | None = None
 ) -> tuple[Any, list[list[str]], list[Settings]]:
     from webhook.kube.discovery import Rediscovery
 
+    settings = settings or Settings()
     changed: list[list[str]] = []
     flipped: list[Settings] = []
     rediscovery = Rediscovery(

@@ -22,6 +22,7 @@ from tests.reconciler.objects import (
     view,
 )
 from webhook.api import kinds
+from webhook.api.settings import Settings
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.plan import (
     SCHEDULING_GATE,
@@ -455,6 +456,6 @@ def test_a_pod_added_or_deleted_is_no_labelling() -> None:
 
     the_view = view(interpreters=[interpreter(warm=2)], claims=[claim()])
     labelled = pod("py-pool-x1", LABELLED, owner="py-pool-x1")
-    off = SETTINGS.__class__(claim_label_injection="off")
+    off = Settings(claim_label_injection="off")
     assert claim_label_reports(None, labelled, the_view, off) == []
     assert claim_label_reports(labelled, None, the_view, off) == []
