@@ -1,5 +1,6 @@
 """agent-sandbox upgraded under a running `run`: it notices, goes unready, exits to be restarted,
-and the restarted `run` watches and writes the new version.
+and the restarted `run` watches and writes the new version; then its allow-list changes and
+claim label injection follows without a restart.
 
 The cluster starts with deploy/'s agent-sandbox CRDs (v1alpha1 only, as agent-sandbox v0.4
 serves them); `run` runs under deploy/'s RBAC and asks discovery again every second. Then the
@@ -18,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.deployed import deploy_manifests, install_rbac
+from tests import builders
+from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.test_agent_sandbox_versions import in_v1beta1
 from tests.e2e.test_reconciler import (
+    AGENTCUBE,
     RESTRICTED,
     desired,
     eventually,
+    grant_agentcube,
     interpreter,
     sandbox,
     start_run,
@@ -115,5 +119,38 @@ def test_run_restarts_onto_v1beta1_when_agent_sandbox_is_upgraded_under_it(
             f"{kinds.SANDBOX.group}/v1beta1",
             "Sandbox",
         )
+
+        # agent-sandbox's allow-list changed: claim label injection flips, no restart.
+        assert "claim label injection off" in restarted
+        manifests = deploy_manifests(cluster)
+        install_webhooks(cluster, manifests, base_url=run.url, ca_pem=run.ca_pem)
+        grant_agentcube(kube)
+        assert not injected(kube, ns, "before-allow-listing")
+        kube.ok("create", "namespace", kinds.AGENT_SANDBOX_NAMESPACE)
+        kube.ok(
+            "create", "configmap", kinds.AGENT_SANDBOX_CONFIG_MAP,
+            f"--namespace={kinds.AGENT_SANDBOX_NAMESPACE}",
+            f"--from-literal={kinds.ALLOWED_LABEL_DOMAINS_KEY}="
+            "sandbox.users.io,runtime.agentcube.io",
+        )  # fmt: skip
+        eventually(
+            lambda: "claim label injection now on" in run.log(),
+            "run to notice the allow-list",
+            timeout_s=EXIT_WAIT_S,
+        )
+        assert injected(kube, ns, "after-allow-listing")
+        assert run.running  # no restart
     finally:
         run.stop()
+
+
+def injected(kube: Kubectl, ns: str, name: str) -> bool:
+    """Whether a claim AgentCube creates now gets our label in its additionalPodMetadata."""
+    claim = in_v1beta1(
+        builders.sandbox_claim(name, ns, template="py", labels={kinds.LABEL_SANDBOX_NAME: name})
+    )
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", *AGENTCUBE, input=as_json(claim))
+    )
+    labels = (created["spec"].get("additionalPodMetadata") or {}).get("labels") or {}
+    return labels.get(kinds.LABEL_SANDBOX_NAME) == name
