@@ -8,9 +8,11 @@ in them) and one ``/metrics``.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from webhook.kube.discovery import Rediscovery
     from webhook.kube.rest import Rest
     from webhook.reconciler.manager import ReconcilerRuntime
+
+logger = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "agentcube-netpol-system"
 DEFAULT_METRICS_PORT = 8080
@@ -138,6 +142,18 @@ def _runtime(
 RESTART_DRAIN_SECONDS = 15.0
 
 
+def restart_schedule(*, leading: bool, interval_seconds: float) -> tuple[float, float]:
+    """How long a replica that saw agent-sandbox's versions change keeps serving as it is,
+    then how long it fails /readyz before it stops: (hold, drain).
+
+    The replicas notice at their own moments, at most about two check intervals apart. A
+    follower restarts at once; the Lease holder holds two intervals first, so the followers
+    are back (and ready) before it goes: with the webhooks failing closed, the Service keeps
+    an endpoint throughout, unless the replicas noticed further apart than that.
+    """
+    return (2 * interval_seconds if leading else 0.0), RESTART_DRAIN_SECONDS
+
+
 def _rediscovery(
     args: argparse.Namespace,
     configured: Settings,
@@ -173,11 +189,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
 
     def on_versions_changed(changes: list[str]) -> None:
-        # Not ready first; the server stops once the probe has noticed.
-        restarting.set()
-        timer = threading.Timer(RESTART_DRAIN_SECONDS, stop.set)
-        timer.daemon = True
-        timer.start()
+        hold, drain = restart_schedule(
+            leading=runtime.reconciler.leading, interval_seconds=args.rediscover_interval
+        )
+        logger.warning(
+            "restarting in %.0fs: not ready in %.0fs, stopping %.0fs after that",
+            hold + drain, hold, drain,
+        )  # fmt: skip
+
+        def go_unready() -> None:  # not ready first; stopped once the probe has noticed
+            restarting.set()
+            later(drain, stop.set)
+
+        later(hold, go_unready)
 
     def on_settings_changed(new: Settings) -> None:
         current[0] = new
@@ -208,6 +232,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         rediscovery.stop()
         runtime.stop()
     return EXIT_RESTART if restarting.is_set() and code == EXIT_OK else code
+
+
+def later(seconds: float, then: Callable[[], None]) -> None:
+    timer = threading.Timer(seconds, then)
+    timer.daemon = True
+    timer.start()
 
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
