@@ -223,3 +223,15 @@ def test_an_unreadable_allow_list_keeps_what_is_in_use() -> None:
     rediscovery.check()
     assert flipped == []
     assert rediscovery.settings.claim_label_injection == "on"
+
+
+def test_auto_is_off_when_discovery_fails_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    class Refusing(DiscoveryRest):
+        def api_resources(self, group_version: str) -> dict[str, Any]:
+            raise errors.ApiError(
+                "the server is currently unable to handle the request", status=503
+            )
+
+    settings = resolve_claim_label_injection(Settings(), Refusing({}))  # type: ignore[arg-type]
+    assert settings.claim_label_injection == "off"
+    assert "could not be discovered" in caplog.text

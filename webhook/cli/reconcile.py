@@ -158,8 +158,8 @@ def _rediscovery(
     args: argparse.Namespace,
     configured: Settings,
     runtime: ReconcilerRuntime,
-    on_versions_changed: Any,
-    on_settings_changed: Any = lambda settings: None,
+    on_versions_changed: Callable[[list[str]], None],
+    on_settings_changed: Callable[[Settings], None] = lambda settings: None,
 ) -> Rediscovery:
     from webhook.kube.discovery import Rediscovery
 

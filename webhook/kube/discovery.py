@@ -127,9 +127,13 @@ def resolve_claim_label_injection(
 ) -> Settings:
     """``settings`` with ``claim_label_injection`` "auto" decided against the cluster, and a
     log line saying how claimed pods get their sandbox-name label."""
-    if settings.claim_label_injection == "auto":
-        served = served or discover_kinds(rest)
-    value, why = decide_claim_label_injection(settings.claim_label_injection, rest, served or {})
+    if settings.claim_label_injection != "auto":
+        value, why = decide_claim_label_injection(settings.claim_label_injection, rest, {})
+    else:
+        try:
+            value, why = decide_claim_label_injection("auto", rest, served or discover_kinds(rest))
+        except errors.ApiError as exc:
+            value, why = "off", f"agent-sandbox's versions could not be discovered ({exc})"
     settings = replace(settings, claim_label_injection=value)
     say_claim_label_injection(value, why)
     return settings
