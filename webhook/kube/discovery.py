@@ -189,7 +189,10 @@ class Rediscovery:
         if changes:
             if now != self._pending:
                 self._pending = now  # acted on when the next check agrees
-                logger.info("agent-sandbox's served versions changing? %s", "; ".join(changes))
+                logger.info(
+                    "agent-sandbox's served versions may be changing (%s): asking again",
+                    "; ".join(changes),
+                )
                 return False
             logger.warning(
                 "agent-sandbox's served versions changed (%s): restarting to watch them",
