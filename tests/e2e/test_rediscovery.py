@@ -42,6 +42,7 @@ from webhook.devtools.controlplane import Binaries, ControlPlane, ControlPlaneEr
 V1BETA1_RELEASE = "v1.0.1"
 # Two checks a second apart, jittered, then the readiness drain (RESTART_DRAIN_SECONDS).
 EXIT_WAIT_S = 60.0
+CRD_GONE_WAIT_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,20 @@ def cluster(binaries: Binaries) -> Iterator[ControlPlane]:
     with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
         install_crds(control_plane, CRD_DIR)
         yield control_plane
+
+
+def delete_crd(kube: Kubectl, name: str) -> None:
+    """Delete one CRD and wait until it is gone. One at a time, listing its objects meanwhile:
+    a CRD's deletion rebuilds its group's handlers, and the API server's finalizer of a
+    sibling deleted at the same moment can then meet "storage is (re)initializing" (429) and
+    back off for minutes (it did here, once); a list warms the storage again."""
+    kube.ok("delete", "crd", name, "--wait=false")
+
+    def gone() -> bool:
+        kube("get", name.partition(".")[0], "--all-namespaces")
+        return kube("get", "crd", name).returncode != 0
+
+    eventually(gone, f"CRD {name} to be gone", timeout_s=CRD_GONE_WAIT_S)
 
 
 def served_versions(kube: Kubectl) -> set[str]:
@@ -76,7 +91,10 @@ def test_run_restarts_onto_v1beta1_when_agent_sandbox_is_upgraded_under_it(
         assert "SandboxClaim extensions.agents.x-k8s.io/v1alpha1" in run.log()
 
         # The upgrade: v1.0 removed v1alpha1, so its CRDs replace the old ones whole.
-        kube.ok("delete", "crd", *CRD_NAMES)
+        started = time.monotonic()
+        for name in CRD_NAMES:
+            delete_crd(kube, name)
+        print(f"old CRDs gone in {time.monotonic() - started:.1f}s")
         upgraded = time.monotonic()
         install_crds(cluster, release.crd_dir)
         assert served_versions(kube) == {"v1beta1"}
