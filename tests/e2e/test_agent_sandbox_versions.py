@@ -9,11 +9,12 @@ version runs twice:
 - default: the controller's default allow-list (sandbox.users.io), so
   ``--claim-label-injection=auto`` must decide "off": claims are left alone (one carrying our
   label is refused by the controller) and the claimed pod still ends up selected by its own
-  NetworkPolicy, labelled by the pod webhook and the reconciler;
+  NetworkPolicy, labelled by the pod webhook and the reconciler, and it is said: a
+  ClaimLabelNotInjected Event on the claim, an `audit` finding with the one-line fix;
 - allow-listed: runtime.agentcube.io added, in the ConfigMap `run` reads and in the file the
   controller reads (``/etc/sandbox-config/allowed-label-domains``, in a mount namespace of
   its own: the host's /etc is never written), so "auto" decides "on" and the label reaches
-  the pod at adoption.
+  the pod at adoption (no such Event, no such finding).
 """
 
 from __future__ import annotations
