@@ -82,6 +82,16 @@ class WebhookServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit code once the server ends by itself within ``timeout_s``; None if not."""
+        process = self._process
+        if process is None:
+            return None
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def start(self, *, until: str = "/readyz") -> None:
         """Start it and wait until ``until`` answers 200 (``/healthz``: up, maybe not ready).
 

@@ -9,17 +9,20 @@ version runs twice:
 - default: the controller's default allow-list (sandbox.users.io), so
   ``--claim-label-injection=auto`` must decide "off": claims are left alone (one carrying our
   label is refused by the controller) and the claimed pod still ends up selected by its own
-  NetworkPolicy, labelled by the pod webhook and the reconciler;
+  NetworkPolicy, labelled by the pod webhook and the reconciler, and it is said: a
+  ClaimLabelNotInjected Event on the claim, an `audit` finding with the one-line fix;
 - allow-listed: runtime.agentcube.io added, in the ConfigMap `run` reads and in the file the
   controller reads (``/etc/sandbox-config/allowed-label-domains``, in a mount namespace of
   its own: the host's /etc is never written), so "auto" decides "on" and the label reaches
-  the pod at adoption.
+  the pod at adoption (no such Event, no such finding).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,6 +252,51 @@ def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster,
         status
     )
     check_invariant(ns, recorder.stop(), {claim_name: want["spec"]}, [baseline["spec"]])
+    # Said where the user looks: an Event on the claim, when the label came from us.
+    if cluster.allow_listed:
+        assert claim_label_events(kube, ns, claim_name) == []
+    else:
+        [event] = eventually(
+            lambda: claim_label_events(kube, ns, claim_name), "the ClaimLabelNotInjected Event"
+        )
+        assert pod["metadata"]["name"] in event["message"]
+        assert kinds.ALLOW_LIST_FIX in event["message"]
+
+
+def claim_label_events(kube: Kubectl, ns: str, claim: str) -> list[dict[str, Any]]:
+    return [
+        event
+        for event in kube.get("events", "-n", ns)["items"]
+        if event.get("reason") == "ClaimLabelNotInjected"
+        and event["involvedObject"].get("kind") == kinds.SANDBOX_CLAIM.kind
+        and event["involvedObject"].get("name") == claim
+    ]
+
+
+def test_audit_reports_claim_label_injection_off_with_the_fix(cluster: Cluster) -> None:
+    """`audit`, under deploy/'s RBAC as `run` is: the default allow-list is a finding."""
+    [kubeconfig] = [a for a in cluster.run.extra_args if a.startswith("--kubeconfig=")]
+    result = subprocess.run(
+        [sys.executable, "-m", "webhook", "audit", kubeconfig, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    found = [
+        f
+        for f in json.loads(result.stdout)["findings"]
+        if f["problem"] == "claim-label-not-injected"
+    ]
+    if cluster.allow_listed:
+        assert found == []
+    else:
+        assert [(f["namespace"], f["name"]) for f in found] == [
+            (kinds.AGENT_SANDBOX_NAMESPACE, kinds.AGENT_SANDBOX_CONFIG_MAP)
+        ]
+        assert kinds.ALLOW_LIST_FIX in found[0]["detail"]
+        assert result.returncode == 1
 
 
 def test_a_direct_sandbox_pod_runs_only_once_isolated(cluster: Cluster, ns: str) -> None:

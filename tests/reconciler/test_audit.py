@@ -130,3 +130,17 @@ def test_label_selectors_match_as_kubernetes_matches_them() -> None:
     assert not selector_matches(expr("DoesNotExist"), labels)
     assert selector_matches(expr("DoesNotExist"), {"app": "py"})
     assert not selector_matches(expr("Bogus"), labels)
+
+
+def test_auto_deciding_off_is_a_finding_with_the_one_line_fix() -> None:
+    from webhook.reconciler.audit import claim_label_findings
+
+    [finding] = claim_label_findings("auto", "off", "the allow-list does not cover it")
+    assert (finding.namespace, finding.name, finding.problem) == (
+        "agent-sandbox-system",
+        "agent-sandbox-config",
+        "claim-label-not-injected",
+    )
+    assert kinds.ALLOW_LIST_FIX in finding.detail
+    assert claim_label_findings("auto", "on", "covered") == []
+    assert claim_label_findings("off", "off", "--claim-label-injection=off") == []  # chosen

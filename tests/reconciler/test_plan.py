@@ -22,6 +22,7 @@ from tests.reconciler.objects import (
     view,
 )
 from webhook.api import kinds
+from webhook.api.settings import Settings
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.plan import (
     SCHEDULING_GATE,
@@ -401,3 +402,60 @@ def test_a_pod_change_reaches_its_sandbox_by_label_or_by_claim() -> None:
     assert sandbox_names_for(kinds.POD, unlabelled, snapshot) == ["py-claim0001"]
     direct = pod("q", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"})
     assert sandbox_names_for(kinds.POD, direct, snapshot) == ["py-abcd1234"]
+
+
+# --- saying that claim label injection is off ------------------------------------------------
+
+
+def _labelling(injection: str, *, before: dict[str, str], after: dict[str, str]) -> list[Any]:
+    from dataclasses import replace
+
+    from webhook.reconciler.plan import claim_label_reports
+
+    the_view = view(interpreters=[interpreter(warm=2)], claims=[claim()])
+    old = pod("py-pool-x1", before, owner="py-pool-x1")
+    new = pod("py-pool-x1", after, owner="py-pool-x1")
+    settings = replace(SETTINGS, claim_label_injection=injection)
+    return claim_label_reports(old, new, the_view, settings)
+
+
+CLAIMED = {kinds.LABEL_CLAIM_UID: "uid-py-claim0001"}
+LABELLED = {**CLAIMED, kinds.LABEL_SANDBOX_NAME: "py-claim0001"}
+
+
+def test_with_injection_off_the_claim_hears_that_its_pod_was_labelled_by_us() -> None:
+    [report] = _labelling("off", before=CLAIMED, after=LABELLED)
+    assert report.reason == "ClaimLabelNotInjected"
+    assert (report.regarding["kind"], report.regarding["metadata"]["name"]) == (
+        "SandboxClaim",
+        "py-claim0001",
+    )
+    assert "py-pool-x1" in report.message
+    assert kinds.ALLOW_LIST_FIX in report.message
+    assert not report.warning
+
+
+@pytest.mark.parametrize(
+    ("injection", "before", "after"),
+    [
+        ("on", CLAIMED, LABELLED),  # agent-sandbox labelled it at adoption
+        ("off", LABELLED, LABELLED),  # a resync or another change: no new labelling
+        ("off", CLAIMED, CLAIMED),  # not labelled yet
+        ("off", CLAIMED, {**CLAIMED, kinds.LABEL_SANDBOX_NAME: "no-such-claim"}),
+    ],
+    ids=["injection on", "already labelled", "not labelled", "no claim of that name"],
+)
+def test_no_claim_label_event_otherwise(
+    injection: str, before: dict[str, str], after: dict[str, str]
+) -> None:
+    assert _labelling(injection, before=before, after=after) == []
+
+
+def test_a_pod_added_or_deleted_is_no_labelling() -> None:
+    from webhook.reconciler.plan import claim_label_reports
+
+    the_view = view(interpreters=[interpreter(warm=2)], claims=[claim()])
+    labelled = pod("py-pool-x1", LABELLED, owner="py-pool-x1")
+    off = Settings(claim_label_injection="off")
+    assert claim_label_reports(None, labelled, the_view, off) == []
+    assert claim_label_reports(labelled, None, the_view, off) == []

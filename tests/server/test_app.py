@@ -471,3 +471,21 @@ def test_no_body_makes_the_app_answer_5xx_or_crash_in_the_decision(body: bytes, 
         result = answer.json()["response"]
         assert isinstance(result["allowed"], bool)
         assert result.get("status", {}).get("code") != 500, result["status"]["message"]
+
+
+def test_the_claim_mutation_reads_the_current_settings_on_each_request() -> None:
+    """`run` flips claim label injection in place when agent-sandbox's allow-list changes."""
+    current = [Settings(claim_label_injection="off")]
+    claim = builders.sandbox_claim("demo-ab12cd34", uid="c1a1m")
+    claim["apiVersion"] = f"{kinds.SANDBOX_EXT_GROUP}/v1beta1"
+    claim["spec"] = {"warmPoolRef": {"name": "demo"}}
+    app = create_app(settings=SETTINGS, claims=OneClaim(CLAIM), current_settings=lambda: current[0])
+    with TestClient(app) as client:
+
+        def patched() -> bool:
+            answer = post(client, "/mutate", review(kind=kinds.SANDBOX_CLAIM, obj=claim))
+            return "patch" in answer.json()["response"]
+
+        assert patched() is False
+        current[0] = Settings(claim_label_injection="on")
+        assert patched() is True

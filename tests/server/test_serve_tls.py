@@ -246,3 +246,41 @@ def test_a_port_in_use_exits_1_and_says_so(tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "address already in use" in result.stderr
+
+
+def test_serve_stops_cleanly_when_its_stop_event_is_set(tmp_path: Path) -> None:
+    """How `run` stops the server to be restarted (agent-sandbox's versions changed)."""
+    import threading
+
+    from webhook.api.settings import Settings
+    from webhook.server.serve import serve
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    fired: list[bool] = []
+
+    def last_resort() -> None:  # so a broken stop fails this test instead of hanging it
+        fired.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    safety = threading.Timer(30.0, last_resort)
+    safety.start()
+    try:
+        code = serve(
+            settings=Settings(),
+            host="127.0.0.1",
+            port=port,
+            cert_dir=tmp_path / "certs",
+            dns_names=["localhost"],
+            sock=sock,
+            stop=stop,
+        )
+    finally:
+        timer.cancel()
+        safety.cancel()
+        sock.close()
+    assert (code, fired) == (0, [])

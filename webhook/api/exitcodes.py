@@ -11,3 +11,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 # audit: some sandbox is less isolated than its policy says (2: the cluster could not be read).
 EXIT_FINDINGS = 1
+# run, reconcile: agent-sandbox's served versions changed under us; restart to watch them (the
+# Deployment restarts the container). Distinct from EXIT_FAILED: nothing is wrong.
+EXIT_RESTART = 3

@@ -70,6 +70,22 @@ def served_kinds(served: Mapping[str, Collection[str]]) -> dict[Kind, Kind]:
     return chosen
 
 
+def versions_in_use(resolved: Mapping[Kind, Kind]) -> dict[str, str]:
+    """Kind name -> the version watched and written, for comparing two discoveries (a Kind
+    compares equal in every version, so two ``{Kind: Kind}`` maps cannot be compared)."""
+    return {kind.kind: resolved.get(kind, kind).version for kind in AGENT_SANDBOX_KINDS}
+
+
+def version_changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+    """What changed between two ``versions_in_use``, one ``"Kind v1 -> v2"`` each; [] if
+    nothing did."""
+    return [
+        f"{kind.kind} {before.get(kind.kind, '-')} -> {after.get(kind.kind, '-')}"
+        for kind in AGENT_SANDBOX_KINDS
+        if before.get(kind.kind) != after.get(kind.kind)
+    ]
+
+
 # Where the networkPolicy field lives in each template kind, as a field path.
 TEMPLATE_POLICY_PATH: dict[str, tuple[str, ...]] = {
     AGENT_RUNTIME.kind: ("spec", "podTemplate", "networkPolicy"),
@@ -97,6 +113,14 @@ AGENT_SANDBOX_NAMESPACE = "agent-sandbox-system"
 AGENT_SANDBOX_CONFIG_MAP = "agent-sandbox-config"
 ALLOWED_LABEL_DOMAINS_KEY = "allowed-label-domains"
 DEFAULT_ALLOWED_LABEL_DOMAINS = ("sandbox.users.io",)
+
+
+# The one-line change that lets agent-sandbox v0.5+ accept our label (as the README says).
+ALLOW_LIST_FIX = (
+    f"kubectl -n {AGENT_SANDBOX_NAMESPACE} patch configmap {AGENT_SANDBOX_CONFIG_MAP} "
+    f'--type merge -p \'{{"data":{{"{ALLOWED_LABEL_DOMAINS_KEY}":'
+    f'"sandbox.users.io,runtime.agentcube.io"}}}}\''
+)
 
 
 def allowed_label_domains(text: str | None) -> tuple[str, ...]:

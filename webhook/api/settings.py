@@ -41,7 +41,7 @@ class Limits:
 # Whether the claim mutation puts runtime.agentcube.io/sandbox-name into a SandboxClaim's
 # spec.additionalPodMetadata.labels: "on", "off", or "auto", which the commands that talk to
 # a cluster resolve at start to "on" exactly where agent-sandbox accepts the label
-# (webhook.kube.discovery). agent-sandbox v0.5+ refuses a claim whose additional pod labels
+# (webhook.kube.discovery; ``run`` re-resolves it when the allow-list changes). agent-sandbox v0.5+ refuses a claim whose additional pod labels
 # are outside its allow-list (the claim goes Ready=False, InvalidMetadata, and gets no
 # Sandbox); without the label the pod webhook and the reconciler label the claimed pod.
 ClaimLabelInjection = Literal["auto", "on", "off"]

@@ -8,13 +8,15 @@ in them) and one ``/metrics``.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART, EXIT_USAGE
 from webhook.api.settings import Settings
 from webhook.cli.options import add_kubeconfig_option, add_policy_options
 from webhook.cli.serve import (
@@ -28,8 +30,11 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from webhook.cli.options import Commands
+    from webhook.kube.discovery import Rediscovery
     from webhook.kube.rest import Rest
     from webhook.reconciler.manager import ReconcilerRuntime
+
+logger = logging.getLogger(__name__)
 
 LEASE_NAMESPACE = "agentcube-netpol-system"
 DEFAULT_METRICS_PORT = 8080
@@ -94,6 +99,15 @@ def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--workers", type=int, default=4, help="reconciles at once (default: %(default)s)"
     )
+    group.add_argument(
+        "--rediscover-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often to ask again which versions agent-sandbox serves (a change: exit "
+        f"{EXIT_RESTART} to be restarted) and, for --claim-label-injection=auto, its "
+        "allow-list (a change: flipped in place); 0: never (default: %(default)s)",
+    )
 
 
 def _rest(kubeconfig: Path | None, *, workers: int = 4) -> Rest:
@@ -122,23 +136,89 @@ def _runtime(
     )
 
 
+# After the served versions change, /readyz fails this long before the server stops, so
+# the readiness probe (deploy/: every 5 s, 3 failures) takes the replica out of the
+# Service while it still answers the API server's calls.
+RESTART_DRAIN_SECONDS = 15.0
+
+
+def restart_schedule(*, leading: bool, interval_seconds: float) -> tuple[float, float]:
+    """How long a replica that saw agent-sandbox's versions change keeps serving as it is,
+    then how long it fails /readyz before it stops: (hold, drain).
+
+    The replicas notice at their own moments, at most about two check intervals apart. A
+    follower restarts at once; the Lease holder holds two intervals first, so the followers
+    are back (and ready) before it goes: with the webhooks failing closed, the Service keeps
+    an endpoint throughout, unless the replicas noticed further apart than that.
+    """
+    return (2 * interval_seconds if leading else 0.0), RESTART_DRAIN_SECONDS
+
+
+def _rediscovery(
+    args: argparse.Namespace,
+    configured: Settings,
+    runtime: ReconcilerRuntime,
+    on_versions_changed: Callable[[list[str]], None],
+    on_settings_changed: Callable[[Settings], None] = lambda settings: None,
+) -> Rediscovery:
+    from webhook.kube.discovery import Rediscovery
+
+    return Rediscovery(
+        _rest(args.kubeconfig),
+        in_use=runtime.caches.in_use,
+        settings=runtime.reconciler.settings,
+        configured=configured.claim_label_injection,
+        on_versions_changed=on_versions_changed,
+        on_settings_changed=on_settings_changed,
+        interval_seconds=args.rediscover_interval,
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import serve
 
     metrics = AdmissionMetrics()
+    configured = settings
     settings = resolve_claim_label_injection(settings, _rest(args.kubeconfig))
     runtime = _runtime(args, settings, metrics.registry)
     runtime.start()
+    current = [settings]  # the admission app reads it on each request
+    restarting = threading.Event()
+    stop = threading.Event()
+
+    def on_versions_changed(changes: list[str]) -> None:
+        hold, drain = restart_schedule(
+            leading=runtime.reconciler.leading, interval_seconds=args.rediscover_interval
+        )
+        logger.warning(
+            "restarting in %.0fs: not ready in %.0fs, stopping %.0fs after that",
+            hold + drain, hold, drain,
+        )  # fmt: skip
+
+        def go_unready() -> None:  # not ready first; stopped once the probe has noticed
+            restarting.set()
+            later(drain, stop.set)
+
+        later(hold, go_unready)
+
+    def on_settings_changed(new: Settings) -> None:
+        current[0] = new
+        runtime.reconciler.use_settings(new)
+
+    rediscovery = _rediscovery(args, configured, runtime, on_versions_changed, on_settings_changed)
+    rediscovery.start()
     try:
-        return serve(
+        code = serve(
             trust=cluster_trust(args),
             claims=runtime.caches,
             sandboxes=runtime.caches,
-            ready=lambda: runtime.ready,
+            ready=lambda: runtime.ready and not restarting.is_set(),
             metrics=metrics,
             settings=settings,
+            current_settings=lambda: current[0],
+            stop=stop,
             host=args.host,
             port=args.port,
             cert_dir=args.cert_dir,
@@ -148,47 +228,77 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             cert_check_interval_seconds=args.cert_check_interval,
         )
     finally:
+        stop.set()
+        rediscovery.stop()
         runtime.stop()
+    return EXIT_RESTART if restarting.is_set() and code == EXIT_OK else code
+
+
+def later(seconds: float, then: Callable[[], None]) -> None:
+    timer = threading.Timer(seconds, then)
+    timer.daemon = True
+    timer.start()
 
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from webhook.kube.discovery import resolve_claim_label_injection
+
     registry = CollectorRegistry()
+    configured = settings
+    # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
+    settings = resolve_claim_label_injection(settings, _rest(args.kubeconfig))
     runtime = _runtime(args, settings, registry)
     stop = threading.Event()
+    restarting = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    def on_versions_changed(changes: list[str]) -> None:
+        restarting.set()
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server, _thread = start_http_server(args.metrics_port, args.metrics_host, registry=registry)
     runtime.start()
+    rediscovery = _rediscovery(
+        args, configured, runtime, on_versions_changed, runtime.reconciler.use_settings
+    )
+    rediscovery.start()
     try:
         stop.wait()
     finally:
+        rediscovery.stop()
         runtime.stop()
         server.shutdown()
-    return EXIT_OK
+    return EXIT_RESTART if restarting.is_set() else EXIT_OK
 
 
 def audit(args: argparse.Namespace, settings: Settings) -> int:
+    from webhook.kube.discovery import decide_claim_label_injection, discover_kinds
     from webhook.kube.errors import ApiError
     from webhook.reconciler.audit import audit as find
-    from webhook.reconciler.audit import render_json, render_text
+    from webhook.reconciler.audit import claim_label_findings, render_json, render_text
     from webhook.reconciler.caches import list_cluster
 
+    rest = _rest(args.kubeconfig)
     try:
-        snapshot, policies, templates = list_cluster(_rest(args.kubeconfig))
+        snapshot, policies, templates = list_cluster(rest)
+        configured = settings.claim_label_injection
+        decided, why = decide_claim_label_injection(configured, rest, discover_kinds(rest))
     except ApiError as exc:
         print(f"error: cannot list the cluster: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    found = find(
+        snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
+    )
+    found += claim_label_findings(configured, decided, why)
     findings = [
         finding
-        for finding in find(
-            snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
-        )
+        for finding in sorted(found)
         if args.namespace is None or finding.namespace == args.namespace
     ]
     sys.stdout.write(render_json(findings) if args.output == "json" else render_text(findings))

@@ -3,8 +3,9 @@
 The findings are pure: the plan the reconciler would make for every managed
 NetworkPolicy over a one-time listing (anything it would write is a finding),
 plus the NetworkPolicies of others that select a sandbox pod (policies add up,
-so each one can only loosen ours) and agent-sandbox templates that manage a
-policy of their own for an isolated CodeInterpreter's warm pool.
+so each one can only loosen ours), agent-sandbox templates that manage a
+policy of their own for an isolated CodeInterpreter's warm pool, and claim label
+injection left off by agent-sandbox's allow-list.
 """
 
 from __future__ import annotations
@@ -94,6 +95,23 @@ def audit(
     findings += widening_policies(view, network_policies)
     findings += managed_templates(view, sandbox_templates, settings=settings)
     return sorted(set(findings))
+
+
+def claim_label_findings(configured: str, decided: str, why: str) -> list[Finding]:
+    """``--claim-label-injection=auto`` deciding "off" (agent-sandbox's allow-list lacks our
+    domain): claimed pods get their label from us after adoption, not from agent-sandbox at
+    it, so a session's pod runs a moment selected by its warm pool's baseline alone; the fix."""
+    if configured != "auto" or decided != "off":
+        return []
+    return [
+        Finding(
+            kinds.AGENT_SANDBOX_NAMESPACE,
+            kinds.AGENT_SANDBOX_CONFIG_MAP,
+            "claim-label-not-injected",
+            f"{why}: claimed pods are labelled by agentcube-netpol after adoption, not by "
+            f"agent-sandbox at adoption; to allow our domain: {kinds.ALLOW_LIST_FIX}",
+        )
+    ]
 
 
 def widening_policies(view: View, network_policies: Iterable[Mapping[str, Any]]) -> list[Finding]:

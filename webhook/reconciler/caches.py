@@ -10,7 +10,7 @@ NetworkPolicies are watched by our managed-by label.
 
 agent-sandbox's kinds are watched in the version the cluster serves (v1beta1 on v0.5+,
 v1alpha1 on v0.4): ``start`` asks discovery (``webhook.kube.discovery``) before the first
-list. Objects keep their ``apiVersion``, so an ownerReference made from one names the
+list, and keeps the answer in ``in_use`` (what ``Rediscovery`` compares with later). Objects keep their ``apiVersion``, so an ownerReference made from one names the
 version it was read in.
 """
 
@@ -198,6 +198,8 @@ class Caches:
     def __init__(self, rest: Rest, settings: Settings) -> None:
         self._rest = rest
         self._settings = settings
+        # agent-sandbox's kinds in the versions watched (``start`` asks discovery).
+        self.in_use: dict[Kind, Kind] = {kind: kind for kind in kinds.AGENT_SANDBOX_KINDS}
         self.informers: dict[Kind, list[Informer]] = {}
         for kind, slim in SLIM.items():
             if kind == kinds.POD:
@@ -229,7 +231,8 @@ class Caches:
 
     def start(self) -> None:
         try:
-            self.use_versions(discover_kinds(self._rest))
+            self.in_use = discover_kinds(self._rest)
+            self.use_versions(self.in_use)
         except errors.ApiError as exc:
             logger.warning("discovery failed (%s): watching agent-sandbox's kinds in v1alpha1", exc)
         for informer in self._all():

@@ -35,6 +35,7 @@ from webhook.reconciler.plan import (
     Report,
     Request,
     all_requests,
+    claim_label_reports,
     is_managed,
     plan,
     requests_for,
@@ -90,6 +91,17 @@ class Reconciler:
             kind, new, self._caches
         ):
             self.queue.add(request)
+        if kind == kinds.POD:
+            for report in claim_label_reports(old, new, self._caches, self._settings):
+                self._record(report)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    def use_settings(self, settings: Settings) -> None:
+        """Plan with ``settings`` from now on (claim label injection flipped by the allow-list)."""
+        self._settings = settings
 
     # --- leading ----------------------------------------------------------------------------
 

@@ -289,6 +289,39 @@ def _label_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
     return patches
 
 
+CLAIM_LABEL_NOT_INJECTED = "ClaimLabelNotInjected"
+
+
+def claim_label_reports(
+    old_pod: Mapping[str, Any] | None,
+    new_pod: Mapping[str, Any] | None,
+    view: View,
+    settings: Settings,
+) -> list[Report]:
+    """With claim label injection off, the Event that says so on a claim, the moment its pod
+    gets the sandbox-name label (from the pod webhook or the reconciler, not from agent-sandbox
+    at adoption). One per labelling of a claimed pod: a resync or a relist changes no label."""
+    if settings.claim_label_injection != "off" or old_pod is None or new_pod is None:
+        return []
+    name = labels_of(new_pod).get(kinds.LABEL_SANDBOX_NAME)
+    if not name or kinds.LABEL_SANDBOX_NAME in labels_of(old_pod):
+        return []
+    ref = find_sandbox(view, namespace_of(new_pod), name)
+    if ref is None or ref.path != "warm":
+        return []
+    return [
+        Report(
+            with_kind(ref.owner, kinds.SANDBOX_CLAIM),
+            CLAIM_LABEL_NOT_INJECTED,
+            f"pod {name_of(new_pod)} was labelled {kinds.LABEL_SANDBOX_NAME} by agentcube-netpol "
+            f"after adoption: claim label injection is off (agent-sandbox's "
+            f"{kinds.ALLOWED_LABEL_DOMAINS_KEY} lacks runtime.agentcube.io, or "
+            f"--claim-label-injection=off). To have it labelled at adoption: "
+            f"{kinds.ALLOW_LIST_FIX}",
+        )
+    ]
+
+
 def _ungate_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
     patches = []
     for pod in pods_of(ref, view):

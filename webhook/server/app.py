@@ -68,20 +68,23 @@ def create_app(
     sandboxes: SandboxLookup | None = None,
     ready: Callable[[], bool] = lambda: True,
     metrics: AdmissionMetrics | None = None,
+    current_settings: Callable[[], Settings] | None = None,
 ) -> Starlette:
     """The ASGI app: POST /validate and /mutate; GET /healthz, /readyz, /metrics.
 
     ``ready`` answers /readyz: true once certificates are loaded (and, with the
-    reconciler, once its caches are synced).
+    reconciler, once its caches are synced). ``current_settings``, when given, is asked on
+    each request instead of ``settings`` (``run`` flips claim label injection in place).
     """
+    settings_now = current_settings or (lambda: settings)
     admission_metrics = metrics if metrics is not None else AdmissionMetrics()
 
     # Looked up on the module at call time, so a test can replace the decision.
     def decide_validate(request: AdmissionRequest) -> AdmissionResponse:
-        return decide.validate(request, settings=settings, sandboxes=sandboxes)
+        return decide.validate(request, settings=settings_now(), sandboxes=sandboxes)
 
     def decide_mutate(request: AdmissionRequest) -> AdmissionResponse:
-        return decide.mutate(request, settings=settings, claims=claims)
+        return decide.mutate(request, settings=settings_now(), claims=claims)
 
     async def validate_endpoint(request: Request) -> Response:
         return await _handle(request, "validate", decide_validate, admission_metrics, parse_whole)

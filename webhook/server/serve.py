@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -67,8 +68,11 @@ def serve(
     metrics: AdmissionMetrics | None = None,
     sandboxes: SandboxLookup | None = None,
     sock: socket.socket | None = None,
+    current_settings: Callable[[], Settings] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it could not start.
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set); 0 after a clean shutdown, 1 if it
+    could not start.
 
     ``sock``: a socket already bound (to ``host``:``port``) by the caller, served instead
     of binding again; a caller that picks a free port binds it once and passes it, so no
@@ -105,13 +109,16 @@ def serve(
         sandboxes=sandboxes,
         ready=is_ready,
         metrics=metrics,
+        current_settings=current_settings,
     )
     config = uvicorn_config(
         app, host=host, port=port, ssl_context=reloader.context, http=http_implementation
     )
     server = _Server(config)
     try:
-        asyncio.run(_serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock))
+        asyncio.run(
+            _serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock, stop=stop)
+        )
     except SystemExit:
         # uvicorn exits (3 in current releases, 1 in older ones) when it cannot bind; it has
         # logged why. DESIGN.md: serve exits 1 when it could not start, whatever uvicorn says.
@@ -158,10 +165,14 @@ async def _serve_and_watch(
     interval_seconds: float,
     trust: ClusterTrust | None,
     sock: socket.socket | None = None,
+    *,
+    stop: threading.Event | None = None,
 ) -> None:
     watchers = [asyncio.create_task(watch_certificates(reloader, interval_seconds))]
     if trust is not None:
         watchers.append(asyncio.create_task(keep_trust(trust, SYNC_INTERVAL_SECONDS)))
+    if stop is not None:
+        watchers.append(asyncio.create_task(stop_when_set(server, stop)))
     try:
         await server.serve(sockets=None if sock is None else [sock])
     finally:
@@ -169,6 +180,16 @@ async def _serve_and_watch(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+STOP_POLL_SECONDS = 0.2
+
+
+async def stop_when_set(server: uvicorn.Server, stop: threading.Event) -> None:
+    """Shut ``server`` down as SIGTERM would (requests in flight finish) once ``stop`` is set."""
+    while not stop.is_set():
+        await asyncio.sleep(STOP_POLL_SECONDS)
+    server.should_exit = True
 
 
 # How long a starting server waits for the API server before it gives up (and
