@@ -26,6 +26,18 @@ def test_policy_flags_become_settings() -> None:
     assert settings.privileged_users == ("admin",)
 
 
+def test_gate_lifters_default_to_deploys_service_account_and_are_repeatable() -> None:
+    def lifters(*flags: str) -> tuple[str, ...]:
+        args = build_parser().parse_args(["run", *flags])
+        return settings_from_args(args).gate_lifters
+
+    assert lifters() == ("system:serviceaccount:agentcube-netpol-system:agentcube-netpol",)
+    assert lifters("--gate-lifter", "a", "--gate-lifter", "system:serviceaccount:x:y") == (
+        "a",
+        "system:serviceaccount:x:y",
+    )
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -205,10 +205,14 @@ def _exists_keys(hook: Doc) -> set[str]:
     }
 
 
-def test_match_conditions_name_the_label_and_annotation_we_use(install: list[Doc]) -> None:
+def test_match_conditions_name_the_label_gate_and_annotation_we_use(install: list[Doc]) -> None:
     """The CEL conditions narrow fail-closed webhooks; a renamed key would silence them."""
     guard = " ".join(c["expression"] for c in hook_named(install, POD_LABELS)["matchConditions"])
     assert f"'{kinds.LABEL_SANDBOX_NAME}' in oldObject.metadata.labels" in guard
+    # ... or the gate removed: old pod has it, new one not (tests/e2e/test_reconciler.py).
+    gate = f"schedulingGates.exists(g, g.name == '{kinds.SCHEDULING_GATE}')"
+    assert f"oldObject.spec.{gate}" in guard
+    assert f"!(has(object.spec.schedulingGates) && object.spec.{gate})" in guard
     overrides = " ".join(c["expression"] for c in hook_named(install, OVERRIDES)["matchConditions"])
     assert f"'{kinds.ANNOTATION_NETWORK_POLICY}' in object.metadata.annotations" in overrides
     assert f"'{kinds.ANNOTATION_NETWORK_POLICY}' in oldObject.metadata.annotations" in overrides

@@ -162,6 +162,18 @@ def test_refusals_are_typed(rest: Rest, namespace: str, control_plane: ControlPl
         nobody.api_client.close()
 
 
+def test_any_user_may_ask_who_it_is(control_plane: ControlPlane) -> None:
+    """``run`` learns its identity this way (webhook.kube.identity); a user RBAC grants
+    nothing may still ask (system:basic-user), as deploy/'s service account does."""
+    nobody = Rest.from_config(control_plane.mint_user("nobody", groups=["tenants"]))
+    try:
+        user = nobody.self_subject_review()["status"]["userInfo"]
+    finally:
+        nobody.api_client.close()
+    assert user["username"] == "nobody"
+    assert "tenants" in user["groups"]
+
+
 def test_dry_run_create_stores_nothing(rest: Rest, namespace: str) -> None:
     answer = rest.create(CONFIG_MAP, namespace, config_map("cm", namespace), dry_run=True)
     assert answer["metadata"]["name"] == "cm"

@@ -33,6 +33,7 @@ from webhook.policy.override import OVERRIDE_PATH, override_annotation, parse_ov
 from webhook.policy.validation import Findings, describe, validate_network_policy
 
 SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"
+SCHEDULING_GATES_PATH = "spec.schedulingGates"
 
 _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER)}
 _OVERRIDE_KINDS = {(k.group, k.kind) for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)}
@@ -285,6 +286,15 @@ def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> 
                 uid,
                 f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', req.user, settings)}: {show_value(old_name)}",
             )
+        if (
+            has_scheduling_gate(old)
+            and not has_scheduling_gate(obj)
+            and not may_lift_gate(req.user, settings)
+        ):
+            return response.denied(
+                uid,
+                f"{SCHEDULING_GATES_PATH}: {_privilege_problem(f'remove the gate {kinds.SCHEDULING_GATE}', req.user, settings, gate_lifters=True)}: it comes off once the sandbox's NetworkPolicy exists",
+            )
     return response.allowed(uid)
 
 
@@ -312,10 +322,20 @@ def is_privileged(user: UserInfo, settings: Settings) -> bool:
     )
 
 
-def _privilege_problem(action: str, user: UserInfo, settings: Settings) -> str:
+def may_lift_gate(user: UserInfo, settings: Settings) -> bool:
+    """Whether ``user`` may take our scheduling gate off a pod: the reconciler, or an admin."""
+    return user.get("username") in settings.gate_lifters or is_privileged(user, settings)
+
+
+def _privilege_problem(
+    action: str, user: UserInfo, settings: Settings, *, gate_lifters: bool = False
+) -> str:
     allowed = [f"group {g}" for g in settings.privileged_groups] + [
         f"user {u}" for u in settings.privileged_users
     ]
+    if gate_lifters and settings.gate_lifters:
+        lifters = " or ".join(settings.gate_lifters)
+        allowed.insert(0, f"agentcube-netpol's reconciler (user {lifters})")
     return f"only {' or '.join(allowed) or 'nobody'} may {action}; {user.get('username', 'this user')!s} may not"
 
 
@@ -441,9 +461,17 @@ def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"op": "add", "path": "/spec", "value": {"schedulingGates": [gate]}}]
     if not isinstance(gates, list):
         return [{"op": "add", "path": "/spec/schedulingGates", "value": [gate]}]
-    if any(isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates):
+    if has_scheduling_gate(pod):
         return []
     return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
+
+
+def has_scheduling_gate(pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` is held by our scheduling gate (gates of others do not count)."""
+    gates = kinds.get_path(pod, ("spec", "schedulingGates"))
+    return isinstance(gates, list) and any(
+        isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates
+    )
 
 
 def pod_labels_for_claim(claim: Mapping[str, Any]) -> dict[str, str]:

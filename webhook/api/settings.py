@@ -46,6 +46,11 @@ class Limits:
 # Sandbox); without the label the pod webhook and the reconciler label the claimed pod.
 ClaimLabelInjection = Literal["auto", "on", "off"]
 
+# deploy/'s ServiceAccount (deploy/base/rbac.yaml), the identity ``run`` has in a cluster.
+DEFAULT_GATE_LIFTERS: tuple[str, ...] = (
+    "system:serviceaccount:agentcube-netpol-system:agentcube-netpol",
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -66,6 +71,10 @@ class Settings:
     # sandbox-name label.
     privileged_groups: tuple[str, ...] = ("system:serviceaccounts:agentcube",)
     privileged_users: tuple[str, ...] = ()
+    # Users who may remove the scheduling gate from a sandbox pod besides the privileged
+    # ones: the reconciler, which lifts it once the pod's NetworkPolicy exists. ``run`` adds
+    # its own identity at start (webhook.kube.identity).
+    gate_lifters: tuple[str, ...] = DEFAULT_GATE_LIFTERS
     # A NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation (policies add
     # up) is admitted with a warning; with this set it is refused.
     deny_widening: bool = False

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from webhook.api.settings import DEFAULT_DNS_PEERS, Settings
+from webhook.api.settings import DEFAULT_DNS_PEERS, DEFAULT_GATE_LIFTERS, Settings
 
 if TYPE_CHECKING:
     # What ``add_subparsers`` returns: a command group's ``register`` adds its parsers to it.
@@ -85,6 +85,14 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         help="user allowed to set the override annotation and sandbox-name labels (repeatable)",
     )
     group.add_argument(
+        "--gate-lifter",
+        action="append",
+        metavar="USER",
+        help="user allowed to remove the scheduling gate netpol.agentcube.io/network-policy "
+        "from a sandbox pod besides the privileged ones: the reconciler's identity "
+        f"(repeatable; default: {', '.join(DEFAULT_GATE_LIFTERS)}; run adds its own)",
+    )
+    group.add_argument(
         "--deny-widening",
         action="store_true",
         help="refuse a NetworkPolicy or SandboxTemplate that would loosen a sandbox's isolation "
@@ -111,6 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         dns_to_anywhere=args.dns_to_anywhere,
         privileged_groups=tuple(args.privileged_group or [f"system:serviceaccounts:{namespace}"]),
         privileged_users=tuple(args.privileged_user or ()),
+        gate_lifters=tuple(args.gate_lifter or DEFAULT_GATE_LIFTERS),
         deny_widening=args.deny_widening,
         claim_label_injection=args.claim_label_injection,
     )

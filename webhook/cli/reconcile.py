@@ -176,12 +176,16 @@ def _rediscovery(
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import resolve_claim_label_injection
+    from webhook.kube.identity import with_own_gate_lifter
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import serve
 
     metrics = AdmissionMetrics()
     configured = settings
-    settings = resolve_claim_label_injection(settings, _rest(args.kubeconfig))
+    rest = _rest(args.kubeconfig)
+    settings = resolve_claim_label_injection(settings, rest)
+    # The reconciler beside the server lifts the gates the server guards, as whoever it is.
+    settings = with_own_gate_lifter(settings, rest)
     runtime = _runtime(args, settings, metrics.registry)
     runtime.start()
     current = [settings]  # the admission app reads it on each request

@@ -53,6 +53,7 @@ from webhook.devtools.dataplane import Dataplane, DataplaneError, check_prerequi
 from webhook.devtools.devdataplane import EXTERNAL_HOSTS, POD_PORT, DevNetwork
 from webhook.devtools.kubelet import FakeKubelet
 from webhook.kube.discovery import resolve_claim_label_injection
+from webhook.kube.identity import with_own_gate_lifter
 from webhook.kube.rest import Rest
 from webhook.reconciler.manager import ReconcilerRuntime
 from webhook.tls.certs import CA_CERT_FILE
@@ -218,7 +219,7 @@ def run_dev(
                 stack.enter_context(FakeKubelet(_core_v1(control_plane)))
             manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
             metrics = AdmissionMetrics()
-            settings = resolve_claim_label_injection(settings, rest)
+            settings = with_own_gate_lifter(resolve_claim_label_injection(settings, rest), rest)
             runtime = ReconcilerRuntime(
                 rest=rest,
                 settings=settings,

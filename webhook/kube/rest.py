@@ -202,6 +202,16 @@ class Rest:
         root = "/api" if "/" not in group_version else "/apis"
         return self._json("GET", f"{root}/{group_version}")
 
+    def self_subject_review(self) -> dict[str, Any]:
+        """Who these credentials are to the API server: a SelfSubjectReview, whose
+        ``status.userInfo`` has the username and groups. Every authenticated user may
+        create one (system:basic-user); nothing is stored."""
+        return self._json(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
         return self._json("GET", resource_path(kind, namespace, name))
 
