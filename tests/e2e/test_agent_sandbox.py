@@ -32,7 +32,12 @@ from tests.builders import (
     sandbox_template,
     sandbox_warm_pool,
 )
-from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
+from tests.e2e.deployed import (
+    SERVICE_ACCOUNT_USER,
+    deploy_manifests,
+    install_rbac,
+    install_webhooks,
+)
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from webhook.api import kinds
 from webhook.devtools.agentsandbox import (
@@ -332,12 +337,15 @@ def test_sandbox_pod_is_made_run_and_cleaned_up(
         return pods[0] if pods else None
 
     # Our webhook holds it with the scheduling gate; no reconciler runs on this cluster, so
-    # the test lifts the gate the way the reconciler does once the policy exists.
+    # the test lifts the gate the way the reconciler does once the policy exists, under the
+    # reconciler's user name (the webhook refuses it to anyone else) with the admin's rights
+    # (deploy/'s RBAC is not installed on this session's cluster).
     gated = wait_for("the Sandbox's pod created", created_pod, explain=explain)
     assert gated["spec"]["schedulingGates"] == [{"name": kinds.SCHEDULING_GATE}]
     kubectl.ok(
         "patch", "pod", name, "-n", namespace, "--type=json", "-p",
         json.dumps([{"op": "replace", "path": "/spec/schedulingGates", "value": []}]),
+        f"--as={SERVICE_ACCOUNT_USER}", "--as-group=system:masters",
     )  # fmt: skip
 
     def running_pod() -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.builders import code_interpreter
+from tests.builders import code_interpreter, sandbox
 from tests.e2e.harness import REPO_ROOT, as_json
 from tests.readme import console_commands, section
 from webhook.api import kinds
@@ -61,6 +61,32 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
             return pod
         time.sleep(0.5)
     raise AssertionError(f"no NetworkPolicy and labelled pod for {SESSION}: {names}")
+
+
+def a_direct_sandbox_runs_once_its_policy_exists(binaries: Binaries, kubeconfig: Path) -> None:
+    """A Sandbox as AgentCube creates it on the direct path: its pod, created gated, runs once
+    the reconciler has written its policy and lifted the gate, which dev's own admission
+    server lets it do as the admin it runs as (it learns that at start)."""
+
+    def kubectl(*args: str, input: str | None = None) -> str:
+        return subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
+        ).stdout  # fmt: skip
+
+    name = "python-sandbox-d1r3c7a1"  # of examples/codeinterpreter-restricted.yaml, applied
+    kubectl("create", "-f", "-", input=as_json(sandbox(name, "default", workload="python-sandbox")))
+    deadline = time.monotonic() + SESSION_WAIT_S
+    pod: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = json.loads(kubectl("get", "pods", "-n", "default", "-o", "json"))["items"]
+        pod = next((p for p in found if p["metadata"]["name"] == name), {})
+        if pod.get("status", {}).get("phase") == "Running":
+            break
+        time.sleep(0.5)
+    assert pod.get("status", {}).get("phase") == "Running", pod
+    assert not pod["spec"].get("schedulingGates")
+    kubectl("get", "networkpolicy", name, "-n", "default")
 
 
 def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> None:
@@ -157,6 +183,7 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         pod = a_session_gets_its_network_policy(binaries, kubeconfig)
         assert kinds.LABEL_CLAIM_UID in pod["metadata"]["labels"]  # adopted by the real controller
         readme_session_does_what_it_shows(binaries, kubeconfig)
+        a_direct_sandbox_runs_once_its_policy_exists(binaries, kubeconfig)
         children = children_of(dev)
         # etcd, kube-apiserver, kube-controller-manager, the agent-sandbox controller
         assert len(children) == 4

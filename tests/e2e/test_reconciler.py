@@ -371,6 +371,58 @@ def test_no_direct_sandbox_pod_is_ever_runnable_without_its_policy(
     assert released == set(names)  # the check above saw every pod running
 
 
+def test_a_tenant_cannot_lift_the_gate_only_the_reconciler_can(
+    cluster: ControlPlane, kube: Kubectl, ns: str, service_account: Path
+) -> None:
+    """A tenant who may patch its pods, with a sandbox pod whose NetworkPolicy will not come
+    (its Sandbox does not exist: as if the reconciler were down or refused the write), tries
+    to let it run by removing the gate itself."""
+    pod = sandbox_pod(
+        ns, {**sandbox(ns, "py-n0sb0x00"), "metadata": {"name": "py-n0sb0x00", "uid": "x"}}
+    )
+    del pod["metadata"]["ownerReferences"]
+    created = json.loads(kube.ok("create", "-o", "json", "-f", "-", input=as_json(pod)))
+    assert created["spec"]["schedulingGates"] == [{"name": GATE}]
+    kube.ok("create", "role", "pod-editor", "--verb=get,update,patch", "--resource=pods", "-n", ns)
+    kube.ok(
+        "create", "rolebinding", "tenants-pod-editor", "--role=pod-editor", "--group=tenants",
+        "-n", ns,
+    )  # fmt: skip
+    tenant = cluster.mint_user("tenant-bob", groups=["tenants"])
+
+    # RBAC lets the tenant patch the pod...
+    kube.ok("label", "pod", "py-n0sb0x00", "-n", ns, "app=mine", user=tenant)
+    # ...but not take our gate off, whichever way it words it.
+    tries = [
+        kube(
+            "patch", "pod", "py-n0sb0x00", "-n", ns, "--type=json", "-p",
+            '[{"op": "remove", "path": "/spec/schedulingGates/0"}]', user=tenant,
+        ),
+        kube(
+            "patch", "pod", "py-n0sb0x00", "-n", ns, "--type=merge", "-p",
+            '{"spec": {"schedulingGates": null}}', user=tenant,
+        ),
+    ]  # fmt: skip
+    for result in tries:
+        assert result.returncode != 0, result.stdout
+        assert 'admission webhook "pod-labels.netpol.agentcube.io" denied' in result.stderr
+        assert "spec.schedulingGates: only agentcube-netpol's reconciler" in result.stderr
+        assert f"may remove the gate {GATE}" in result.stderr
+        assert "tenant-bob may not" in result.stderr
+    still = kube.get("pod", "py-n0sb0x00", "-n", ns)
+    assert still["spec"]["schedulingGates"] == [{"name": GATE}]
+    assert still["metadata"]["labels"]["app"] == "mine"
+    assert "nodeName" not in still["spec"]
+
+    # deploy/'s service account, which `run` reconciles as, may (it does, once the policy
+    # exists: test_a_direct_sandbox_gets_its_policy_and_its_pod_waits_for_it).
+    kube.ok(
+        "patch", "pod", "py-n0sb0x00", "-n", ns, "--type=json", "-p",
+        '[{"op": "remove", "path": "/spec/schedulingGates/0"}]', user=service_account,
+    )  # fmt: skip
+    assert not kube.get("pod", "py-n0sb0x00", "-n", ns)["spec"].get("schedulingGates")
+
+
 def audit(kube: Kubectl, service_account: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "webhook", "audit", f"--kubeconfig={service_account}", *args],
