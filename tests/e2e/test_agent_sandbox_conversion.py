@@ -26,8 +26,9 @@ from tests.e2e.invariant import Recorder
 from tests.e2e.test_agent_sandbox import is_running_and_ready, owner_reference, warm_pool_for
 from tests.e2e.test_agent_sandbox_versions import (
     check_invariant,
+    claimed_pod,
     install_agentcube_crds,
-    selects,
+    isolated_by_own_policy,
 )
 from tests.e2e.test_reconciler import (
     AGENTCUBE,
@@ -149,30 +150,13 @@ def test_a_v1alpha1_claim_converted_by_the_controller_gets_its_pod_isolated(
     stored = kube.get(CLAIMS_V1BETA1, claim_name, "-n", ns)  # the v1beta1 view: converted
     assert stored["spec"]["warmPoolRef"] == {"name": "pyc"}
 
-    def claimed_pod() -> dict[str, Any] | None:
-        status = kube.get(CLAIMS_V1BETA1, claim_name, "-n", ns).get("status") or {}
-        adopted = (status.get("sandbox") or {}).get("name")
-        for candidate in kube.get("pods", "-n", ns)["items"]:
-            owners = candidate["metadata"].get("ownerReferences") or []
-            if adopted and any(o.get("controller") and o["name"] == adopted for o in owners):
-                return candidate
-        return None
-
     pod = eventually(
-        claimed_pod,
+        lambda: claimed_pod(kube, CLAIMS_V1BETA1, ns, claim_name),
         f"the claim controller to adopt ({cluster.controller.describe_log(10)})",
         WAIT_S,
     )
     want = desired(ns, claim_name, RESTRICTED, created)
-
-    def isolated() -> dict[str, Any] | None:
-        policy = policy_of(kube, ns, claim_name)
-        now = kube.get("pod", pod["metadata"]["name"], "-n", ns)
-        if policy is None or policy["spec"] != want["spec"] or not selects(policy, now):
-            return None
-        return policy
-
-    policy = eventually(isolated, "the claimed pod selected by its own policy", WAIT_S)
+    policy = isolated_by_own_policy(kube, ns, claim_name, pod, want)
     [owner] = policy["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["uid"]) == ("SandboxClaim", created["metadata"]["uid"])
     check_invariant(ns, recorder.stop(), {claim_name: want["spec"]}, [baseline["spec"]])

@@ -161,6 +161,36 @@ def selects(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())
 
 
+def claimed_pod(kube: Kubectl, claims: str, ns: str, claim_name: str) -> dict[str, Any] | None:
+    """The pod of the Sandbox a claim adopted (v0.5.x may leave claim-uid off it), read
+    through ``claims`` (a resource name kubectl takes, in whichever version is served)."""
+    status = kube.get(claims, claim_name, "-n", ns).get("status") or {}
+    adopted = (status.get("sandbox") or {}).get("name")
+    for candidate in kube.get("pods", "-n", ns)["items"]:
+        owners = candidate["metadata"].get("ownerReferences") or []
+        if adopted and any(o.get("controller") and o["name"] == adopted for o in owners):
+            return candidate
+    return None
+
+
+def isolated_by_own_policy(
+    kube: Kubectl, ns: str, claim_name: str, pod: dict[str, Any], want: dict[str, Any]
+) -> dict[str, Any]:
+    """The claim's own NetworkPolicy, once it is as ``want`` says and selects ``pod``."""
+
+    def isolated() -> dict[str, Any] | None:
+        policy = policy_of(kube, ns, claim_name)
+        now = kube.get("pod", pod["metadata"]["name"], "-n", ns)
+        if policy is None or policy["spec"] != want["spec"] or not selects(policy, now):
+            return None
+        return policy
+
+    found: dict[str, Any] = eventually(
+        isolated, "the claimed pod selected by its own policy", WAIT_S
+    )
+    return found
+
+
 def test_run_watches_v1beta1_wherever_it_is_served(cluster: Cluster) -> None:
     served = cluster.kube.ok("api-versions").split()
     assert "extensions.agents.x-k8s.io/v1beta1" in served
@@ -212,18 +242,12 @@ def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster,
     assert injected == ({kinds.LABEL_SANDBOX_NAME: claim_name} if cluster.allow_listed else {})
     uid = created["metadata"]["uid"]
 
-    def claimed_pod() -> dict[str, Any] | None:
-        """The pod of the Sandbox the claim adopted (v0.5.x may leave claim-uid off it)."""
-        status = kube.get("sandboxclaim", claim_name, "-n", ns).get("status") or {}
-        adopted = (status.get("sandbox") or {}).get("name")
-        for candidate in kube.get("pods", "-n", ns)["items"]:
-            owners = candidate["metadata"].get("ownerReferences") or []
-            if adopted and any(o.get("controller") and o["name"] == adopted for o in owners):
-                return candidate
-        return None
-
     try:
-        pod = eventually(claimed_pod, "the real claim controller to adopt a warm pod", WAIT_S)
+        pod = eventually(
+            lambda: claimed_pod(kube, "sandboxclaim", ns, claim_name),
+            "the real claim controller to adopt a warm pod",
+            WAIT_S,
+        )
     except AssertionError as exc:
         claim_now = kube.get("sandboxclaim", claim_name, "-n", ns)
         pods = [
@@ -232,15 +256,7 @@ def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster,
         ]
         raise AssertionError(f"{exc}; claim {claim_now.get('status')}; pods {pods}") from None
     want = desired(ns, claim_name, RESTRICTED, created)
-
-    def isolated() -> dict[str, Any] | None:
-        policy = policy_of(kube, ns, claim_name)
-        now = kube.get("pod", pod["metadata"]["name"], "-n", ns)
-        if policy is None or policy["spec"] != want["spec"] or not selects(policy, now):
-            return None
-        return policy
-
-    policy = eventually(isolated, "the claimed pod selected by its own policy", WAIT_S)
+    policy = isolated_by_own_policy(kube, ns, claim_name, pod, want)
     [owner] = policy["metadata"]["ownerReferences"]
     assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
         "extensions.agents.x-k8s.io/v1beta1",

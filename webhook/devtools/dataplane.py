@@ -33,7 +33,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,12 @@ from typing import Any
 
 import yaml
 
-from webhook.devtools.controlplane import DEFAULT_CACHE_ROOT, VERSIONS_FILE, read_versions
+from webhook.devtools.controlplane import (
+    DEFAULT_CACHE_ROOT,
+    VERSIONS_FILE,
+    read_versions,
+    stop_process_group,
+)
 from webhook.devtools.kubelet import DEFAULT_NODE_IP, DEFAULT_NODE_NAME, CidrPodNetwork, pod_key
 
 logger = logging.getLogger(__name__)
@@ -537,17 +541,7 @@ class Dataplane:
     def stop(self) -> None:
         """Every process started here (by PID), then every namespace created here."""
         for process in reversed(self._processes):
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+            stop_process(process)
         self._processes.clear()
         if self._relay is not None:
             self._relay.stop()
@@ -561,3 +555,10 @@ class Dataplane:
         if (NETNS_DIR / self.node).exists():
             with contextlib.suppress(DataplaneError):
                 run("ip", "netns", "del", self.node)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """A process started here in a session of its own: its group stopped, its pipe closed."""
+    stop_process_group(process, name=f"process {process.pid}", grace_s=STOP_GRACE_S)
+    if process.stdout is not None:
+        process.stdout.close()

@@ -20,13 +20,10 @@ namespaces go with ``Dataplane.stop()``. Nothing here touches the host's network
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from webhook.api import kinds
-from webhook.devtools.dataplane import Dataplane, DataplaneError
+from webhook.devtools.dataplane import Dataplane, DataplaneError, stop_process
 from webhook.devtools.kubelet import PodKey, pod_key
 from webhook.kube.rest import Rest
 from webhook.policy.selectors import selector_matches
@@ -311,7 +308,7 @@ class DevNetwork:
             self._servers.clear()
             self._pods.clear()
         for server in servers:
-            _stop(server)
+            stop_process(server)
 
     # -- PodNetwork
 
@@ -337,7 +334,7 @@ class DevNetwork:
         with self._lock:
             known = self._pods.pop(pod_key(pod), None)
         if known is not None and known.server is not None:
-            _stop(known.server)  # before its namespace goes: nothing keeps it alive
+            stop_process(known.server)  # before its namespace goes: nothing keeps it alive
         self.dataplane.detach(pod)
 
     # -- printing what to try
@@ -381,20 +378,6 @@ class DevNetwork:
         assert process.stdout is not None
         line = process.stdout.readline().decode().strip()
         if line != "listening":
-            _stop(process)
+            stop_process(process)
             raise DataplaneError(f"server in {namespace} did not start: {line!r}")
         return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
