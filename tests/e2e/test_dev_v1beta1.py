@@ -6,24 +6,20 @@ so the label comes from the pod webhook and the reconciler, not from agent-sandb
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import REPO_ROOT
+from tests.e2e.test_dev import start_dev, stop_dev
 from webhook.api import kinds
 from webhook.devtools.controlplane import KUBECTL, Binaries
 
 VERSION = "v1.0.1"
 EXAMPLES = ("examples/dev/v1beta1/warm-pool.yaml", "examples/dev/v1beta1/session.yaml")
 SESSION = "python-warm-s3ss10n1"  # examples/dev/v1beta1/session.yaml
-READY_TIMEOUT_S = 120.0
 SESSION_WAIT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 
 
 def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
@@ -32,13 +28,7 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
     kubeconfig = tmp_path / "dev.kubeconfig"
     log_path = tmp_path / "dev.log"
     started = time.monotonic()
-    with log_path.open("wb") as log:
-        dev = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "dev", "--kubeconfig", str(kubeconfig),
-             "--agent-sandbox", VERSION],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            env={**os.environ, "KUBEBUILDER_ASSETS": str(binaries.directory)},
-        )  # fmt: skip
+    dev = start_dev(binaries, kubeconfig, log_path, "--agent-sandbox", VERSION)
 
     def kubectl(*args: str) -> str:
         return subprocess.run(
@@ -47,11 +37,6 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
         ).stdout  # fmt: skip
 
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not kubeconfig.exists():
-            assert dev.poll() is None, log_path.read_text(encoding="utf-8")
-            assert time.monotonic() < deadline, log_path.read_text(encoding="utf-8")
-            time.sleep(0.2)
         print(f"dev --agent-sandbox {VERSION} ready after {time.monotonic() - started:.1f}s")
         served = kubectl("api-versions").split()
         assert "extensions.agents.x-k8s.io/v1beta1" in served
@@ -73,16 +58,7 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
             claim["metadata"]["uid"],
         )
     finally:
-        dev.send_signal(signal.SIGTERM)
-        try:
-            code = dev.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            dev.kill()  # its control plane dies with it (PR_SET_PDEATHSIG)
-            dev.wait()
-            raise AssertionError(
-                f"dev did not stop within {STOP_TIMEOUT_S:.0f}s of SIGTERM:\n"
-                + log_path.read_text(encoding="utf-8")
-            ) from None
+        code = stop_dev(dev, log_path)
     assert code == 0, log_path.read_text(encoding="utf-8")
     assert not kubeconfig.exists()
 

@@ -156,15 +156,17 @@ def restart_schedule(*, leading: bool, interval_seconds: float) -> tuple[float, 
 
 def _rediscovery(
     args: argparse.Namespace,
+    rest: Rest,
     configured: Settings,
     runtime: ReconcilerRuntime,
+    *,
     on_versions_changed: Callable[[list[str]], None],
     on_settings_changed: Callable[[Settings], None] = lambda settings: None,
 ) -> Rediscovery:
     from webhook.kube.discovery import Rediscovery
 
     return Rediscovery(
-        _rest(args.kubeconfig),
+        rest,
         in_use=runtime.caches.in_use,
         settings=runtime.reconciler.settings,
         configured=configured.claim_label_injection,
@@ -188,7 +190,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = with_own_gate_lifter(settings, rest)
     runtime = _runtime(args, settings, metrics.registry)
     runtime.start()
-    current = [settings]  # the admission app reads it on each request
     restarting = threading.Event()
     stop = threading.Event()
 
@@ -207,11 +208,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         later(hold, go_unready)
 
-    def on_settings_changed(new: Settings) -> None:
-        current[0] = new
-        runtime.reconciler.use_settings(new)
-
-    rediscovery = _rediscovery(args, configured, runtime, on_versions_changed, on_settings_changed)
+    rediscovery = _rediscovery(
+        args,
+        rest,
+        configured,
+        runtime,
+        on_versions_changed=on_versions_changed,
+        on_settings_changed=runtime.reconciler.use_settings,
+    )
     rediscovery.start()
     try:
         code = serve(
@@ -221,7 +225,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             ready=lambda: runtime.ready and not restarting.is_set(),
             metrics=metrics,
             settings=settings,
-            current_settings=lambda: current[0],
+            # What the reconciler plans with, read on each request: one value, flipped in
+            # place when agent-sandbox's allow-list changes.
+            current_settings=lambda: runtime.reconciler.settings,
             stop=stop,
             host=args.host,
             port=args.port,
@@ -252,7 +258,8 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     registry = CollectorRegistry()
     configured = settings
     # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
-    settings = resolve_claim_label_injection(settings, _rest(args.kubeconfig))
+    rest = _rest(args.kubeconfig)
+    settings = resolve_claim_label_injection(settings, rest)
     runtime = _runtime(args, settings, registry)
     stop = threading.Event()
     restarting = threading.Event()
@@ -269,7 +276,12 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     server, _thread = start_http_server(args.metrics_port, args.metrics_host, registry=registry)
     runtime.start()
     rediscovery = _rediscovery(
-        args, configured, runtime, on_versions_changed, runtime.reconciler.use_settings
+        args,
+        rest,
+        configured,
+        runtime,
+        on_versions_changed=on_versions_changed,
+        on_settings_changed=runtime.reconciler.use_settings,
     )
     rediscovery.start()
     try:
@@ -290,9 +302,10 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
 
     rest = _rest(args.kubeconfig)
     try:
-        snapshot, policies, templates = list_cluster(rest)
+        served = discover_kinds(rest)
+        snapshot, policies, templates = list_cluster(rest, served)
         configured = settings.claim_label_injection
-        decided, why = decide_claim_label_injection(configured, rest, discover_kinds(rest))
+        decided, why = decide_claim_label_injection(configured, rest, served)
     except ApiError as exc:
         print(f"error: cannot list the cluster: {exc}", file=sys.stderr)
         return EXIT_USAGE

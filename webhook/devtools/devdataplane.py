@@ -20,7 +20,6 @@ namespaces go with ``Dataplane.stop()``. Nothing here touches the host's network
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shlex
 import shutil
@@ -35,6 +34,7 @@ from webhook.api import kinds
 from webhook.devtools.dataplane import Dataplane, DataplaneError, stop_process
 from webhook.devtools.kubelet import PodKey, pod_key
 from webhook.kube.rest import Rest
+from webhook.policy.cidr import CidrProblem, parse_cidr, reaches
 from webhook.policy.selectors import selector_matches
 
 logger = logging.getLogger(__name__)
@@ -138,15 +138,11 @@ def _peer_has(peer: Mapping[str, Any], address: str) -> bool:
     block = peer.get("ipBlock")
     if not isinstance(block, Mapping):
         return False
-    ip = ipaddress.ip_address(address)
-    try:
-        if ip not in ipaddress.ip_network(str(block.get("cidr")), strict=False):
-            return False
-        return not any(
-            ip in ipaddress.ip_network(str(e), strict=False) for e in block.get("except") or []
-        )
-    except ValueError:
+    cidr = parse_cidr(block.get("cidr"))
+    excepts = [parse_cidr(text) for text in block.get("except") or []]
+    if isinstance(cidr, CidrProblem):
         return False
+    return reaches(cidr, [e for e in excepts if not isinstance(e, CidrProblem)], address)
 
 
 def _port_has(entry: Mapping[str, Any], port: int, protocol: str) -> bool:

@@ -324,10 +324,12 @@ def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[s
             return items
 
 
-def list_cluster(rest: Rest) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
-    """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate."""
+def list_cluster(
+    rest: Rest, served: Mapping[Kind, Kind]
+) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
+    """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate,
+    agent-sandbox's kinds read in the versions ``served`` (``discover_kinds``)."""
     snapshot = Snapshot()
-    served = discover_kinds(rest)
     for kind, slim in SLIM.items():
         if kind == kinds.NETWORK_POLICY:
             continue
