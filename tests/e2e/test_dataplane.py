@@ -56,14 +56,20 @@ ALLOWED_HOST = "203.0.113.10"  # inside the allowed CIDR
 ALLOWED_PORT = 443
 OTHER_PORT = 8443  # same host, a port outside the list
 FORBIDDEN_HOST = "198.51.100.10"  # outside every allowed CIDR
-EXCEPTED_HOST = "203.0.113.200"  # inside the allowed CIDR, in Custom's except range
+EXCEPTED_HOST = "203.0.113.200"  # inside the allowed CIDR, in its except range (both modes)
 # Inside WARM_POOL_POLICY's CIDR (10.8.0.0/16, port 443): the policy warm_pool() sets.
 WARM_ALLOWED_HOST = "10.8.0.10"
 SANDBOX_PORT = 8080
 METADATA = "169.254.169.254"  # a stand-in for the cloud metadata address
 RESTRICTED = {
     "mode": "Restricted",
-    "egress": [{"cidrs": ["203.0.113.0/24"], "ports": [{"protocol": "TCP", "port": ALLOWED_PORT}]}],
+    "egress": [
+        {
+            "cidrs": ["203.0.113.0/24"],
+            "except": ["203.0.113.192/26"],
+            "ports": [{"protocol": "TCP", "port": ALLOWED_PORT}],
+        }
+    ],
 }
 
 
@@ -288,6 +294,7 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "sandbox -> allowed CIDR, allowed port": Probe(box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
         "sandbox -> allowed CIDR, other port": Probe(box, ALLOWED_HOST, OTHER_PORT, None),
         "sandbox -> other CIDR": Probe(box, FORBIDDEN_HOST, ALLOWED_PORT, None),
+        "sandbox -> allowed CIDR's except range": Probe(box, EXCEPTED_HOST, ALLOWED_PORT, None),
         "sandbox -> other tenant's pod": Probe(box, other_tenant.address, SANDBOX_PORT, None),
         "sandbox -> other tenant's sandbox": Probe(box, other_box.address, SANDBOX_PORT, None),
         "other tenant's sandbox -> sandbox": Probe(other_box, box.address, SANDBOX_PORT, None),
@@ -301,6 +308,7 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "other tenant's pod -> sandbox": Probe(other_tenant, box.address, SANDBOX_PORT, None),
         # Controls: the same probes reach unisolated pods, so a "no" above is the policy's.
         "other tenant's pod -> forbidden host": Probe(other_tenant, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
+        "other tenant's pod -> except range": Probe(other_tenant, EXCEPTED_HOST, ALLOWED_PORT, "excepted"),
         "other tenant's pod -> metadata address": Probe(other_tenant, METADATA, 80, "metadata"),
         "other tenant's pod -> DNS pod, another port": Probe(other_tenant, dns.address, 80, "kube-dns"),
         "other agentcube pod -> other tenant's pod": Probe(not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
