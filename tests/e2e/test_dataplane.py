@@ -280,6 +280,10 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
     (other_tenant,) = pods_serving(
         kube, dataplane, "tenant-b", ("other-tenant", {"app": "other-tenant"}, "other-tenant")
     )
+    # A plain pod beside the sandbox, in its own namespace.
+    (neighbour,) = pods_serving(
+        kube, dataplane, "tenant-a", ("neighbour", {"app": "neighbour"}, "neighbour")
+    )
     dns, router, manager, not_router = (
         system_pods.dns, system_pods.router, system_pods.manager, system_pods.not_router
     )  # fmt: skip
@@ -306,12 +310,16 @@ def test_a_restricted_sandbox_reaches_only_what_its_policy_allows(
         "workload manager -> sandbox": Probe(manager, box.address, SANDBOX_PORT, "sandbox"),
         "other agentcube pod -> sandbox": Probe(not_router, box.address, SANDBOX_PORT, None),
         "other tenant's pod -> sandbox": Probe(other_tenant, box.address, SANDBOX_PORT, None),
+        "a pod in its own namespace -> sandbox": Probe(neighbour, box.address, SANDBOX_PORT, None),
+        "sandbox -> a pod in its own namespace": Probe(box, neighbour.address, SANDBOX_PORT, None),
         # Controls: the same probes reach unisolated pods, so a "no" above is the policy's.
         "other tenant's pod -> forbidden host": Probe(other_tenant, FORBIDDEN_HOST, ALLOWED_PORT, "forbidden"),
         "other tenant's pod -> except range": Probe(other_tenant, EXCEPTED_HOST, ALLOWED_PORT, "excepted"),
         "other tenant's pod -> metadata address": Probe(other_tenant, METADATA, 80, "metadata"),
         "other tenant's pod -> DNS pod, another port": Probe(other_tenant, dns.address, 80, "kube-dns"),
         "other agentcube pod -> other tenant's pod": Probe(not_router, other_tenant.address, SANDBOX_PORT, "other-tenant"),
+        "the pod beside it -> other tenant's pod": Probe(neighbour, other_tenant.address, SANDBOX_PORT, "other-tenant"),
+        "other tenant's pod -> the pod beside it": Probe(other_tenant, neighbour.address, SANDBOX_PORT, "neighbour"),
         # ...and each sandbox answers, and sends, where its policy lets it.
         "router -> other tenant's sandbox": Probe(router, other_box.address, SANDBOX_PORT, "sandbox"),
         "other tenant's sandbox -> allowed CIDR": Probe(other_box, ALLOWED_HOST, ALLOWED_PORT, "allowed"),
