@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.reconciler.objects import RESTRICTED, direct_sandbox, expected_policy, stored
 from webhook.api import kinds
-from webhook.reconciler.caches import SharedValues, slim_network_policy
+from webhook.reconciler.caches import SharedValues, slim_network_policy, slim_pod
 from webhook.reconciler.plan import in_sync
 
 
@@ -44,3 +44,18 @@ def test_the_shared_table_starts_over_when_full_and_values_stay_equal() -> None:
     values = [[{"port": port}] for port in range(5)]
     assert [shared(value) for value in values] == values
     assert len(shared) <= 2
+
+
+def test_a_slim_pod_keeps_what_the_ungate_patch_needs_and_no_other_annotation() -> None:
+    pod = {
+        "metadata": {
+            "name": "p",
+            "namespace": "n",
+            "uid": "u",
+            "annotations": {kinds.ANNOTATION_ISOLATION_CANARY: "", "big": "x" * 4096},
+        },
+        "spec": {"schedulingGates": [{"name": kinds.SCHEDULING_GATE}], "containers": []},
+    }
+    slim = slim_pod(pod)
+    assert slim["metadata"]["annotations"] == {kinds.ANNOTATION_ISOLATION_CANARY: ""}
+    assert slim["spec"] == {"schedulingGates": [{"name": kinds.SCHEDULING_GATE}]}

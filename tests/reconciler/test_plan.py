@@ -459,3 +459,53 @@ def test_a_pod_added_or_deleted_is_no_labelling() -> None:
     off = Settings(claim_label_injection="off")
     assert claim_label_reports(None, labelled, the_view, off) == []
     assert claim_label_reports(labelled, None, the_view, off) == []
+
+
+# --- the isolation canary, written as the gate is lifted --------------------------------------
+
+HOLD = Settings(isolation_canary=("10.9.0.5", 9443))
+
+
+def held_pod() -> dict[str, Any]:
+    """A direct-path pod as the webhook made it with --isolation-canary: gated, canary empty."""
+    gated = pod(
+        "py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"}, owner="py-abcd1234",
+        gates=[SCHEDULING_GATE],
+    )  # fmt: skip
+    gated["metadata"]["annotations"] = {kinds.ANNOTATION_ISOLATION_CANARY: ""}
+    return gated
+
+
+@pytest.mark.parametrize(
+    ("policy", "canary"),
+    [
+        (RESTRICTED, "10.9.0.5:9443"),  # its CIDR is 10.8.0.0/16: the canary is refused
+        ({"mode": "Restricted", "egress": [{"cidrs": ["10.9.0.0/16"]}]}, ""),  # let through
+        ({"mode": "None"}, ""),  # no policy: nothing to check
+    ],
+    ids=["refused by the policy", "let through by the policy", "mode None"],
+)
+def test_the_pod_is_told_what_to_check_as_its_gate_is_lifted(policy: Any, canary: str) -> None:
+    result = plan(
+        Request(NS, "py-abcd1234"),
+        view(interpreters=[interpreter(policy=policy)], sandboxes=[direct_sandbox()],
+             pods=[held_pod()]),
+        HOLD,
+    )  # fmt: skip
+    [patch] = result.ungate_pods
+    assert patch.gates == ()
+    assert patch.canary == canary
+
+
+def test_a_pod_without_the_init_container_gets_no_canary() -> None:
+    """Created before --isolation-canary was on (or by a webhook without it): the reconciler
+    writes no annotation the pod has not got."""
+    gated = held_pod()
+    del gated["metadata"]["annotations"]
+    result = plan(
+        Request(NS, "py-abcd1234"),
+        view(interpreters=[interpreter()], sandboxes=[direct_sandbox()], pods=[gated]),
+        HOLD,
+    )
+    [patch] = result.ungate_pods
+    assert patch.canary is None

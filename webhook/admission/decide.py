@@ -34,6 +34,7 @@ from webhook.policy.validation import Findings, describe, validate_network_polic
 
 SANDBOX_NAME_LABEL_PATH = f"metadata.labels[{kinds.LABEL_SANDBOX_NAME}]"
 SCHEDULING_GATES_PATH = "spec.schedulingGates"
+ISOLATION_CANARY_PATH = f"metadata.annotations[{kinds.ANNOTATION_ISOLATION_CANARY}]"
 
 _TEMPLATE_KINDS = {(k.group, k.kind) for k in (kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER)}
 _OVERRIDE_KINDS = {(k.group, k.kind) for k in (kinds.SANDBOX, kinds.SANDBOX_CLAIM)}
@@ -295,7 +296,21 @@ def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> 
                 uid,
                 f"{SCHEDULING_GATES_PATH}: {_privilege_problem(f'remove the gate {kinds.SCHEDULING_GATE}', req.user, settings, gate_lifters=True)}: it comes off once the sandbox's NetworkPolicy exists",
             )
+        if _annotation(old, kinds.ANNOTATION_ISOLATION_CANARY) != _annotation(
+            obj, kinds.ANNOTATION_ISOLATION_CANARY
+        ) and not may_lift_gate(req.user, settings):
+            return response.denied(
+                uid,
+                f"{ISOLATION_CANARY_PATH}: {_privilege_problem('set, change or remove the isolation canary', req.user, settings, gate_lifters=True)}: the reconciler writes it as it lifts the gate",
+            )
     return response.allowed(uid)
+
+
+def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
+    metadata = obj.get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    value = annotations.get(key) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) else None
 
 
 def _verdict(req: Request, found: Findings) -> AdmissionResponse:
@@ -442,6 +457,8 @@ def _mutate(req: Request, *, settings: Settings, claims: ClaimLookup) -> Admissi
         elif operation == "CREATE" and _label(obj, kinds.LABEL_SANDBOX_NAME):
             # Direct path. A claimed pod is held by its warm pool's baseline policy instead.
             patch += patch_scheduling_gate(obj)
+            if settings.isolation_canary is not None:
+                patch += patch_isolation_hold(obj, settings)
         return response.patched(uid, patch) if patch else response.allowed(uid)
 
     return response.allowed(uid)
@@ -464,6 +481,67 @@ def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     if has_scheduling_gate(pod):
         return []
     return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
+
+
+def isolation_container(settings: Settings) -> dict[str, Any]:
+    """The init container that holds a sandbox pod's containers until its NetworkPolicy is
+    enforced (webhook.policy.canary). It reads the canary from the pod's annotation, which
+    the reconciler writes as it lifts the gate: the container starts after that, so the
+    downward API gives it the value written. Locked down as the restricted Pod Security
+    Standard asks, so it never stands in the way of a namespace that enforces it."""
+    field_path = f"metadata.annotations['{kinds.ANNOTATION_ISOLATION_CANARY}']"
+    return {
+        "name": kinds.ISOLATION_CONTAINER,
+        "image": settings.isolation_canary_image,
+        "command": ["agentcube-netpol", "wait-isolated"],
+        "env": [
+            {
+                "name": kinds.ISOLATION_CANARY_ENV,
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}},
+            }
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def patch_isolation_hold(pod: Mapping[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """With ``--isolation-canary``: the isolation init container first among the pod's init
+    containers (before any of the tenant's: none of its code runs unisolated), and the canary
+    annotation empty (a value the pod came with is the tenant's, not the reconciler's)."""
+    spec = pod.get("spec")
+    init = spec.get("initContainers") if isinstance(spec, Mapping) else None
+    container = isolation_container(settings)
+    ours = [
+        isinstance(c, Mapping) and c.get("name") == kinds.ISOLATION_CONTAINER
+        for c in (init if isinstance(init, list) else ())
+    ]
+    ops: list[dict[str, Any]]
+    if isinstance(init, list) and ours and ours[0] and init[0] == container:
+        ops = []  # reinvoked: in place already
+    elif isinstance(init, list) and any(ours):
+        # One of that name the pod came with (not ours, or not first): ours replaces it.
+        others = [c for c, mine in zip(init, ours, strict=True) if not mine]
+        ops = [{"op": "replace", "path": "/spec/initContainers", "value": [container, *others]}]
+    elif isinstance(init, list) and init:
+        ops = [{"op": "add", "path": "/spec/initContainers/0", "value": container}]
+    elif isinstance(spec, Mapping):
+        ops = [{"op": "add", "path": "/spec/initContainers", "value": [container]}]
+    else:
+        return []  # no spec: the API server refuses the pod anyway
+    return ops + patch_labels(
+        pod, ("metadata", "annotations"), {kinds.ANNOTATION_ISOLATION_CANARY: ""}
+    )
 
 
 def has_scheduling_gate(pod: Mapping[str, Any]) -> bool:

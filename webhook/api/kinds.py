@@ -144,6 +144,13 @@ def label_domain_allowed(label: str, domains: Sequence[str]) -> bool:
 # The scheduling gate the pod webhook puts on a sandbox pod at creation; the reconciler
 # lifts it once the sandbox's NetworkPolicy is in place, so the pod never runs unisolated.
 SCHEDULING_GATE = "netpol.agentcube.io/network-policy"
+# With --isolation-canary: the init container the pod webhook puts first in a gated sandbox
+# pod, and the annotation it reads (through the downward API) for the address to try. The
+# webhook sets the annotation empty; the reconciler writes the address as it lifts the gate,
+# or leaves it empty when the sandbox's policy lets that address through (nothing to check).
+ISOLATION_CONTAINER = "netpol-wait-isolated"
+ANNOTATION_ISOLATION_CANARY = "netpol.agentcube.io/isolation-canary"
+ISOLATION_CANARY_ENV = "NETPOL_ISOLATION_CANARY"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "agentcube-netpol"
 

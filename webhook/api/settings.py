@@ -79,4 +79,10 @@ class Settings:
     # up) is admitted with a warning; with this set it is refused.
     deny_widening: bool = False
     claim_label_injection: ClaimLabelInjection = "auto"
+    # Hold each direct-path sandbox pod's containers until its NetworkPolicy is enforced:
+    # the pod webhook adds an init container (``isolation_canary_image`` running
+    # ``agentcube-netpol wait-isolated``) that waits until a TCP connection to this address
+    # and port, one the sandbox's policy does not allow, stops getting through. None: off.
+    isolation_canary: tuple[str, int] | None = None
+    isolation_canary_image: str = ""
     limits: Limits = field(default_factory=Limits)

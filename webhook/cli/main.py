@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from webhook import __version__
 from webhook.api.exitcodes import EXIT_USAGE
-from webhook.cli import dev, offline, reconcile, serve
+from webhook.api.settings import Settings
+from webhook.cli import dev, isolation, offline, reconcile, serve
 from webhook.cli.options import Run, settings_from_args
 from webhook.policy.builder import settings_errors
 
@@ -30,6 +31,7 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     reconcile.register,
     offline.register,
     dev.register,
+    isolation.register,
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -55,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    settings = settings_from_args(args)
+    # Every command but wait-isolated (an init container's, which needs none) takes the
+    # policy options.
+    settings = settings_from_args(args) if hasattr(args, "agentcube_namespace") else Settings()
     # Options that would make every NetworkPolicy one kube-apiserver refuses.
     problems = settings_errors(settings)
     if problems:

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from webhook import __version__
 from webhook.api.settings import DEFAULT_DNS_PEERS, DEFAULT_GATE_LIFTERS, Settings
+from webhook.policy.canary import Canary, parse_canary
 
 if TYPE_CHECKING:
     # What ``add_subparsers`` returns: a command group's ``register`` adds its parsers to it.
@@ -34,6 +36,13 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
     return value
+
+
+def canary(text: str) -> Canary:
+    try:
+        return parse_canary(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_policy_options(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +116,21 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "runtime.agentcube.io in its allowed-label-domains); otherwise the claimed pod is "
         "labelled by the pod webhook and the reconciler",
     )
+    group.add_argument(
+        "--isolation-canary",
+        type=canary,
+        metavar="ADDRESS:PORT",
+        help="hold a sandbox pod's containers until its NetworkPolicy is enforced: an init "
+        "container waits until a TCP connection to ADDRESS:PORT (a listener the sandbox's "
+        "policy does not allow, e.g. this webhook's Service) is refused. Give it to the "
+        "webhook and the reconciler alike (default: off)",
+    )
+    group.add_argument(
+        "--isolation-canary-image",
+        default=f"agentcube-netpol:{__version__}",
+        metavar="IMAGE",
+        help="the image of that init container: this project's (default: %(default)s)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -122,6 +146,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         gate_lifters=tuple(args.gate_lifter or DEFAULT_GATE_LIFTERS),
         deny_widening=args.deny_widening,
         claim_label_injection=args.claim_label_injection,
+        isolation_canary=args.isolation_canary,
+        isolation_canary_image=args.isolation_canary_image,
     )
 
 

@@ -130,7 +130,7 @@ def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "metadata": _slim_metadata(obj),
+        "metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_ISOLATION_CANARY,)),
         **_pick(obj, ("spec", "schedulingGates"), ("spec", "nodeName"), ("status", "phase")),
     }
 

@@ -46,8 +46,10 @@ logger = logging.getLogger(__name__)
 
 WORKERS = 4
 RESYNC_SECONDS = 600.0  # a full pass now and then, as controller-runtime's SyncPeriod
-REPORTED_EVENTS_KEPT = 4096
-EVENT_QUEUE_SIZE = 4096  # Events waiting to be sent; past that they are dropped (logged)  # (object uid, reason, message) seen lately: no Event twice
+REPORTED_EVENTS_KEPT = 4096  # (object uid, reason, message) seen lately: no Event twice
+EVENT_QUEUE_SIZE = 4096  # Events waiting to be sent; past that they are dropped (logged)
+# JSON Pointer to the isolation canary annotation ("/" in a key is "~1", RFC 6901).
+CANARY_POINTER = "/metadata/annotations/" + kinds.ANNOTATION_ISOLATION_CANARY.replace("/", "~1")
 COMPONENT = "agentcube-netpol"
 
 
@@ -255,6 +257,8 @@ class Reconciler:
                 {"op": "test", "path": "/metadata/uid", "value": patch.uid},
                 {"op": "replace", "path": "/spec/schedulingGates", "value": list(patch.gates)},
             ]
+            if patch.canary is not None:  # before the gate goes: in the same write
+                body.insert(1, {"op": "replace", "path": CANARY_POINTER, "value": patch.canary})
             patch_type = "json"
             write = "ungate"
         else:

@@ -38,6 +38,7 @@ from webhook.policy.builder import (
     owner_reference,
     template_policy,
 )
+from webhook.policy.canary import format_canary, lets_through
 from webhook.policy.validation import MODE_NONE
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.sandboxes import (
@@ -87,6 +88,9 @@ class PodPatch:
     uid: str
     labels: Mapping[str, str] = field(default_factory=dict)
     gates: tuple[Mapping[str, Any], ...] | None = None  # None: gates untouched
+    # Written with the gates: the isolation canary, for a pod the webhook gave the isolation
+    # init container (webhook.policy.canary).
+    canary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,11 @@ def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
         desired,
         current,
         label_pods=tuple(_label_patches(ref, view)),
-        ungate_pods=() if write == "blocked" else tuple(_ungate_patches(ref, view)),
+        ungate_pods=(
+            ()
+            if write == "blocked"
+            else tuple(_ungate_patches(ref, view, _canary_for(desired, settings)))
+        ),
         reports=tuple(reports),
         regarding=regarding,
     )
@@ -322,9 +330,19 @@ def claim_label_reports(
     ]
 
 
-def _ungate_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
+def _canary_for(desired: Mapping[str, Any] | None, settings: Settings) -> str:
+    """What the isolation init container of this sandbox's pods is to check: the canary,
+    unless the sandbox's policy lets it through (or there is none): then nothing ("")."""
+    canary = settings.isolation_canary
+    if canary is None or lets_through(desired["spec"] if desired else None, canary):
+        return ""
+    return format_canary(canary)
+
+
+def _ungate_patches(ref: SandboxRef, view: View, canary: str) -> list[PodPatch]:
     patches = []
     for pod in pods_of(ref, view):
+        holds = kinds.ANNOTATION_ISOLATION_CANARY in (pod["metadata"].get("annotations") or {})
         gates = kinds.get_path(pod, ("spec", "schedulingGates"))
         if not isinstance(gates, list):
             continue
@@ -335,7 +353,13 @@ def _ungate_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
                 if not (isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE)
             )
             patches.append(
-                PodPatch(pod["metadata"]["namespace"], name_of(pod), uid_of(pod), gates=remaining)
+                PodPatch(
+                    pod["metadata"]["namespace"],
+                    name_of(pod),
+                    uid_of(pod),
+                    gates=remaining,
+                    canary=canary if holds else None,
+                )
             )
     return patches
 
