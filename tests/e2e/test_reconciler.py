@@ -409,7 +409,19 @@ def test_a_tenant_cannot_lift_the_gate_only_the_reconciler_can(
         assert "spec.schedulingGates: only agentcube-netpol's reconciler" in result.stderr
         assert f"may remove the gate {GATE}" in result.stderr
         assert "tenant-bob may not" in result.stderr
+    # Nor write the canary the --isolation-canary init container checks (it would have it
+    # start before the policy is enforced).
+    canary = kube(
+        "annotate", "pod", "py-n0sb0x00", "-n", ns,
+        f"{kinds.ANNOTATION_ISOLATION_CANARY}=10.0.0.1:80", user=tenant,
+    )  # fmt: skip
+    assert canary.returncode != 0, canary.stdout
+    assert (
+        "metadata.annotations[netpol.agentcube.io/isolation-canary]: only agentcube-netpol's "
+        "reconciler" in canary.stderr
+    )
     still = kube.get("pod", "py-n0sb0x00", "-n", ns)
+    assert kinds.ANNOTATION_ISOLATION_CANARY not in still["metadata"].get("annotations", {})
     assert still["spec"]["schedulingGates"] == [{"name": GATE}]
     assert still["metadata"]["labels"]["app"] == "mine"
     assert "nodeName" not in still["spec"]
