@@ -488,7 +488,6 @@ def initializing_status(
         str(s.get("name", ""))
         for s in init_statuses
         if ((s.get("state") or {}).get("terminated") or {}).get("exitCode") != 0
-        or "terminated" not in (s.get("state") or {})
     ]
     containers = [str(c.get("name", "")) for c in (pod.get("spec") or {}).get("containers") or []]
     not_ready = f"containers with unready status: [{' '.join(containers)}]"
@@ -745,6 +744,7 @@ class FakeKubelet:
         self._thread.start()
 
     def stop(self) -> None:
+        """The watch, then every init container's process (by PID) and thread."""
         self._stopping.set()
         response = self._response
         if response is not None:
