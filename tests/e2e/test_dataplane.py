@@ -577,9 +577,9 @@ def test_escapes_a_tenant_tries_are_refused_or_reported(
 def test_not_one_packet_gets_through_while_a_direct_sandbox_starts(
     kube: Kubectl, dataplane: Dataplane
 ) -> None:
-    """A prober in the sandbox pod from the instant its network exists (as a container
-    starts, before the kubelet reports it running) sends to a forbidden destination and to
-    an allowed one, again and again."""
+    """A prober in the sandbox pod from the instant its containers start (before the kubelet
+    reports it running) sends to a forbidden destination and to an allowed one, again and
+    again."""
     kube.ok("create", "namespace", "tenant-e")
     kube.ok("apply", "-f", "-", input=as_json(interpreter("tenant-e", policy=RESTRICTED)))
     seen: dict[str, Callable[[], Probed]] = {}
@@ -589,7 +589,7 @@ def test_not_one_packet_gets_through_while_a_direct_sandbox_starts(
             seen["forbidden"] = dataplane.prober(host, FORBIDDEN_HOST, ALLOWED_PORT, 8.0)
             seen["allowed"] = dataplane.prober(host, ALLOWED_HOST, ALLOWED_PORT, 8.0)
 
-    dataplane.on_attach = start_probers
+    dataplane.on_containers_start = start_probers
     try:
         created = json.loads(
             kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox("tenant-e")))
@@ -597,7 +597,7 @@ def test_not_one_packet_gets_through_while_a_direct_sandbox_starts(
         kube.ok("create", "-f", "-", input=as_json(sandbox_pod("tenant-e", created)))
         running_pod(kube, dataplane, "tenant-e", "py-abcd1234")
     finally:
-        dataplane.on_attach = None
+        dataplane.on_containers_start = None
     forbidden, allowed = seen["forbidden"](), seen["allowed"]()
     print(f"forbidden: {forbidden}; allowed: {allowed}")
     assert allowed.through > 0  # the probers ran, and the allowed destination answered

@@ -10,9 +10,10 @@ Topology, all of it created here and removed on ``stop()``:
   rejects would turn into timeouts), kube-router (its iptables rules and ipsets live in this
   namespace only), and a /32 route per pod;
 - one network namespace per pod (``Dataplane`` is the fake kubelet's ``PodNetwork``: a pod
-  gets its namespace when it is run, loses it when it goes), and per "host" the test adds
-  (an external address, a DNS server): a veth pair into the node namespace, its address on
-  ``eth0``, a default route via the node IP;
+  gets its namespace when it is run, loses it when it goes; its init containers run in it;
+  ``on_containers_start`` is called when its app containers start), and per "host" the
+  test adds (an external address, a DNS server): a veth pair into the node namespace, its
+  address on ``eth0``, a default route via the node IP;
 - kube-router reaches the API server (on the host's loopback) through a relay in this
   process: a socket listening on the node namespace's own 127.0.0.1, each connection
   forwarded to the API server's port. Only kube-router, in the node namespace, can reach
@@ -303,9 +304,10 @@ class Dataplane:
         self._processes: list[subprocess.Popen[bytes]] = []
         self._relay: Relay | None = None
         self.kube_router: subprocess.Popen[bytes] | None = None
-        # Called with each pod and its namespace as soon as the namespace is plumbed, before
-        # the kubelet reports the pod running (a container starts with its network).
-        self.on_attach: Callable[[Mapping[str, Any], Host], None] | None = None
+        # Called with each pod and its namespace when the pod's app containers start: after
+        # its init containers (which run in its namespace), before the kubelet reports it
+        # running; for a pod without init containers, right after its namespace is plumbed.
+        self.on_containers_start: Callable[[Mapping[str, Any], Host], None] | None = None
 
     # -- the node
 
@@ -439,9 +441,22 @@ class Dataplane:
         host = self._plug(self._addresses.attach(pod))
         with self._lock:
             self._pods[key] = host
-        if self.on_attach is not None:
-            self.on_attach(pod, host)
         return host.address
+
+    def command_prefix(self, pod: Mapping[str, Any]) -> list[str]:
+        """``ip netns exec <the pod's namespace>``: a process in the pod's network."""
+        with self._lock:
+            host = self._pods.get(pod_key(pod))
+        if host is None:
+            namespace, name, _ = pod_key(pod)
+            raise DataplaneError(f"no network namespace for pod {namespace}/{name}")
+        return ["ip", "netns", "exec", host.namespace]
+
+    def containers_started(self, pod: Mapping[str, Any]) -> None:
+        with self._lock:
+            host = self._pods.get(pod_key(pod))
+        if host is not None and self.on_containers_start is not None:
+            self.on_containers_start(pod, host)
 
     def detach(self, pod: Mapping[str, Any]) -> None:
         with self._lock:

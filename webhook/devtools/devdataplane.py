@@ -333,6 +333,12 @@ class DevNetwork:
             stop_process(known.server)  # before its namespace goes: nothing keeps it alive
         self.dataplane.detach(pod)
 
+    def command_prefix(self, pod: Mapping[str, Any]) -> list[str] | None:
+        return self.dataplane.command_prefix(pod)
+
+    def containers_started(self, pod: Mapping[str, Any]) -> None:
+        self.dataplane.containers_started(pod)
+
     # -- printing what to try
 
     def _follow(self) -> None:

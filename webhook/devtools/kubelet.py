@@ -8,11 +8,40 @@ its pod is Running and Ready with a pod IP. ``FakeKubelet`` plays both parts a n
 - the scheduler's part: a pod with no ``spec.nodeName`` and no ``spec.schedulingGates`` is
   bound to that node through the ``pods/binding`` subresource. A pod with scheduling gates
   stays Pending and unbound, as it does with a real scheduler, until its gates are lifted;
-- the kubelet's part: a bound pod gets status Running, conditions PodScheduled, Initialized,
-  PodReadyToStartContainers, ContainersReady and Ready True, a pod IP from ``PodNetwork``,
-  ``hostIP`` = the node's IP, ``startTime``, and a ready, running status for each container;
-- a pod being deleted (``deletionTimestamp`` set) has its network released and is deleted
-  with grace period 0, which is what a kubelet does once the containers have stopped.
+- the kubelet's part: a bound pod gets a pod IP from ``PodNetwork``, ``hostIP`` = the node's
+  IP, ``startTime``; then status Running, conditions PodScheduled, Initialized,
+  PodReadyToStartContainers, ContainersReady and Ready True, and a ready, running status
+  for each container;
+- a pod with ``spec.initContainers`` first gets status Pending with its IP (as a real
+  kubelet reports it while init containers run: a NetworkPolicy implementation programs
+  the pod's rules from then on), Initialized False, ``initContainerStatuses`` and
+  containers waiting ``PodInitializing``; its init containers run one after another, in a
+  thread of the pod's own (the watch goes on). The fake kubelet runs no images: only this
+  project's own program, a container whose ``command[0]`` is ``agentcube-netpol``, runs,
+  as ``python -I -m webhook <command[1:]> <args>`` (``$(VAR)`` expanded as Kubernetes
+  does), inside the pod's network (``PodNetwork.command_prefix``), with the container's
+  ``env`` resolved from the pod as the API server has it when the container starts
+  (``value``; ``valueFrom.fieldRef`` of ``metadata.name``, ``namespace``, ``uid``,
+  ``annotations['k']``, ``labels['k']``, ``spec.nodeName``, ``spec.serviceAccountName``,
+  ``status.podIP``, ``status.hostIP``; anything else: ``CreateContainerConfigError``). Names
+  that change how a program is loaded (``PATH``, ``LD_*``, ``PYTHON*``, glibc's unsecure
+  ones) are not passed. Any other init container, and every one on a network that cannot
+  run processes (``command_prefix`` None), completes at once with exit code 0. Exit 0:
+  the next one. Another exit code: ``CrashLoopBackOff`` with ``lastState`` terminated
+  (``Error``, the output's last lines as message), ``restartCount`` + 1, run again after
+  a back-off (1 s, doubling, at most 10 s); with ``restartPolicy: Never`` the pod is
+  Failed (and its network released). Once all completed, the app containers "start"
+  (``PodNetwork.containers_started``) and the pod is reported Running as above, its
+  ``initContainerStatuses`` terminated ``Completed``;
+- a pod without init containers "starts" its containers (``containers_started``) right
+  after its network is attached, before it is reported Running;
+- a pod being deleted (``deletionTimestamp`` set) has its init process stopped (by PID),
+  its network released, and is deleted with grace period 0, which is what a kubelet does
+  once the containers have stopped.
+
+Why only our own program: whoever may create a pod on the test cluster would otherwise run
+any command as this process's user (root in the dataplane tier); ``python -I`` ignores
+``PYTHON*`` variables and the working directory, so ``-m webhook`` is this checkout's.
 
 Pod IPs come from a ``PodNetwork``: here ``CidrPodNetwork`` hands out unique addresses of a
 CIDR; a network that makes real network namespaces can take its place. A new ``FakeKubelet``
@@ -20,21 +49,29 @@ starts from a fresh network: a running pod it finds with an IP its network did n
 reported again with one that it did, so IPs stay unique among the pods it runs.
 
 It follows pods with a list, then a watch resumed from the last resourceVersion (relisting on
-410 Gone), in one daemon thread that ``stop()`` ends at once. Each pod is handled from what
-the watch delivered, so every write is idempotent: a pod already as it should be is not
-written again.
+410 Gone), in one daemon thread that ``stop()`` ends at once, with every init process (by
+PID) and thread. Each pod is handled from what the watch delivered, so every write is
+idempotent: a pod already as it should be is not written again, a pod whose init
+containers run is not started twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import IO, Any, Literal, Protocol, Self
 
 import orjson
 from kubernetes.client import (
@@ -48,6 +85,8 @@ from kubernetes.client import (
     V1ObjectReference,
     V1Preconditions,
 )
+
+from webhook.devtools.controlplane import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +106,39 @@ PROBLEMS_KEPT = 20
 HTTP_NOT_FOUND = 404
 HTTP_CONFLICT = 409
 HTTP_GONE = 410
+# Init containers: only this project's own program runs (see the module docstring).
+OWN_PROGRAM = "agentcube-netpol"
+INIT_BACKOFF_INITIAL_S = 1.0
+INIT_BACKOFF_MAX_S = 10.0
+INIT_POLL_S = 0.05
+INIT_STOP_GRACE_S = 5.0
+LOG_TAIL_BYTES = 8 * 1024
+LOG_TAIL_LINES = 20
+START_ERROR_EXIT_CODE = 128  # what a kubelet reports for a container that could not start
+# A container's PATH (the host's is not a pod's to choose: it decides which `ip` runs).
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables that change how a program is loaded or where it reads code from: never passed
+# from a pod's spec (glibc's unsecure list, and Python's).
+REFUSED_ENV_PREFIXES = ("LD_", "PYTHON")
+REFUSED_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+    }
+)
+SUBSCRIPTED_FIELD = re.compile(r"^metadata\.(annotations|labels)\['(.*)'\]$")
 READY_CONDITIONS = (
     "PodScheduled",
     "Initialized",
@@ -87,6 +159,16 @@ class PodNetwork(Protocol):
 
     def detach(self, pod: Mapping[str, Any]) -> None:
         """Releases what ``attach`` gave the pod; a pod never attached is ignored."""
+        ...
+
+    def command_prefix(self, pod: Mapping[str, Any]) -> list[str] | None:
+        """What runs a command inside the attached pod's network (``[]``: this process's
+        own); None: this network runs no processes (init containers complete at once)."""
+        ...
+
+    def containers_started(self, pod: Mapping[str, Any]) -> None:
+        """The attached pod's app containers start: after its init containers, before it is
+        reported Running. Called once per pod."""
         ...
 
 
@@ -138,6 +220,12 @@ class CidrPodNetwork:
         with self._lock:
             return {key: str(address) for key, address in self._by_pod.items()}
 
+    def command_prefix(self, pod: Mapping[str, Any]) -> list[str] | None:
+        return None  # addresses only: no network to run a process in
+
+    def containers_started(self, pod: Mapping[str, Any]) -> None:
+        pass
+
 
 # --- what a pod needs (pure) ----------------------------------------------------------------
 
@@ -154,31 +242,74 @@ def is_deleting(pod: Mapping[str, Any]) -> bool:
     return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
 
 
+def init_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return list((pod.get("spec") or {}).get("initContainers") or [])
+
+
+def restart_policy(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("spec") or {}).get("restartPolicy") or "Always")
+
+
+def _init_completed(pod: Mapping[str, Any]) -> bool:
+    """Every init container of the spec reported terminated with exit code 0."""
+    names = [str(c.get("name", "")) for c in init_containers(pod)]
+    statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
+    if [s.get("name") for s in statuses] != names:
+        return False
+    return all(
+        ((s.get("state") or {}).get("terminated") or {}).get("exitCode") == 0 for s in statuses
+    )
+
+
 def is_running_here(pod: Mapping[str, Any], *, node_name: str, pod_ip: str) -> bool:
-    """Already as the kubelet leaves it: on this node, Running, Ready, with that IP."""
+    """Already as the kubelet leaves it: on this node, Running, Ready, with that IP, and its
+    init containers (if any) reported completed."""
     status = pod.get("status") or {}
     if (pod.get("spec") or {}).get("nodeName") != node_name or status.get("phase") != "Running":
         return False
     if status.get("podIP") != pod_ip:
         return False
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-    return all(conditions.get(kind) == "True" for kind in READY_CONDITIONS)
+    if not all(conditions.get(kind) == "True" for kind in READY_CONDITIONS):
+        return False
+    return not init_containers(pod) or _init_completed(pod)
+
+
+def container_id(pod: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+    return f"fake://{pod_key(pod)[2]}/{container.get('name', '')}"
+
+
+def _addresses(pod_ip: str, host_ip: str) -> dict[str, Any]:
+    return {
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+    }
 
 
 def running_status(
-    pod: Mapping[str, Any], *, pod_ip: str, host_ip: str, at: datetime
+    pod: Mapping[str, Any],
+    *,
+    pod_ip: str,
+    host_ip: str,
+    at: datetime,
+    start_time: str | None = None,
+    init_statuses: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The status a kubelet reports for a pod whose containers all run and pass readiness."""
+    """The status a kubelet reports for a pod whose containers all run and pass readiness;
+    its init containers (``init_statuses``, as they completed; by default as the pod reports
+    them, or completed at its start) terminated ``Completed``."""
     now = _rfc3339(at)
     spec = pod.get("spec") or {}
     old = pod.get("status") or {}
-    start_time = old.get("startTime") or now
+    start_time = start_time or old.get("startTime") or now
     container_statuses = [
         {
             "name": container.get("name", ""),
             "image": container.get("image", ""),
             "imageID": "",
-            "containerID": f"fake://{pod_key(pod)[2]}/{container.get('name', '')}",
+            "containerID": container_id(pod, container),
             "ready": True,
             "started": True,
             "restartCount": 0,
@@ -186,19 +317,333 @@ def running_status(
         }
         for container in spec.get("containers") or []
     ]
-    return {
+    status: dict[str, Any] = {
         "phase": "Running",
         "conditions": [
             {"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
             for kind in READY_CONDITIONS
         ],
-        "podIP": pod_ip,
-        "podIPs": [{"ip": pod_ip}],
-        "hostIP": host_ip,
-        "hostIPs": [{"ip": host_ip}],
+        **_addresses(pod_ip, host_ip),
         "startTime": start_time,
         "containerStatuses": container_statuses,
     }
+    if init_containers(pod):
+        if init_statuses is None:
+            init_statuses = (
+                old.get("initContainerStatuses")
+                if _init_completed(pod)
+                else [
+                    init_container_status(
+                        pod,
+                        container,
+                        InitRun(
+                            state="terminated",
+                            reason="Completed",
+                            started_at=start_time,
+                            finished_at=start_time,
+                        ),
+                    )
+                    for container in init_containers(pod)
+                ]
+            )
+        status["initContainerStatuses"] = list(init_statuses or [])
+    return status
+
+
+@dataclass(frozen=True)
+class InitRun:
+    """Where one init container is. ``waiting``: not started yet (``PodInitializing``), or
+    backing off after a failure (``CrashLoopBackOff``) or a spec it cannot run
+    (``CreateContainerConfigError``); ``running``; ``terminated``: ``Completed`` (exit 0),
+    or ``Error`` / ``StartError`` when the pod's restartPolicy is Never. ``last``: the
+    previous run's ``lastState.terminated``."""
+
+    state: Literal["waiting", "running", "terminated"] = "waiting"
+    reason: str = "PodInitializing"
+    message: str = ""
+    exit_code: int = 0
+    started_at: str = ""
+    finished_at: str = ""
+    restart_count: int = 0
+    last: Mapping[str, Any] | None = None
+
+
+def init_started(run: InitRun, *, at: datetime) -> InitRun:
+    return replace(run, state="running", reason="", message="", started_at=_rfc3339(at))
+
+
+def init_completed(run: InitRun, *, at: datetime) -> InitRun:
+    """Exit code 0 (or a container that runs nothing here: completed at once)."""
+    now = _rfc3339(at)
+    return replace(
+        run,
+        state="terminated",
+        reason="Completed",
+        message="",
+        exit_code=0,
+        started_at=run.started_at or now,
+        finished_at=now,
+    )
+
+
+def init_failed(
+    run: InitRun,
+    *,
+    exit_code: int,
+    output: str,
+    at: datetime,
+    restart: bool,
+    backoff_s: float,
+    pod_name: str = "",
+    reason: str = "Error",
+) -> InitRun:
+    """A non-zero exit (or a start that failed: ``StartError``). ``restart``: waiting
+    ``CrashLoopBackOff`` until it runs again, restartCount + 1, this run in ``last``;
+    otherwise terminated for good."""
+    now = _rfc3339(at)
+    terminated = {
+        "exitCode": exit_code,
+        "reason": reason,
+        "message": output,
+        "startedAt": run.started_at or now,
+        "finishedAt": now,
+    }
+    if not restart:
+        return replace(
+            run,
+            state="terminated",
+            reason=reason,
+            message=output,
+            exit_code=exit_code,
+            started_at=run.started_at or now,
+            finished_at=now,
+        )
+    return InitRun(
+        state="waiting",
+        reason="CrashLoopBackOff",
+        message=f"back-off {backoff_s:g}s restarting failed container of pod {pod_name}",
+        restart_count=run.restart_count + 1,
+        last=terminated,
+    )
+
+
+def init_config_error(run: InitRun, *, message: str) -> InitRun:
+    """A container this kubelet cannot start as specified (it retries: no restart)."""
+    return replace(run, state="waiting", reason="CreateContainerConfigError", message=message)
+
+
+def init_container_status(
+    pod: Mapping[str, Any], container: Mapping[str, Any], run: InitRun
+) -> dict[str, Any]:
+    """One entry of ``status.initContainerStatuses``."""
+    if run.state == "running":
+        state: dict[str, Any] = {"running": {"startedAt": run.started_at}}
+    elif run.state == "terminated":
+        state = {
+            "terminated": {
+                "exitCode": run.exit_code,
+                "reason": run.reason,
+                "startedAt": run.started_at,
+                "finishedAt": run.finished_at,
+                "containerID": container_id(pod, container),
+                **({"message": run.message} if run.message else {}),
+            }
+        }
+    else:
+        state = {
+            "waiting": {"reason": run.reason, **({"message": run.message} if run.message else {})}
+        }
+    status: dict[str, Any] = {
+        "name": container.get("name", ""),
+        "image": container.get("image", ""),
+        "imageID": "",
+        "ready": run.state == "terminated" and run.exit_code == 0,
+        "started": run.state == "running",
+        "restartCount": run.restart_count,
+        "state": state,
+    }
+    if run.state != "waiting" or run.last is not None:
+        status["containerID"] = container_id(pod, container)
+    if run.last is not None:
+        status["lastState"] = {
+            "terminated": {**run.last, "containerID": container_id(pod, container)}
+        }
+    return status
+
+
+def initializing_status(
+    pod: Mapping[str, Any],
+    *,
+    pod_ip: str,
+    host_ip: str,
+    at: datetime,
+    start_time: str,
+    init_statuses: Sequence[Mapping[str, Any]],
+    failed: bool = False,
+) -> dict[str, Any]:
+    """The status of a pod whose init containers run (phase Pending, its IP reported), or,
+    ``failed``, of one whose init container failed under ``restartPolicy: Never``."""
+    now = _rfc3339(at)
+    incomplete = [
+        str(s.get("name", ""))
+        for s in init_statuses
+        if ((s.get("state") or {}).get("terminated") or {}).get("exitCode") != 0
+    ]
+    containers = [str(c.get("name", "")) for c in (pod.get("spec") or {}).get("containers") or []]
+    not_ready = f"containers with unready status: [{' '.join(containers)}]"
+
+    def condition(kind: str, value: bool, reason: str = "", message: str = "") -> dict[str, Any]:
+        return {
+            "type": kind,
+            "status": "True" if value else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": now,
+            **({"reason": reason} if reason else {}),
+            **({"message": message} if message else {}),
+        }
+
+    return {
+        "phase": "Failed" if failed else "Pending",
+        "conditions": [
+            condition("PodScheduled", True),
+            condition("PodReadyToStartContainers", not failed),
+            condition(
+                "Initialized",
+                False,
+                "ContainersNotInitialized",
+                f"containers with incomplete status: [{' '.join(incomplete)}]",
+            ),
+            condition("ContainersReady", False, "ContainersNotReady", not_ready),
+            condition("Ready", False, "ContainersNotReady", not_ready),
+        ],
+        **_addresses(pod_ip, host_ip),
+        "startTime": start_time,
+        "initContainerStatuses": list(init_statuses),
+        "containerStatuses": [
+            {
+                "name": container.get("name", ""),
+                "image": container.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}},
+            }
+            for container in (pod.get("spec") or {}).get("containers") or []
+        ],
+    }
+
+
+# --- what an init container runs (pure) ----------------------------------------------------
+
+
+class UnsupportedEnvError(ValueError):
+    """An env entry this kubelet cannot resolve (a Secret, a ConfigMap, a resource...)."""
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: a defined variable's value; an undefined reference
+    stays as written; ``$$`` is one ``$``."""
+    out: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "$" and index + 1 < len(text):
+            following = text[index + 1]
+            if following == "$":
+                out.append("$")
+                index += 2
+                continue
+            if following == "(":
+                end = text.find(")", index + 2)
+                if end != -1:
+                    name = text[index + 2 : end]
+                    out.append(env[name] if name in env else text[index : end + 1])
+                    index = end + 1
+                    continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def field_value(pod: Mapping[str, Any], path: str, *, pod_ip: str, host_ip: str) -> str:
+    """A ``fieldRef.fieldPath`` of ``pod``; a missing annotation or label is ``""``."""
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    subscripted = SUBSCRIPTED_FIELD.match(path)
+    if subscripted:
+        kind, key = subscripted.groups()
+        return str((metadata.get(kind) or {}).get(key, ""))
+    simple = {
+        "metadata.name": metadata.get("name"),
+        "metadata.namespace": metadata.get("namespace"),
+        "metadata.uid": metadata.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": pod_ip,
+        "status.hostIP": host_ip,
+    }
+    if path not in simple:
+        raise UnsupportedEnvError(f"fieldPath {path!r} is not one the fake kubelet resolves")
+    return str(simple[path] or "")
+
+
+def container_env(
+    container: Mapping[str, Any], pod: Mapping[str, Any], *, pod_ip: str, host_ip: str
+) -> dict[str, str]:
+    """The container's environment as a kubelet gives it: ``value`` (``$(VAR)`` of an
+    earlier entry expanded) and ``valueFrom.fieldRef`` of ``pod``."""
+    if container.get("envFrom"):
+        raise UnsupportedEnvError("envFrom is not something the fake kubelet resolves")
+    env: dict[str, str] = {}
+    for entry in container.get("env") or []:
+        name = str(entry.get("name", ""))
+        source = entry.get("valueFrom")
+        if source:
+            ref = source.get("fieldRef")
+            if not ref:
+                raise UnsupportedEnvError(
+                    f"env {name}: valueFrom {', '.join(sorted(source))} is not something the "
+                    "fake kubelet resolves (only fieldRef)"
+                )
+            env[name] = field_value(
+                pod, str(ref.get("fieldPath", "")), pod_ip=pod_ip, host_ip=host_ip
+            )
+        else:
+            env[name] = expand(str(entry.get("value", "")), env)
+    return env
+
+
+def runs_own_program(container: Mapping[str, Any]) -> bool:
+    command = container.get("command") or []
+    return bool(command) and command[0] == OWN_PROGRAM
+
+
+def own_program_args(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """What follows ``agentcube-netpol``: the rest of ``command``, then ``args``, expanded."""
+    command = list(container.get("command") or [])[1:]
+    args = list(container.get("args") or [])
+    return [expand(str(arg), env) for arg in [*command, *args]]
+
+
+def process_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The environment a process gets (a container's PATH, the names it may set) and the
+    names refused."""
+    refused = sorted(
+        name for name in env if name in REFUSED_ENV_NAMES or name.startswith(REFUSED_ENV_PREFIXES)
+    )
+    allowed = {name: value for name, value in env.items() if name not in refused}
+    return {"PATH": CONTAINER_PATH, **allowed}, refused
+
+
+def tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _read_tail(output: IO[bytes]) -> str:
+    size = output.seek(0, 2)
+    output.seek(max(0, size - LOG_TAIL_BYTES))
+    return tail(output.read().decode("utf-8", errors="replace"))
 
 
 def lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -217,6 +662,27 @@ class WatchExpiredError(Exception):
 
 
 # --- the kubelet ------------------------------------------------------------------------------
+
+INITIALIZING = "initializing"
+STARTED = "started"
+FAILED = "failed"
+
+
+@dataclass
+class _PodRun:
+    """What this kubelet does for one pod: its init containers, run by ``thread``, then its
+    containers started. ``deleting``: the pod goes; the thread stops its process and
+    finishes the deletion."""
+
+    pod: Mapping[str, Any]
+    phase: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deleting: bool = False
+    thread: threading.Thread | None = None
+    process: subprocess.Popen[bytes] | None = None
+    start_time: str = ""
+    init_statuses: list[dict[str, Any]] = field(default_factory=list)
+    logs: dict[str, str] = field(default_factory=dict)
 
 
 class FakeKubelet:
@@ -244,6 +710,8 @@ class FakeKubelet:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._response: Any = None
+        self._lock = threading.Lock()
+        self._runs: dict[PodKey, _PodRun] = {}
         # The latest failures (API errors are retried on the pod's next event), for messages.
         self.problems: deque[str] = deque(maxlen=PROBLEMS_KEPT)
 
@@ -276,6 +744,7 @@ class FakeKubelet:
         self._thread.start()
 
     def stop(self) -> None:
+        """The watch, then every init container's process (by PID) and thread."""
         self._stopping.set()
         response = self._response
         if response is not None:
@@ -287,6 +756,29 @@ class FakeKubelet:
         if self._thread is not None:
             self._thread.join(timeout=STOP_JOIN_TIMEOUT_S)
             self._thread = None
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.cancel.set()
+        for run in runs:
+            if run.thread is not None:
+                run.thread.join(timeout=INIT_STOP_GRACE_S + STOP_JOIN_TIMEOUT_S)
+
+    def init_process(self, namespace: str, name: str) -> int | None:
+        """The PID of the init container process running for that pod now, if any."""
+        with self._lock:
+            for (pod_namespace, pod_name, _), run in self._runs.items():
+                if (pod_namespace, pod_name) == (namespace, name) and run.process is not None:
+                    return run.process.pid
+        return None
+
+    def init_log(self, namespace: str, name: str, container: str) -> str:
+        """The last lines that init container printed, in its latest run that ended."""
+        with self._lock:
+            for (pod_namespace, pod_name, _), run in self._runs.items():
+                if (pod_namespace, pod_name) == (namespace, name):
+                    return run.logs.get(container, "")
+        return ""
 
     # -- the node
 
@@ -338,10 +830,11 @@ class FakeKubelet:
 
     def handle(self, pod: Mapping[str, Any]) -> None:
         """Brings one pod one step on: deleted, bound, or reported running. Idempotent."""
-        namespace, name, uid = pod_key(pod)
+        key = pod_key(pod)
+        namespace, name, uid = key
         node_name = (pod.get("spec") or {}).get("nodeName")
         if is_deleting(pod):
-            if node_name in (None, "", self.node_name):
+            if node_name in (None, "", self.node_name) and not self._handed_to_init(key):
                 self.network.detach(pod)
                 self._delete(namespace, name, uid)
             return
@@ -354,10 +847,72 @@ class FakeKubelet:
             return  # the binding's MODIFIED event brings it back, bound
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             return
+        with self._lock:
+            run = self._runs.get(key)
+        if run is not None and run.phase != STARTED:
+            return  # its init containers' thread reports it (or it failed)
         pod_ip = self.network.attach(pod)
+        if run is None:
+            run = self._first_seen(pod, pod_ip)
+            if run is None or run.phase != STARTED:
+                return
+            self.network.containers_started(pod)
         if is_running_here(pod, node_name=self.node_name, pod_ip=pod_ip):
             return
-        status = running_status(pod, pod_ip=pod_ip, host_ip=self.node_ip, at=datetime.now(UTC))
+        self._report_running(pod, run, pod_ip)
+
+    def _first_seen(self, pod: Mapping[str, Any], pod_ip: str) -> _PodRun | None:
+        """A pod this kubelet has not run yet: its init containers' thread started, or (none,
+        or already reported running here) its containers to start now."""
+        key = pod_key(pod)
+        initializing = bool(init_containers(pod)) and not is_running_here(
+            pod, node_name=self.node_name, pod_ip=pod_ip
+        )
+        start_time = (pod.get("status") or {}).get("startTime") or _rfc3339(datetime.now(UTC))
+        run = _PodRun(
+            pod=pod, phase=INITIALIZING if initializing else STARTED, start_time=start_time
+        )
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            self._runs[key] = run
+            if initializing:
+                run.thread = threading.Thread(
+                    target=self._initialize,
+                    args=(run, pod_ip),
+                    name=f"fake-kubelet-init-{key[0]}/{key[1]}",
+                    daemon=True,
+                )
+                run.thread.start()
+        return run
+
+    def _handed_to_init(self, key: PodKey) -> bool:
+        """The pod goes: its init thread (if it runs) stops its process and finishes the
+        deletion; True when it does."""
+        with self._lock:
+            run = self._runs.get(key)
+            if run is not None and run.phase == INITIALIZING:
+                run.deleting = True
+                run.cancel.set()
+                return True
+            self._runs.pop(key, None)
+            return False
+
+    def _report_running(self, pod: Mapping[str, Any], run: _PodRun, pod_ip: str) -> None:
+        namespace, name, _ = pod_key(pod)
+        status = running_status(
+            pod,
+            pod_ip=pod_ip,
+            host_ip=self.node_ip,
+            at=datetime.now(UTC),
+            start_time=run.start_time,
+            init_statuses=run.init_statuses or None,
+        )
+        self._patch_status(pod, status)
+        logger.debug("pod %s/%s running with IP %s", namespace, name, pod_ip)
+
+    def _patch_status(self, pod: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        namespace, name, uid = pod_key(pod)
         self._api.patch_namespaced_pod_status(
             name,
             namespace,
@@ -365,7 +920,209 @@ class FakeKubelet:
             field_manager=FIELD_MANAGER,
             _content_type=MERGE_PATCH,
         )
-        logger.debug("pod %s/%s running with IP %s", namespace, name, pod_ip)
+
+    # -- init containers (one thread a pod)
+
+    def _initialize(self, run: _PodRun, pod_ip: str) -> None:
+        pod = run.pod
+        namespace, name, uid = pod_key(pod)
+        try:
+            outcome = self._run_init_containers(run, pod_ip)
+        except Exception as exc:  # reported; the pod stays Pending until deleted
+            self.problems.append(f"pod {namespace}/{name}: init containers: {exc!r}")
+            logger.warning("fake kubelet: pod %s/%s init: %r", namespace, name, exc, exc_info=True)
+            outcome = "error"
+        if outcome == STARTED:
+            try:
+                self.network.containers_started(pod)
+            except Exception as exc:
+                self.problems.append(f"pod {namespace}/{name}: containers start: {exc!r}")
+                logger.warning("fake kubelet: pod %s/%s start: %r", namespace, name, exc)
+        with self._lock:
+            deleting = run.deleting or outcome == "deleted"
+            if deleting:
+                self._runs.pop(pod_key(pod), None)
+            elif outcome == STARTED:
+                run.phase = STARTED
+            elif outcome in (FAILED, "error"):
+                run.phase = FAILED  # no more events handled for it but its deletion
+        if deleting:
+            self.network.detach(pod)
+            self._quietly(pod, lambda: self._delete(namespace, name, uid))
+        elif outcome == STARTED:
+            self._quietly(pod, lambda: self._report_running(pod, run, pod_ip))
+        elif outcome == FAILED:
+            self.network.detach(pod)  # the pod's sandbox goes with it
+
+    def _run_init_containers(self, run: _PodRun, pod_ip: str) -> str:
+        """STARTED once all completed, FAILED (restartPolicy Never), "deleted" (the pod
+        went) or "stopped" (the kubelet stops)."""
+        pod = run.pod
+        namespace, name, _ = pod_key(pod)
+        containers = init_containers(pod)
+        runs = [InitRun() for _ in containers]
+        restart = restart_policy(pod) != "Never"
+
+        def report(*, failed: bool = False) -> None:
+            run.init_statuses = [
+                init_container_status(pod, c, r) for c, r in zip(containers, runs, strict=True)
+            ]
+            status = initializing_status(
+                pod,
+                pod_ip=pod_ip,
+                host_ip=self.node_ip,
+                at=datetime.now(UTC),
+                start_time=run.start_time,
+                init_statuses=run.init_statuses,
+                failed=failed,
+            )
+            self._quietly(pod, lambda: self._patch_status(pod, status))
+
+        def ended() -> str | None:
+            if not run.cancel.is_set():
+                return None
+            return "deleted" if run.deleting else "stopped"
+
+        report()
+        for index, container in enumerate(containers):
+            backoff = INIT_BACKOFF_INITIAL_S
+            label = str(container.get("name", ""))
+            while True:
+                if (end := ended()) is not None:
+                    return end
+                fresh = self._fresh(run)
+                if (end := ended()) is not None:
+                    return end
+                if fresh is None:
+                    return "deleted"
+                prefix = self.network.command_prefix(fresh) if runs_own_program(container) else None
+                if prefix is None:  # an image, or a network that runs nothing: done at once
+                    runs[index] = init_completed(runs[index], at=datetime.now(UTC))
+                    break
+                try:
+                    env = container_env(container, fresh, pod_ip=pod_ip, host_ip=self.node_ip)
+                except UnsupportedEnvError as exc:
+                    runs[index] = init_config_error(runs[index], message=str(exc))
+                    report()
+                    if run.cancel.wait(backoff):
+                        continue
+                    backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
+                    continue
+                argv = [
+                    *prefix,
+                    sys.executable,
+                    "-I",
+                    "-m",
+                    "webhook",
+                    *own_program_args(container, env),
+                ]
+                runs[index] = init_started(runs[index], at=datetime.now(UTC))
+                report()
+                try:
+                    exit_code, output = self._run_process(run, argv, env)
+                    reason = "Error"
+                except OSError as exc:
+                    exit_code, output, reason = START_ERROR_EXIT_CODE, str(exc), "StartError"
+                run.logs[label] = output
+                if exit_code is None:
+                    continue  # stopped: ended() says why
+                logger.info(
+                    "fake kubelet: pod %s/%s init container %s exited %d",
+                    namespace,
+                    name,
+                    label,
+                    exit_code,
+                )
+                if exit_code == 0:
+                    runs[index] = init_completed(runs[index], at=datetime.now(UTC))
+                    break
+                runs[index] = init_failed(
+                    runs[index],
+                    exit_code=exit_code,
+                    output=output,
+                    at=datetime.now(UTC),
+                    restart=restart,
+                    backoff_s=backoff,
+                    pod_name=f"{namespace}/{name}",
+                    reason=reason,
+                )
+                if not restart:
+                    report(failed=True)
+                    return FAILED
+                report()
+                if not run.cancel.wait(backoff):
+                    backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
+        run.init_statuses = [
+            init_container_status(pod, c, r) for c, r in zip(containers, runs, strict=True)
+        ]
+        return STARTED
+
+    def _run_process(
+        self, run: _PodRun, argv: list[str], env: Mapping[str, str]
+    ) -> tuple[int | None, str]:
+        """Its exit code and last lines of output; None when stopped first (``run.cancel``).
+        Its process group is ended, by PID, whatever happens."""
+        environment, refused = process_env(env)
+        if refused:
+            logger.warning("fake kubelet: not passing %s to an init container", ", ".join(refused))
+        executable = shutil.which(argv[0])
+        if executable is None:
+            raise OSError(f"{argv[0]}: not found")
+        with tempfile.TemporaryFile() as output:
+            process = subprocess.Popen(
+                [executable, *argv[1:]],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                cwd="/",
+                start_new_session=True,
+            )
+            with self._lock:
+                run.process = process
+            try:
+                exit_code: int | None = None
+                while exit_code is None and not run.cancel.is_set():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        exit_code = process.wait(timeout=INIT_POLL_S)
+            finally:
+                stop_process_group(
+                    process, name=f"init process {process.pid}", grace_s=INIT_STOP_GRACE_S
+                )
+                with self._lock:
+                    run.process = None
+            return exit_code, _read_tail(output)
+
+    def _fresh(self, run: _PodRun) -> Mapping[str, Any] | None:
+        """The pod as the API server has it now; None when it is gone (or another pod, or
+        being deleted), or when ``run.cancel`` is set first."""
+        namespace, name, uid = pod_key(run.pod)
+        while not run.cancel.is_set():
+            try:
+                response = self._api.read_namespaced_pod(name, namespace, _preload_content=False)
+                try:
+                    fresh: Mapping[str, Any] = orjson.loads(response.data)
+                finally:
+                    response.release_conn()
+            except ApiException as exc:
+                if exc.status == HTTP_NOT_FOUND:
+                    return None
+                self.problems.append(f"pod {namespace}/{name}: {exc.status} {exc.reason}")
+                run.cancel.wait(BACKOFF_MAX_S)
+                continue
+            if pod_key(fresh)[2] != uid or is_deleting(fresh):
+                return None
+            return fresh
+        return None
+
+    def _quietly(self, pod: Mapping[str, Any], call: Callable[[], object]) -> None:
+        """An API call whose failure is reported, not raised (the next transition retries)."""
+        try:
+            call()
+        except ApiException as exc:
+            namespace, name, _ = pod_key(pod)
+            self.problems.append(f"pod {namespace}/{name}: {exc.status} {exc.reason}")
+            logger.info("fake kubelet: pod %s/%s: %s %s", namespace, name, exc.status, exc.reason)
 
     def _bind(self, namespace: str, name: str, uid: str) -> None:
         binding = V1Binding(
@@ -473,5 +1230,5 @@ class FakeKubelet:
             self._resource_version = str(version)
         if kind in ("ADDED", "MODIFIED"):
             self._handle_logged(obj)
-        elif kind == "DELETED":
+        elif kind == "DELETED" and not self._handed_to_init(pod_key(obj)):
             self.network.detach(obj)
