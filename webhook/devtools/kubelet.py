@@ -14,7 +14,8 @@ its pod is Running and Ready with a pod IP. ``FakeKubelet`` plays both parts a n
   for each container;
 - a pod with ``spec.initContainers`` first gets status Pending with its IP (as a real
   kubelet reports it while init containers run: a NetworkPolicy implementation programs
-  the pod's rules from then on), Initialized False, ``initContainerStatuses`` and
+  the pod's rules from then on; with ``status_lag_s``, that long after its first init
+  container started, as a real kubelet's next sync does), Initialized False, ``initContainerStatuses`` and
   containers waiting ``PodInitializing``; its init containers run one after another, in a
   thread of the pod's own (the watch goes on). The fake kubelet runs no images: only this
   project's own program, a container whose ``command[0]`` is ``agentcube-netpol``, runs,
@@ -696,15 +697,23 @@ class FakeKubelet:
         node_ip: str = DEFAULT_NODE_IP,
         network: PodNetwork | None = None,
         label_selector: str | None = None,
+        status_lag_s: float = 0.0,
     ) -> None:
         """``core_v1``: a ``kubernetes.client.CoreV1Api`` allowed to create nodes and to get,
         list, watch, bind, delete pods and patch their status. ``label_selector`` limits which
-        pods it runs (a real kubelet runs every pod bound to its node)."""
+        pods it runs (a real kubelet runs every pod bound to its node).
+
+        ``status_lag_s``: how long after a pod's first init container starts the kubelet
+        reports its status (and with it the pod's IP). A real kubelet starts the containers
+        in the sync that creates the pod's sandbox and reports the IP at its next sync (PLEG
+        relists every second), so a NetworkPolicy implementation that finds pods by their
+        reported IP programs them only after their first container started."""
         self._api = core_v1
         self.node_name = node_name
         self.node_ip = node_ip
         self.network: PodNetwork = network or CidrPodNetwork(exclude=(node_ip,))
         self.label_selector = label_selector
+        self.status_lag_s = status_lag_s
         self._resource_version = ""
         self._synced = threading.Event()
         self._stopping = threading.Event()
@@ -983,7 +992,9 @@ class FakeKubelet:
                 return None
             return "deleted" if run.deleting else "stopped"
 
-        report()
+        lag_s = self.status_lag_s  # the first report waits for the first process (and lags)
+        if lag_s <= 0:
+            report()
         for index, container in enumerate(containers):
             backoff = INIT_BACKOFF_INITIAL_S
             label = str(container.get("name", ""))
@@ -1017,12 +1028,23 @@ class FakeKubelet:
                     *own_program_args(container, env),
                 ]
                 runs[index] = init_started(runs[index], at=datetime.now(UTC))
-                report()
+                lagging: threading.Timer | None = None
+                if lag_s > 0:
+                    lagging = threading.Timer(lag_s, report)
+                    lagging.daemon = True
+                    lagging.start()
+                    lag_s = 0.0
+                else:
+                    report()
                 try:
                     exit_code, output = self._run_process(run, argv, env)
                     reason = "Error"
                 except OSError as exc:
                     exit_code, output, reason = START_ERROR_EXIT_CODE, str(exc), "StartError"
+                finally:
+                    if lagging is not None:  # exited within the lag: the next report says
+                        lagging.cancel()
+                        lagging.join()
                 run.logs[label] = output
                 if exit_code is None:
                     continue  # stopped: ended() says why
