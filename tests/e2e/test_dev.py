@@ -63,10 +63,15 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
     raise AssertionError(f"no NetworkPolicy and labelled pod for {SESSION}: {names}")
 
 
-def a_direct_sandbox_runs_once_its_policy_exists(binaries: Binaries, kubeconfig: Path) -> None:
+def a_direct_sandbox_runs_once_its_policy_exists(
+    binaries: Binaries,
+    kubeconfig: Path,
+    name: str = "python-sandbox-d1r3c7a1",  # of examples/codeinterpreter-restricted.yaml
+    workload: str = "python-sandbox",
+) -> dict[str, Any]:
     """A Sandbox as AgentCube creates it on the direct path: its pod, created gated, runs once
     the reconciler has written its policy and lifted the gate, which dev's own admission
-    server lets it do as the admin it runs as (it learns that at start)."""
+    server lets it do as the admin it runs as (it learns that at start). Returns the pod."""
 
     def kubectl(*args: str, input: str | None = None) -> str:
         return subprocess.run(
@@ -74,8 +79,7 @@ def a_direct_sandbox_runs_once_its_policy_exists(binaries: Binaries, kubeconfig:
             input=input, capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
         ).stdout  # fmt: skip
 
-    name = "python-sandbox-d1r3c7a1"  # of examples/codeinterpreter-restricted.yaml, applied
-    kubectl("create", "-f", "-", input=as_json(sandbox(name, "default", workload="python-sandbox")))
+    kubectl("create", "-f", "-", input=as_json(sandbox(name, "default", workload=workload)))
     deadline = time.monotonic() + SESSION_WAIT_S
     pod: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -87,6 +91,7 @@ def a_direct_sandbox_runs_once_its_policy_exists(binaries: Binaries, kubeconfig:
     assert pod.get("status", {}).get("phase") == "Running", pod
     assert not pod["spec"].get("schedulingGates")
     kubectl("get", "networkpolicy", name, "-n", "default")
+    return pod
 
 
 def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> None:
@@ -264,6 +269,15 @@ def test_dev_dataplane_refuses_and_answers_as_the_printed_commands_say(
         assert wrong == {}, f"not as printed after {ENFORCED_WAIT_S:.0f}s"
         print(f"as printed {time.monotonic() - printed:.1f}s after it was printed")
         assert as_printed(tries) == {}  # and it holds
+        # A direct-path sandbox of the same template is held until kube-router enforces its
+        # policy: --isolation-canary is on in dev --dataplane, the canary the host outside.
+        direct = a_direct_sandbox_runs_once_its_policy_exists(
+            binaries, kubeconfig, "python-warm-d1r3c7a1", "python-warm"
+        )
+        assert direct["spec"]["initContainers"][0]["name"] == kinds.ISOLATION_CONTAINER
+        assert direct["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+        annotations = direct["metadata"]["annotations"]
+        assert annotations[kinds.ANNOTATION_ISOLATION_CANARY] == "198.51.100.10:443"
         children = children_of(dev)
         # the control plane (3), the agent-sandbox controller, kube-router, and the http
         # servers: three hosts outside the cluster, one per pod (the claimed and a new warm one)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,13 +45,22 @@ def register(commands: Commands) -> None:
         action="store_true",
         help="pods are network namespaces and kube-router enforces the NetworkPolicies on them; "
         "prints, for each pod, commands to try from it (needs root, iptables, ipset: "
-        "`make dataplane-packages`; kube-router: `make controlplane`)",
+        "`make dataplane-packages`; kube-router: `make controlplane`). Direct-path sandboxes "
+        "are held by --isolation-canary (default here: the playground's host outside every "
+        "CIDR, port 443)",
     )
     add_policy_options(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.devtools.devenv import run_dev
+
+    if args.dataplane and settings.isolation_canary is None:
+        # Sandboxes held until kube-router enforces their policy, as a cluster should run
+        # them (deploy/README.md): the canary is the playground's host outside every CIDR.
+        from webhook.devtools.devdataplane import FORBIDDEN_HOST
+
+        settings = dataclasses.replace(settings, isolation_canary=(FORBIDDEN_HOST, 443))
 
     return run_dev(
         kubeconfig=args.kubeconfig,
