@@ -558,6 +558,8 @@ def test_settings_that_kube_apiserver_would_refuse_are_named_by_option() -> None
         router_labels=MappingProxyType({"app": "router", "my app": "x"}),
         workload_manager_labels=MappingProxyType({"app": "-wm"}),
         dns_peers=({"ipBlock": {"cidr": "169.254.20.10/24"}}, {"podSelector": {"matchLabels": []}}),
+        isolation_canary=("10.96.0.10", 443),
+        isolation_canary_image=" ",
     )
     assert [(e.path, e.value) for e in settings_errors(settings)] == [
         ("--agentcube-namespace", "AgentCube"),
@@ -565,6 +567,7 @@ def test_settings_that_kube_apiserver_would_refuse_are_named_by_option() -> None
         ("--workload-manager-label", "app=-wm"),
         ("--dns-peer[0].ipBlock.cidr", "169.254.20.10/24"),
         ("--dns-peer[1].podSelector.matchLabels", []),
+        ("--isolation-canary-image", " "),  # the init container would be refused
     ]
     # With DNS to anywhere, the peers are not used, so not checked.
     anywhere = Settings(dns_peers=settings.dns_peers, dns_to_anywhere=True)

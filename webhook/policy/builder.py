@@ -300,6 +300,15 @@ def settings_errors(settings: Settings) -> list[FieldError]:
     if not settings.dns_to_anywhere:
         for index, peer in enumerate(settings.dns_peers):
             errors += validate_peer(_plain(peer), f"--dns-peer[{index}]", limits=settings.limits)
+    if settings.isolation_canary is not None and not settings.isolation_canary_image.strip():
+        # Every gated sandbox pod would get an init container the API server refuses.
+        errors.append(
+            FieldError(
+                "--isolation-canary-image",
+                "must name an image when --isolation-canary is given",
+                settings.isolation_canary_image,
+            )
+        )
     return errors
 
 
