@@ -323,6 +323,31 @@ def breakdown(count: int, profile: bool) -> None:
     for name, body in bodies.items():
         _breakdown_row(name, body, app, bare_app, decisions[name], loop, count, profile)
     loop.close()
+    _isolation_hold_row(count)
+
+
+def _isolation_hold_row(count: int) -> None:
+    """The pod-gates decision for a direct-path pod's CREATE, without and with the
+    --isolation-canary init container (the gate alone is the baseline)."""
+    from webhook.admission import decide
+    from webhook.api.settings import Settings
+
+    pod = warm_pool_pod(claimed=False)
+    labels = pod["metadata"]["labels"]
+    labels.pop(kinds.LABEL_WARM_POOL_SANDBOX)
+    labels[kinds.LABEL_SANDBOX_NAME] = pod["metadata"]["name"]
+    request = orjson.loads(review(kinds.POD, "CREATE", pod))["request"]
+    gate = Settings()
+    hold = Settings(isolation_canary=("10.96.0.10", 443), isolation_canary_image="netpol:1")
+    claims = BenchClaims()
+    gate_us = microseconds_per_call(
+        lambda: decide.mutate(request, settings=gate, claims=claims), count
+    )
+    hold_us = microseconds_per_call(
+        lambda: decide.mutate(request, settings=hold, claims=claims), count
+    )
+    print(f"direct-path pod CREATE decision: {gate_us:.0f} us with the gate, {hold_us:.0f} us "
+          f"with the gate and the --isolation-canary init container ({hold_us / gate_us:.2f}x)")  # fmt: skip
 
 
 def _breakdown_row(  # noqa: PLR0917

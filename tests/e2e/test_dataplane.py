@@ -377,6 +377,12 @@ def test_an_override_at_runtime_changes_what_gets_through_and_none_opens(
 
     wait_until_as(dataplane, probes("allowed", None, None), "the template's policy")
 
+    def canary() -> str:
+        pod = kube.get("pod", "py-abcd1234", "-n", "tenant-c")
+        return str(pod["metadata"]["annotations"][kinds.ANNOTATION_ISOLATION_CANARY])
+
+    assert canary() == CANARY  # what its init container waited to see refused
+
     override = {
         "mode": "Restricted",
         "egress": [{"cidrs": ["198.51.100.0/24"], "ports": [{"protocol": "TCP", "port": 443}]}],
@@ -387,6 +393,9 @@ def test_an_override_at_runtime_changes_what_gets_through_and_none_opens(
     )  # fmt: skip
     # The override replaces the template's policy, whole: the template's CIDR is closed now.
     wait_until_as(dataplane, probes(None, "forbidden", None), "the override")
+    # It lets the canary through: were the node to start the pod again, its init container
+    # would have nothing to check, and the reconciler says so.
+    eventually(lambda: canary() == "", "the canary emptied", WAIT_S)
 
     kube.ok(
         "annotate", "sandbox", "py-abcd1234", "-n", "tenant-c", "--overwrite",

@@ -509,3 +509,29 @@ def test_a_pod_without_the_init_container_gets_no_canary() -> None:
     )
     [patch] = result.ungate_pods
     assert patch.canary is None
+
+
+def test_a_running_pod_whose_canary_no_longer_fits_its_policy_gets_the_new_one() -> None:
+    """The sandbox's policy changed to let the canary through after the pod started: if the
+    node recreates the pod's sandbox, its init container must not wait for a refusal that
+    will never come. And back, when the policy refuses it again."""
+    running = held_pod()
+    running["spec"] = {}
+    running["metadata"]["annotations"][kinds.ANNOTATION_ISOLATION_CANARY] = "10.9.0.5:9443"
+    opens = {"mode": "Restricted", "egress": [{"cidrs": ["10.9.0.0/16"]}]}
+
+    def canary_patches(policy: Any, pod: dict[str, Any]) -> list[str | None]:
+        result = plan(
+            Request(NS, "py-abcd1234"),
+            view(interpreters=[interpreter(policy=policy)], sandboxes=[direct_sandbox()],
+                 pods=[pod]),
+            HOLD,
+        )  # fmt: skip
+        assert result.ungate_pods == ()
+        return [patch.canary for patch in result.canary_pods]
+
+    assert canary_patches(RESTRICTED, running) == []  # as it should be: nothing to write
+    assert canary_patches(opens, running) == [""]
+    running["metadata"]["annotations"][kinds.ANNOTATION_ISOLATION_CANARY] = ""
+    assert canary_patches(RESTRICTED, running) == ["10.9.0.5:9443"]
+    assert canary_patches(opens, running) == []

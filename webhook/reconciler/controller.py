@@ -205,6 +205,8 @@ class Reconciler:
             self._patch_pod(patch)
         for patch in the_plan.ungate_pods:
             self._patch_pod(patch)
+        for patch in the_plan.canary_pods:
+            self._patch_pod(patch)
         return True
 
     def _write(self, the_plan: Plan) -> None:
@@ -261,6 +263,13 @@ class Reconciler:
                 body.insert(1, {"op": "replace", "path": CANARY_POINTER, "value": patch.canary})
             patch_type = "json"
             write = "ungate"
+        elif patch.canary is not None:
+            body = [
+                {"op": "test", "path": "/metadata/uid", "value": patch.uid},
+                {"op": "replace", "path": CANARY_POINTER, "value": patch.canary},
+            ]
+            patch_type = "json"
+            write = "canary"
         else:
             body = {"metadata": {"labels": dict(patch.labels)}}
             patch_type = "merge"
@@ -270,16 +279,12 @@ class Reconciler:
         except NotFound:
             return
         except ApiError as exc:
-            if exc.status == 422 and patch.gates is not None:  # the pod was replaced (uid test)
+            if exc.status == 422 and patch_type == "json":  # the pod was replaced (uid test)
                 return
             raise
         self._metrics.writes.labels(write).inc()
-        logger.info(
-            "%s pod %s/%s",
-            "ungated" if write == "ungate" else "labelled",
-            patch.namespace,
-            patch.name,
-        )
+        done = {"ungate": "ungated", "canary": "wrote the isolation canary of", "label": "labelled"}
+        logger.info("%s pod %s/%s", done[write], patch.namespace, patch.name)
 
     # --- Events -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 Result = Literal["success", "error", "requeue"]
 RESULTS: tuple[Result, ...] = ("success", "error", "requeue")
-WRITES = ("create", "update", "delete", "label", "ungate", "event")
+WRITES = ("create", "update", "delete", "label", "ungate", "canary", "event")
 DURATION_BUCKETS_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

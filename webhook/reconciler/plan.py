@@ -112,6 +112,9 @@ class Plan:
     # After a successful write: pods to label (warm path) and to ungate (direct path).
     label_pods: tuple[PodPatch, ...] = ()
     ungate_pods: tuple[PodPatch, ...] = ()
+    # Pods past their gate whose isolation canary no longer matches the sandbox's policy:
+    # their init container runs again if the node recreates the pod's sandbox.
+    canary_pods: tuple[PodPatch, ...] = ()
     reports: tuple[Report, ...] = ()
     regarding: Mapping[str, Any] | None = None  # where write Events go
 
@@ -273,6 +276,11 @@ def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
             if write == "blocked"
             else tuple(_ungate_patches(ref, view, _canary_for(desired, settings)))
         ),
+        canary_pods=(
+            ()
+            if write == "blocked"
+            else tuple(_canary_patches(ref, view, _canary_for(desired, settings)))
+        ),
         reports=tuple(reports),
         regarding=regarding,
     )
@@ -337,6 +345,26 @@ def _canary_for(desired: Mapping[str, Any] | None, settings: Settings) -> str:
     if canary is None or lets_through(desired["spec"] if desired else None, canary):
         return ""
     return format_canary(canary)
+
+
+def _canary_patches(ref: SandboxRef, view: View, canary: str) -> list[PodPatch]:
+    """Ungated pods that carry the canary annotation with another value than ``canary``."""
+    patches = []
+    for pod in pods_of(ref, view):
+        annotations = pod["metadata"].get("annotations") or {}
+        if kinds.ANNOTATION_ISOLATION_CANARY not in annotations or is_held(pod):
+            continue
+        if annotations[kinds.ANNOTATION_ISOLATION_CANARY] != canary:
+            namespace = pod["metadata"]["namespace"]
+            patches.append(PodPatch(namespace, name_of(pod), uid_of(pod), canary=canary))
+    return patches
+
+
+def is_held(pod: Mapping[str, Any]) -> bool:
+    gates = kinds.get_path(pod, ("spec", "schedulingGates"))
+    return isinstance(gates, list) and any(
+        isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE for g in gates
+    )
 
 
 def _ungate_patches(ref: SandboxRef, view: View, canary: str) -> list[PodPatch]:
