@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import test_reconciler as reconciler_tests
 from tests.e2e.harness import Kubectl, as_json
 from webhook.devtools.controlplane import ControlPlane
 from webhook.devtools.kubelet import CidrPodNetwork, FakeKubelet, pod_key
@@ -30,7 +31,6 @@ LABEL = "agentcube-netpol-test"
 NODE_NAME = "fake-kubelet-e2e"
 NODE_IP = "10.89.0.2"
 WAIT_S = 30.0
-POLL_S = 0.1
 VALID = "kind: ConfigMap\n"  # not a kind `check` validates: skipped, exit 0
 CHECKED = "0 objects checked: 0 valid, 0 invalid; 1 of other kinds not checked"
 
@@ -52,14 +52,7 @@ class HereNetwork(CidrPodNetwork):
 
 
 def eventually(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+    return reconciler_tests.eventually(check, what, timeout_s)
 
 
 @contextlib.contextmanager
