@@ -288,8 +288,8 @@ def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> 
                 f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', req.user, settings)}: {show_value(old_name)}",
             )
         if (
-            has_scheduling_gate(old)
-            and not has_scheduling_gate(obj)
+            kinds.has_scheduling_gate(old)
+            and not kinds.has_scheduling_gate(obj)
             and not may_lift_gate(req.user, settings)
         ):
             return response.denied(
@@ -307,9 +307,8 @@ def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> 
 
 
 def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
-    metadata = obj.get("metadata")
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-    value = annotations.get(key) if isinstance(annotations, Mapping) else None
+    """The annotation's value; None when absent or not a string."""
+    value = kinds.get_path(obj, ("metadata", "annotations", key))
     return value if isinstance(value, str) else None
 
 
@@ -478,7 +477,7 @@ def patch_scheduling_gate(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"op": "add", "path": "/spec", "value": {"schedulingGates": [gate]}}]
     if not isinstance(gates, list):
         return [{"op": "add", "path": "/spec/schedulingGates", "value": [gate]}]
-    if has_scheduling_gate(pod):
+    if kinds.has_scheduling_gate(pod):
         return []
     return [{"op": "add", "path": "/spec/schedulingGates/-", "value": gate}]
 
@@ -541,14 +540,6 @@ def patch_isolation_hold(pod: Mapping[str, Any], settings: Settings) -> list[dic
         return []  # no spec: the API server refuses the pod anyway
     return ops + patch_labels(
         pod, ("metadata", "annotations"), {kinds.ANNOTATION_ISOLATION_CANARY: ""}
-    )
-
-
-def has_scheduling_gate(pod: Mapping[str, Any]) -> bool:
-    """Whether ``pod`` is held by our scheduling gate (gates of others do not count)."""
-    gates = kinds.get_path(pod, ("spec", "schedulingGates"))
-    return isinstance(gates, list) and any(
-        isinstance(g, Mapping) and g.get("name") == kinds.SCHEDULING_GATE for g in gates
     )
 
 

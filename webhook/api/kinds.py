@@ -172,6 +172,14 @@ def kind_of(group: str, kind: str) -> Kind | None:
     return None
 
 
+def has_scheduling_gate(pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` is held by our scheduling gate (gates of others do not count)."""
+    gates = get_path(pod, ("spec", "schedulingGates"))
+    return isinstance(gates, list) and any(
+        isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE for g in gates
+    )
+
+
 def get_path(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
     """The value at ``path`` (map keys) in ``obj``; None where the path breaks off."""
     node: Any = obj

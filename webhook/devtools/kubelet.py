@@ -15,8 +15,8 @@ its pod is Running and Ready with a pod IP. ``FakeKubelet`` plays both parts a n
 - a pod with ``spec.initContainers`` first gets status Pending with its IP (as a real
   kubelet reports it while init containers run: a NetworkPolicy implementation programs
   the pod's rules from then on; with ``status_lag_s``, that long after its first init
-  container started, as a real kubelet's next sync does), Initialized False, ``initContainerStatuses`` and
-  containers waiting ``PodInitializing``; its init containers run one after another, in a
+  container started, as a real kubelet's next sync does), Initialized False,
+  ``initContainerStatuses`` and containers waiting ``PodInitializing``; its init containers run one after another, in a
   thread of the pod's own (the watch goes on). The fake kubelet runs no images: only this
   project's own program, a container whose ``command[0]`` is ``agentcube-netpol``, runs,
   as ``python -I -m webhook <command[1:]> <args>`` (``$(VAR)`` expanded as Kubernetes
@@ -775,19 +775,21 @@ class FakeKubelet:
 
     def init_process(self, namespace: str, name: str) -> int | None:
         """The PID of the init container process running for that pod now, if any."""
-        with self._lock:
-            for (pod_namespace, pod_name, _), run in self._runs.items():
-                if (pod_namespace, pod_name) == (namespace, name) and run.process is not None:
-                    return run.process.pid
-        return None
+        run = self._run_of(namespace, name)
+        process = run.process if run is not None else None
+        return process.pid if process is not None else None
 
     def init_log(self, namespace: str, name: str, container: str) -> str:
         """The last lines that init container printed, in its latest run that ended."""
+        run = self._run_of(namespace, name)
+        return run.logs.get(container, "") if run is not None else ""
+
+    def _run_of(self, namespace: str, name: str) -> _PodRun | None:
         with self._lock:
             for (pod_namespace, pod_name, _), run in self._runs.items():
                 if (pod_namespace, pod_name) == (namespace, name):
-                    return run.logs.get(container, "")
-        return ""
+                    return run
+        return None
 
     # -- the node
 

@@ -265,22 +265,18 @@ def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
                 warning=True,
             )
         )
+    # A blocked write leaves the pods as they are: their policy is not in place.
+    ungate, recanary = (
+        ([], []) if write == "blocked" else _pod_patches(ref, view, _canary_for(desired, settings))
+    )
     return Plan(
         request,
         write,
         desired,
         current,
         label_pods=tuple(_label_patches(ref, view)),
-        ungate_pods=(
-            ()
-            if write == "blocked"
-            else tuple(_ungate_patches(ref, view, _canary_for(desired, settings)))
-        ),
-        canary_pods=(
-            ()
-            if write == "blocked"
-            else tuple(_canary_patches(ref, view, _canary_for(desired, settings)))
-        ),
+        ungate_pods=tuple(ungate),
+        canary_pods=tuple(recanary),
         reports=tuple(reports),
         regarding=regarding,
     )
@@ -347,49 +343,32 @@ def _canary_for(desired: Mapping[str, Any] | None, settings: Settings) -> str:
     return format_canary(canary)
 
 
-def _canary_patches(ref: SandboxRef, view: View, canary: str) -> list[PodPatch]:
-    """Ungated pods that carry the canary annotation with another value than ``canary``."""
-    patches = []
+def _pod_patches(ref: SandboxRef, view: View, canary: str) -> tuple[list[PodPatch], list[PodPatch]]:
+    """The sandbox's gated pods to release (with ``canary``, when the webhook gave them the
+    isolation init container), and its released pods whose canary is not ``canary``."""
+    ungate, recanary = [], []
     for pod in pods_of(ref, view):
+        namespace = pod["metadata"]["namespace"]
         annotations = pod["metadata"].get("annotations") or {}
-        if kinds.ANNOTATION_ISOLATION_CANARY not in annotations or is_held(pod):
-            continue
-        if annotations[kinds.ANNOTATION_ISOLATION_CANARY] != canary:
-            namespace = pod["metadata"]["namespace"]
-            patches.append(PodPatch(namespace, name_of(pod), uid_of(pod), canary=canary))
-    return patches
-
-
-def is_held(pod: Mapping[str, Any]) -> bool:
-    gates = kinds.get_path(pod, ("spec", "schedulingGates"))
-    return isinstance(gates, list) and any(
-        isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE for g in gates
-    )
-
-
-def _ungate_patches(ref: SandboxRef, view: View, canary: str) -> list[PodPatch]:
-    patches = []
-    for pod in pods_of(ref, view):
-        holds = kinds.ANNOTATION_ISOLATION_CANARY in (pod["metadata"].get("annotations") or {})
-        gates = kinds.get_path(pod, ("spec", "schedulingGates"))
-        if not isinstance(gates, list):
-            continue
-        if any(isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE for g in gates):
+        held = kinds.ANNOTATION_ISOLATION_CANARY in annotations
+        if kinds.has_scheduling_gate(pod):
             remaining = tuple(
                 g
-                for g in gates
+                for g in kinds.get_path(pod, ("spec", "schedulingGates"))
                 if not (isinstance(g, Mapping) and g.get("name") == SCHEDULING_GATE)
             )
-            patches.append(
+            ungate.append(
                 PodPatch(
-                    pod["metadata"]["namespace"],
+                    namespace,
                     name_of(pod),
                     uid_of(pod),
                     gates=remaining,
-                    canary=canary if holds else None,
+                    canary=canary if held else None,
                 )
             )
-    return patches
+        elif held and annotations[kinds.ANNOTATION_ISOLATION_CANARY] != canary:
+            recanary.append(PodPatch(namespace, name_of(pod), uid_of(pod), canary=canary))
+    return ungate, recanary
 
 
 def warm_pool_size(code_interpreter: Mapping[str, Any]) -> int:
