@@ -20,6 +20,7 @@ from tests.builders import code_interpreter, sandbox
 from tests.e2e.harness import REPO_ROOT, as_json
 from tests.readme import console_commands, section
 from webhook.api import kinds
+from webhook.api.exitcodes import EXIT_FAILED
 from webhook.devtools.controlplane import KUBECTL, Binaries
 
 READY_TIMEOUT_S = 120.0
@@ -306,7 +307,7 @@ def test_dev_dataplane_without_kube_router_says_how_to_build_it(tmp_path: Path) 
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT,
         env={**os.environ, "AGENTCUBE_NETPOL_CACHE": str(tmp_path / "empty-cache")},
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_FAILED, result.stderr
     assert "dev --dataplane cannot start" in result.stderr
     # Root with iptables and ipset here (the tier needs them): what is missing is kube-router.
     assert "build-kube-router.sh" in result.stderr, result.stderr

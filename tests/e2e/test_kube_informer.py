@@ -38,9 +38,9 @@ class CountingRest(Rest):
 @pytest.fixture
 def rest(control_plane: ControlPlane) -> Iterator[CountingRest]:
     base = Rest.from_config(control_plane.admin_kubeconfig)
-    rest = CountingRest(base.api_client)
+    rest = CountingRest(base.cluster)
     yield rest
-    rest.api_client.close()
+    rest.close()
 
 
 def slim(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ threading.Event().wait()
 def rest(control_plane: ControlPlane) -> Iterator[Rest]:
     rest = Rest.from_config(control_plane.admin_kubeconfig)
     yield rest
-    rest.api_client.close()
+    rest.close()
 
 
 class Log:

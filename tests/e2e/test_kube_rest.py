@@ -24,7 +24,7 @@ WATCH_WAIT_S = 20.0
 def rest(control_plane: ControlPlane) -> Iterator[Rest]:
     rest = Rest.from_config(control_plane.admin_kubeconfig)
     yield rest
-    rest.api_client.close()
+    rest.close()
 
 
 def config_map(name: str, namespace: str, **data: str) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def test_refusals_are_typed(rest: Rest, namespace: str, control_plane: ControlPl
         with pytest.raises(errors.Forbidden, match="nobody"):
             nobody.get(CONFIG_MAP, namespace, "cm")
     finally:
-        nobody.api_client.close()
+        nobody.close()
 
 
 def test_any_user_may_ask_who_it_is(control_plane: ControlPlane) -> None:
@@ -169,7 +169,7 @@ def test_any_user_may_ask_who_it_is(control_plane: ControlPlane) -> None:
     try:
         user = nobody.self_subject_review()["status"]["userInfo"]
     finally:
-        nobody.api_client.close()
+        nobody.close()
     assert user["username"] == "nobody"
     assert "tenants" in user["groups"]
 

@@ -17,7 +17,6 @@ from tests.kube.scripted import ScriptedRest, ScriptedWatch, page
 from webhook.api import kinds
 from webhook.kube.claimcache import ClaimCache, slim_claim
 from webhook.kube.informer import Informer
-from webhook.kube.rest import Rest
 
 DONE_WAIT_S = 10.0
 
@@ -112,18 +111,6 @@ def test_not_synced_until_the_first_list_lands() -> None:
     gate.set()
     assert cache.wait_synced(DONE_WAIT_S)
     cache.stop()
-
-
-def test_serve_can_still_pass_a_kubernetes_api_object() -> None:
-    from kubernetes.client import ApiClient, CustomObjectsApi
-
-    api_client = ApiClient()
-    try:
-        cache = ClaimCache(CustomObjectsApi(api_client))
-        assert cache.informer.kind == kinds.SANDBOX_CLAIM
-        assert ClaimCache(Rest(api_client)).informer.kind == kinds.SANDBOX_CLAIM
-    finally:
-        api_client.close()
 
 
 def test_only_an_informer_of_claims_can_back_the_cache() -> None:

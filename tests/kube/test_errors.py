@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from kubernetes.client import ApiException
 
 from webhook.kube import errors
 
@@ -79,11 +78,3 @@ def test_a_watch_error_event_status_becomes_gone() -> None:
     )
     assert isinstance(error, errors.Gone)
     assert error.message == "too old resource version"
-
-
-def test_from_api_exception_reads_the_body() -> None:
-    exc = ApiException(status=404, reason="Not Found")
-    exc.body = status(404, "NotFound", 'sandboxes.agents.x-k8s.io "x" not found').decode()
-    error = errors.from_api_exception(exc)
-    assert isinstance(error, errors.NotFound)
-    assert error.message == 'sandboxes.agents.x-k8s.io "x" not found'

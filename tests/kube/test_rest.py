@@ -69,17 +69,13 @@ def test_watch_events_decode_and_an_error_event_is_raised_typed() -> None:
 
 
 def test_no_answer_is_unreachable_not_a_library_exception() -> None:
-    from kubernetes.client import ApiClient, Configuration
-
     from webhook.devtools.controlplane import free_loopback_ports
+    from webhook.kube.kubeconfig import ClusterConfig
     from webhook.kube.rest import Rest
 
-    configuration = Configuration()
-    configuration.host = f"https://127.0.0.1:{free_loopback_ports(1)[0]}"  # nobody listens
-    configuration.retries = False
-    api_client = ApiClient(configuration)
+    nobody_listens = f"https://127.0.0.1:{free_loopback_ports(1)[0]}"
+    rest = Rest(ClusterConfig(host=nobody_listens, source="test"), timeout_seconds=5)
     try:
-        rest = Rest(api_client, timeout_seconds=5)
         with pytest.raises(errors.Unreachable, match="GET /api/v1/namespaces/a/pods/p") as caught:
             rest.get(kinds.POD, "a", "p")
         assert caught.value.status == 0
@@ -87,4 +83,21 @@ def test_no_answer_is_unreachable_not_a_library_exception() -> None:
         with pytest.raises(errors.Unreachable):
             rest.watch(kinds.POD, resource_version="1")
     finally:
-        api_client.close()
+        rest.close()
+
+
+def test_urllib3_retries_nothing_and_warns_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection is one Unreachable at once: no "Retrying (Retry(...))" warning
+    from urllib3 in a CLI's output, and no hidden second or third attempt."""
+    from webhook.devtools.controlplane import free_loopback_ports
+    from webhook.kube.kubeconfig import ClusterConfig
+    from webhook.kube.rest import Rest
+
+    nobody_listens = f"https://127.0.0.1:{free_loopback_ports(1)[0]}"
+    rest = Rest(ClusterConfig(host=nobody_listens, source="test"), timeout_seconds=5)
+    try:
+        with caplog.at_level("DEBUG"), pytest.raises(errors.Unreachable):
+            rest.list(kinds.POD)
+    finally:
+        rest.close()
+    assert not [record for record in caplog.records if "Retrying" in record.getMessage()]

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests import REPO_ROOT, builders
 from tests.readme import console_commands
 from webhook.api import kinds
+from webhook.api.exitcodes import EXIT_FAILED
 from webhook.devtools.controlplane import lost_a_port
 from webhook.tls import certs
 
@@ -233,7 +234,7 @@ def test_the_readme_curl_gets_ok_from_serve_with_its_defaults(tmp_path: Path) ->
             process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
 
 
-def test_a_port_in_use_exits_1_and_says_so(tmp_path: Path) -> None:
+def test_a_port_in_use_exits_failed_and_says_so(tmp_path: Path) -> None:
     """DESIGN.md: serve exits 1 when it could not start (uvicorn's own code is 3)."""
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
@@ -244,7 +245,7 @@ def test_a_port_in_use_exits_1_and_says_so(tmp_path: Path) -> None:
              "--cert-dir", str(tmp_path / "certs")],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_FAILED, result.stderr
     assert "address already in use" in result.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from webhook.api.settings import Settings
-from webhook.cli.options import add_policy_options
+from webhook.cli.options import add_policy_options, free_or_port
 
 if TYPE_CHECKING:
     from webhook.cli.options import Commands
@@ -26,7 +26,9 @@ def register(commands: Commands) -> None:
         default=DEFAULT_KUBECONFIG,
         help="where to write the admin kubeconfig (default: %(default)s)",
     )
-    parser.add_argument("--port", type=int, default=0, help="webhook port (default: a free one)")
+    parser.add_argument(
+        "--port", type=free_or_port, default=0, help="webhook port (default: a free one)"
+    )
     parser.add_argument(
         "--agent-sandbox",
         metavar="VERSION",

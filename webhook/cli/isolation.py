@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from webhook.api import kinds
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from webhook.api.settings import Settings
+from webhook.cli.options import positive_seconds
 from webhook.policy.canary import Canary, format_canary, parse_canary
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def register(commands: Commands) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait before failing (default: %(default)s)",
     )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from webhook import __version__
-from webhook.api.exitcodes import EXIT_USAGE
+from webhook.api.exitcodes import EXIT_CLUSTER, EXIT_CODES, EXIT_FAILED, EXIT_USAGE
 from webhook.api.settings import Settings
 from webhook.cli import dev, isolation, offline, reconcile, serve
 from webhook.cli.options import Run, settings_from_args
@@ -34,12 +34,19 @@ COMMAND_GROUPS: tuple[Callable[[Commands], None], ...] = (
     isolation.register,
 )
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentcube-netpol",
         description="Network isolation for AgentCube sandboxes.",
+        epilog="exit codes:\n"
+        + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES)
+        + "\n\nCommands that talk to a cluster find it as kubectl does: --kubeconfig, "
+        "$KUBECONFIG, ~/.kube/config, then the in-cluster service account; --context picks "
+        "a context.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -67,7 +74,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     run: Run = args.run
-    return run(args, settings)
+    try:
+        return run(args, settings)
+    except Exception as exc:  # the one place an error becomes a line and an exit code
+        line, code = explain(exc)
+        print(f"error: {line}", file=sys.stderr)
+        if code == EXIT_FAILED:
+            logger.debug("the traceback of that error", exc_info=exc)
+        return code
+
+
+def explain(exc: Exception) -> tuple[str, int]:
+    """One line that says what failed and what to do, and the exit code, for an error
+    that ended a command."""
+    from webhook.kube import errors
+    from webhook.kube.kubeconfig import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return f"no usable cluster configuration: {exc}", EXIT_CLUSTER
+    if isinstance(exc, errors.Unreachable):
+        return (
+            f"cannot reach the API server: {exc.message}; check the server address in the "
+            "kubeconfig and that the API server is up",
+            EXIT_CLUSTER,
+        )
+    if isinstance(exc, errors.Unauthorized):
+        return (
+            f"the API server does not accept these credentials ({exc.message}); check the "
+            "kubeconfig's user, or log in again",
+            EXIT_CLUSTER,
+        )
+    if isinstance(exc, errors.Forbidden):
+        return (
+            f"forbidden: {exc.message}; ask a cluster admin for RBAC that allows it "
+            "(deploy/base/rbac.yaml lists what agentcube-netpol needs)",
+            EXIT_CLUSTER,
+        )
+    if isinstance(exc, errors.ApiError):
+        return f"the API server refused a request: {exc}", EXIT_CLUSTER
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"internal error: {type(exc).__name__}{': ' + text if text else ''} "
+        "(rerun with --log-level DEBUG for the traceback, and report it)",
+        EXIT_FAILED,
+    )
 
 
 __all__ = ["build_parser", "main", "settings_from_args"]

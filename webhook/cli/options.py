@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -13,12 +15,65 @@ from webhook.api.settings import DEFAULT_DNS_PEERS, DEFAULT_GATE_LIFTERS, Settin
 from webhook.policy.canary import Canary, parse_canary
 
 if TYPE_CHECKING:
+    from webhook.kube.rest import Rest
+
     # What ``add_subparsers`` returns: a command group's ``register`` adds its parsers to it.
     Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # A command's entry point: the parsed flags and the settings built from them in, an
 # exit code (webhook.api.exitcodes) out. Each command's parser sets it as ``run``.
 Run: TypeAlias = Callable[[argparse.Namespace, Settings], int]
+
+
+def port(text: str) -> int:
+    """A TCP port, 1-65535."""
+    return _int_in(text, 1, 65535, "a port")
+
+
+def free_or_port(text: str) -> int:
+    """A TCP port, or 0 for a free one."""
+    return _int_in(text, 0, 65535, "a port (0: a free one)")
+
+
+def positive_int(text: str) -> int:
+    return _int_in(text, 1, None, "a whole number")
+
+
+def positive_seconds(text: str) -> float:
+    """A duration in seconds, more than 0."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A duration in seconds, 0 or more."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, got {text}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def _int_in(text: str, low: int, high: int | None, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if value < low or (high is not None and value > high):
+        bound = f"{low}-{high}" if high is not None else f"{low} or more"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+    return value
 
 
 def label(text: str) -> tuple[str, str]:
@@ -152,20 +207,27 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def add_kubeconfig_option(parser: argparse._ActionsContainer, *, purpose: str) -> None:
-    """``--kubeconfig``: the cluster to talk to; without it, the pod's service account."""
+    """``--kubeconfig`` and ``--context``: the cluster to talk to, found as kubectl finds it."""
     parser.add_argument(
         "--kubeconfig",
         type=Path,
         default=None,
-        help=f"kubeconfig for {purpose} (default: the in-cluster service account)",
+        help=f"kubeconfig for {purpose} (default: as kubectl: $KUBECONFIG, then "
+        "~/.kube/config, then the in-cluster service account)",
+    )
+    parser.add_argument(
+        "--context",
+        default=None,
+        help="the kubeconfig context to use (default: its current context)",
     )
 
 
-def api_client(args: argparse.Namespace) -> Any:
-    """A Kubernetes API client from ``--kubeconfig``, else the in-cluster service account."""
-    from kubernetes import client, config
+def cluster_rest(args: argparse.Namespace, *, max_connections: int | None = None) -> Rest:
+    """The API client for the cluster ``--kubeconfig``/``--context``, ``$KUBECONFIG``,
+    ``~/.kube/config`` or the in-cluster service account names (``ConfigError`` if none);
+    the one place the CLI turns those into a client."""
+    from webhook.kube.kubeconfig import Lookup, load
+    from webhook.kube.rest import DEFAULT_MAX_CONNECTIONS, Rest
 
-    if args.kubeconfig is not None:
-        return config.new_client_from_config(config_file=str(args.kubeconfig))
-    config.load_incluster_config()
-    return client.ApiClient()
+    lookup = Lookup.from_environ(os.environ, kubeconfig=args.kubeconfig, context=args.context)
+    return Rest(load(lookup), max_connections=max_connections or DEFAULT_MAX_CONNECTIONS)

@@ -13,12 +13,19 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART, EXIT_USAGE
+from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART
 from webhook.api.settings import Settings
-from webhook.cli.options import add_kubeconfig_option, add_policy_options
+from webhook.cli.options import (
+    add_kubeconfig_option,
+    add_policy_options,
+    cluster_rest,
+    port,
+    positive_int,
+    positive_seconds,
+    seconds_or_zero,
+)
 from webhook.cli.serve import (
     add_cluster_options,
     add_server_options,
@@ -59,7 +66,7 @@ def register(commands: Commands) -> None:
     add_kubeconfig_option(alone, purpose="the cluster (watches and writes)")
     alone.add_argument("--metrics-host", default="0.0.0.0", help="(default: %(default)s)")
     alone.add_argument(
-        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="(default: %(default)s)"
+        "--metrics-port", type=port, default=DEFAULT_METRICS_PORT, help="(default: %(default)s)"
     )
     _add_reconciler_options(alone)
     add_policy_options(alone)
@@ -75,7 +82,11 @@ def register(commands: Commands) -> None:
         "-o", "--output", choices=["text", "json"], default="text", help="(default: %(default)s)"
     )
     audit_parser.add_argument(
-        "-n", "--namespace", default=None, help="report on this namespace only (default: all)"
+        "-n",
+        "--namespace",
+        default=None,
+        help="read and report on this namespace only: namespace-scoped RBAC is enough "
+        "(default: all)",
     )
     add_policy_options(audit_parser)
 
@@ -92,16 +103,16 @@ def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--lease-seconds",
-        type=float,
+        type=positive_seconds,
         default=15.0,
         help="how long a leader's Lease holds without renewal (default: %(default)s)",
     )
     group.add_argument(
-        "--workers", type=int, default=4, help="reconciles at once (default: %(default)s)"
+        "--workers", type=positive_int, default=4, help="reconciles at once (default: %(default)s)"
     )
     group.add_argument(
         "--rediscover-interval",
-        type=float,
+        type=seconds_or_zero,
         default=30.0,
         metavar="SECONDS",
         help="how often to ask again which versions agent-sandbox serves (a change: exit "
@@ -110,21 +121,19 @@ def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _rest(kubeconfig: Path | None, *, workers: int = 4) -> Rest:
-    from webhook.kube.rest import Rest
-
+def _rest(args: argparse.Namespace) -> Rest:
     # A connection per worker and per watch (seven informers), and a few to spare.
-    return Rest.from_config(kubeconfig, max_connections=workers + 12)
+    return cluster_rest(args, max_connections=getattr(args, "workers", 4) + 12)
 
 
 def _runtime(
-    args: argparse.Namespace, settings: Settings, registry: CollectorRegistry
+    args: argparse.Namespace, rest: Rest, settings: Settings, registry: CollectorRegistry
 ) -> ReconcilerRuntime:
     from webhook.reconciler.manager import ReconcilerRuntime
 
     lease = args.lease_seconds
     return ReconcilerRuntime(
-        rest=_rest(args.kubeconfig, workers=args.workers),
+        rest=rest,
         settings=settings,
         registry=registry,
         lease_namespace=args.lease_namespace,
@@ -184,11 +193,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     metrics = AdmissionMetrics()
     configured = settings
-    rest = _rest(args.kubeconfig)
+    rest = _rest(args)
     settings = resolve_claim_label_injection(settings, rest)
     # The reconciler beside the server lifts the gates the server guards, as whoever it is.
     settings = with_own_gate_lifter(settings, rest)
-    runtime = _runtime(args, settings, metrics.registry)
+    runtime = _runtime(args, rest, settings, metrics.registry)
     runtime.start()
     restarting = threading.Event()
     stop = threading.Event()
@@ -219,7 +228,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     rediscovery.start()
     try:
         code = serve(
-            trust=cluster_trust(args),
+            trust=cluster_trust(args, rest),
             claims=runtime.caches,
             sandboxes=runtime.caches,
             ready=lambda: runtime.ready and not restarting.is_set(),
@@ -258,9 +267,9 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     registry = CollectorRegistry()
     configured = settings
     # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
-    rest = _rest(args.kubeconfig)
+    rest = _rest(args)
     settings = resolve_claim_label_injection(settings, rest)
-    runtime = _runtime(args, settings, registry)
+    runtime = _runtime(args, rest, settings, registry)
     stop = threading.Event()
     restarting = threading.Event()
 
@@ -295,20 +304,16 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def audit(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import decide_claim_label_injection, discover_kinds
-    from webhook.kube.errors import ApiError
     from webhook.reconciler.audit import audit as find
     from webhook.reconciler.audit import claim_label_findings, render_json, render_text
     from webhook.reconciler.caches import list_cluster
 
-    rest = _rest(args.kubeconfig)
-    try:
-        served = discover_kinds(rest)
-        snapshot, policies, templates = list_cluster(rest, served)
-        configured = settings.claim_label_injection
-        decided, why = decide_claim_label_injection(configured, rest, served)
-    except ApiError as exc:
-        print(f"error: cannot list the cluster: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    rest = _rest(args)
+    # An error here (unreachable, forbidden, ...) is one line and exit 4 (cli/main.py).
+    served = discover_kinds(rest)
+    snapshot, policies, templates = list_cluster(rest, served, namespace=args.namespace)
+    configured = settings.claim_label_injection
+    decided, why = decide_claim_label_injection(configured, rest, served)
     found = find(
         snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
     )

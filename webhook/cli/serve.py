@@ -7,12 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from webhook.api.settings import Settings
-from webhook.cli.options import add_kubeconfig_option, add_policy_options, api_client
+from webhook.cli.options import (
+    add_kubeconfig_option,
+    add_policy_options,
+    cluster_rest,
+    port,
+    positive_seconds,
+)
 
 if TYPE_CHECKING:
     from webhook.cli.options import Commands
     from webhook.kube.cabundle import ClusterTrust
     from webhook.kube.claimcache import ClaimCache
+    from webhook.kube.rest import Rest
 
 DEFAULT_PORT = 9443
 DEFAULT_CERT_DIR = Path("certs")
@@ -36,7 +43,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "--host", default="0.0.0.0", help="address to listen on (default: %(default)s)"
     )
     parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port (default: %(default)s)"
+        "--port", type=port, default=DEFAULT_PORT, help="port (default: %(default)s)"
     )
     parser.add_argument(
         "--cert-dir",
@@ -63,7 +70,7 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cert-check-interval",
-        type=float,
+        type=positive_seconds,
         default=CERT_CHECK_INTERVAL_S,
         metavar="SECONDS",
         help="how often to look for a renewed or replaced certificate (default: %(default)s)",
@@ -117,13 +124,13 @@ def _secret_ref(text: str) -> tuple[str, str]:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.server.serve import serve  # uvicorn and starlette only when serving
 
-    trust = cluster_trust(args)
-    claims = claim_cache(args) if args.watch_claims else None
-    if args.watch_claims:
+    rest = cluster_rest(args) if args.watch_claims or args.ca_secret is not None else None
+    trust = cluster_trust(args, rest)
+    claims = claim_cache(rest) if rest is not None and args.watch_claims else None
+    if rest is not None and args.watch_claims:
         from webhook.kube.discovery import resolve_claim_label_injection
-        from webhook.kube.rest import Rest
 
-        settings = resolve_claim_label_injection(settings, Rest(api_client(args)))
+        settings = resolve_claim_label_injection(settings, rest)
     return serve(
         trust=trust,
         claims=claims,
@@ -150,15 +157,15 @@ def serving_dns_names(extra: list[str], *, service: str, namespace: str) -> list
     ]
 
 
-def cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
+def cluster_trust(args: argparse.Namespace, rest: Rest | None) -> ClusterTrust | None:
     """The shared-CA keeper for ``--ca-secret``; None without it."""
-    if args.ca_secret is None:
+    if args.ca_secret is None or rest is None:
         return None
     from webhook.kube.cabundle import ClusterTrust, WebhookConfigurations
 
     namespace, name = args.ca_secret
     return ClusterTrust(
-        api_client(args),
+        rest,
         namespace=namespace,
         secret_name=name,
         cert_dir=args.cert_dir,
@@ -168,12 +175,10 @@ def cluster_trust(args: argparse.Namespace) -> ClusterTrust | None:
     )
 
 
-def claim_cache(args: argparse.Namespace) -> ClaimCache:
+def claim_cache(rest: Rest) -> ClaimCache:
     """SandboxClaims listed and watched into memory, started."""
-    from kubernetes.client import CustomObjectsApi
-
     from webhook.kube.claimcache import ClaimCache
 
-    claims = ClaimCache(CustomObjectsApi(api_client(args)))
+    claims = ClaimCache(rest)
     claims.start()
     return claims

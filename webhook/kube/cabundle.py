@@ -34,6 +34,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from webhook.api import kinds
+from webhook.kube import errors
+from webhook.kube.rest import Rest
 from webhook.tls import certs
 
 logger = logging.getLogger(__name__)
@@ -42,8 +45,6 @@ CA_CERT_KEY = "ca.crt"
 CA_KEY_KEY = "ca.key"
 PREVIOUS_CA_CERT_KEY = "ca-previous.crt"
 SYNC_INTERVAL_SECONDS = 300.0
-HTTP_CONFLICT = 409
-HTTP_NOT_FOUND = 404
 
 
 @dataclass(frozen=True)
@@ -140,18 +141,14 @@ class ClusterTrust:
 
     def __init__(
         self,
-        api_client: Any,
+        rest: Rest,
         *,
         namespace: str,
         secret_name: str,
         cert_dir: Path,
         configurations: WebhookConfigurations,
     ) -> None:
-        from kubernetes import client  # the edge: only this class talks to the API
-
-        self._core: Any = client.CoreV1Api(api_client)
-        self._admission: Any = client.AdmissionregistrationV1Api(api_client)
-        self._api_exception = client.ApiException
+        self._rest = rest  # the edge: only this class talks to the API
         self.namespace = namespace
         self.secret_name = secret_name
         self.cert_dir = cert_dir
@@ -168,7 +165,7 @@ class ClusterTrust:
     def _shared_ca(self, *, at: datetime) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
         secret = self._read_secret()
         if secret is not None:
-            ca = ca_from_secret(secret.data)
+            ca = ca_from_secret(secret.get("data"))
             if ca is None:
                 raise certs.CertificateError(
                     f"Secret {self.namespace}/{self.secret_name} holds no usable "
@@ -176,30 +173,27 @@ class ClusterTrust:
                 )
             if certs.needs_rotation(ca.cert_pem, at=at, renew_before=certs.CA_RENEW_BEFORE):
                 return self._rotate(secret, ca, at=at)
-            return ca, secret.data
+            return ca, secret.get("data")
         ca = new_ca(at=at)
         body = ca_secret(namespace=self.namespace, name=self.secret_name, ca=ca)
         try:
-            self._core.create_namespaced_secret(self.namespace, body)
+            self._rest.create(kinds.SECRET, self.namespace, body)
             logger.info("created the CA Secret %s/%s", self.namespace, self.secret_name)
             return ca, body["data"]
-        except self._api_exception as exc:
-            if exc.status != HTTP_CONFLICT:
-                raise
+        except errors.AlreadyExists:
+            pass
         # Another replica created it first: use theirs.
         return self._theirs()
 
     def _rotate(
-        self, secret: Any, old: certs.KeyPair, *, at: datetime
+        self, secret: Mapping[str, Any], old: certs.KeyPair, *, at: datetime
     ) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
         ca = new_ca(at=at)
         body = ca_secret(namespace=self.namespace, name=self.secret_name, ca=ca, previous=old)
-        body["metadata"]["resourceVersion"] = secret.metadata.resource_version
+        body["metadata"]["resourceVersion"] = secret["metadata"]["resourceVersion"]
         try:
-            self._core.replace_namespaced_secret(self.secret_name, self.namespace, body)
-        except self._api_exception as exc:
-            if exc.status != HTTP_CONFLICT:
-                raise
+            self._rest.replace(kinds.SECRET, self.namespace, self.secret_name, body)
+        except errors.Conflict:
             return self._theirs()  # another replica replaced it first
         logger.warning(
             "the CA in Secret %s/%s expires at %s: replaced it with a new one (valid until %s); "
@@ -213,18 +207,17 @@ class ClusterTrust:
 
     def _theirs(self) -> tuple[certs.KeyPair, Mapping[str, str] | None]:
         secret = self._read_secret()
-        shared = ca_from_secret(secret.data if secret is not None else None)
+        data = secret.get("data") if secret is not None else None
+        shared = ca_from_secret(data)
         if shared is None:
             raise certs.CertificateError(f"Secret {self.namespace}/{self.secret_name} vanished")
-        return shared, secret.data
+        return shared, data
 
-    def _read_secret(self) -> Any:
+    def _read_secret(self) -> dict[str, Any] | None:
         try:
-            return self._core.read_namespaced_secret(self.secret_name, self.namespace)
-        except self._api_exception as exc:
-            if exc.status == HTTP_NOT_FOUND:
-                return None
-            raise
+            return self._rest.get(kinds.SECRET, self.namespace, self.secret_name)
+        except errors.NotFound:
+            return None
 
     def _write_local(self, ca: certs.KeyPair) -> None:
         self.cert_dir.mkdir(parents=True, exist_ok=True)
@@ -241,29 +234,18 @@ class ClusterTrust:
         logger.info("wrote the shared CA to %s", ca_cert_file)
 
     def _inject(self, bundle_pem: bytes) -> None:
-        for read, patch, name in (
-            (
-                self._admission.read_validating_webhook_configuration,
-                self._admission.patch_validating_webhook_configuration,
-                self.configurations.validating,
-            ),
-            (
-                self._admission.read_mutating_webhook_configuration,
-                self._admission.patch_mutating_webhook_configuration,
-                self.configurations.mutating,
-            ),
+        for kind, name in (
+            (kinds.VALIDATING_WEBHOOK_CONFIGURATION, self.configurations.validating),
+            (kinds.MUTATING_WEBHOOK_CONFIGURATION, self.configurations.mutating),
         ):
             try:
-                configuration = read(name)
-            except self._api_exception as exc:
-                if exc.status == HTTP_NOT_FOUND:
-                    logger.warning("webhook configuration %s not found; no caBundle written", name)
-                    continue
-                raise
-            as_dict = self._admission.api_client.sanitize_for_serialization(configuration)
-            ops = ca_bundle_patch(as_dict, bundle_pem)
+                configuration = self._rest.get(kind, "", name)
+            except errors.NotFound:
+                logger.warning("webhook configuration %s not found; no caBundle written", name)
+                continue
+            ops = ca_bundle_patch(configuration, bundle_pem)
             if ops:
-                patch(name, ops)
+                self._rest.patch(kind, "", name, ops, patch_type="json")
                 logger.info("wrote the caBundle into %d webhooks of %s", len(ops) // 2, name)
 
 

@@ -46,13 +46,11 @@ def claim_uid_keys(claim: dict[str, Any]) -> Iterable[str]:
 class ClaimCache:
     """A ``ClaimLookup`` served from memory, kept current by a background thread.
 
-    ``api`` is a ``Rest``, or (as ``serve`` passes it) a ``kubernetes.client`` API object
-    whose ``api_client`` is used. ``ClaimCache.over(informer)`` shares an informer of
+    ``ClaimCache.over(informer)`` shares an informer of
     SandboxClaims the reconciler already has.
     """
 
-    def __init__(self, api: Rest | Any) -> None:
-        rest = api if isinstance(api, Rest) else Rest(api.api_client)
+    def __init__(self, rest: Rest) -> None:
         self._rest: Rest | None = rest
         self.informer = Informer(rest, kinds.SANDBOX_CLAIM, slim=slim_claim, name="sandboxclaims")
         self.informer.add_index(UID_INDEX, claim_uid_keys)

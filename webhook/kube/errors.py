@@ -1,7 +1,7 @@
 """Typed Kubernetes API errors, raised at the client edge (kopf's ``clients/errors.py``).
 
-Code above the edge catches ``NotFound`` or ``Conflict``, never an ``ApiException`` with a
-status number to compare. The API server explains a failure in a ``Status`` object
+Code above the edge catches ``NotFound`` or ``Conflict``, never a status number to compare.
+The API server explains a failure in a ``Status`` object
 (``{"kind": "Status", "code": 409, "reason": "AlreadyExists", "message": ...}``); the
 error carries its code, reason and message, and the class is chosen from the code, with
 409 split by reason: ``AlreadyExists`` (a create of a name that exists) is not
@@ -188,18 +188,6 @@ def from_response(
         http_status=status,
         http_reason=http_reason,
         retry_after_seconds=_seconds(retry_after),
-    )
-
-
-def from_api_exception(exc: Any) -> ApiError:
-    """The typed error for a ``kubernetes.client.ApiException`` (status, reason, body)."""
-    headers = getattr(exc, "headers", None) or {}
-    retry_after = headers.get("Retry-After") if isinstance(headers, Mapping) else None
-    return from_response(
-        int(getattr(exc, "status", 0) or 0),
-        getattr(exc, "body", None),
-        http_reason=str(getattr(exc, "reason", "") or ""),
-        retry_after=retry_after,
     )
 
 

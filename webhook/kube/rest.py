@@ -3,9 +3,8 @@
 Objects go out and come back as plain dicts (orjson), never through the ``kubernetes``
 client's model classes: those cost memory and time at scale and drop fields they do not
 know, and a reconciler that compares what it wants with what is there needs the object as
-the server sent it. The ``ApiClient`` is used for what it is good at: the kubeconfig or
-in-cluster credentials (its auth headers, refreshed tokens included) and its TLS
-connection pool. Requests go straight to that pool.
+the server sent it. The cluster and its credentials come from ``webhook.kube.kubeconfig``
+(kubectl's lookup); the connection pool is this module's own urllib3 ``PoolManager``.
 
 Every refusal is raised as a typed error (``webhook.kube.errors``). A watch is a context
 manager whose ``close()`` may be called from any thread and ends the iteration at once,
@@ -27,8 +26,10 @@ import orjson
 import urllib3
 from urllib3.exceptions import HTTPError as TransportError
 
+from webhook import __version__
 from webhook.api.kinds import Kind
 from webhook.kube import errors
+from webhook.kube.kubeconfig import ClusterConfig, Lookup, load
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ PATCH_CONTENT_TYPES: dict[str, str] = {
     "apply": "application/apply-patch+yaml",
 }
 JSON = "application/json"
+USER_AGENT = f"agentcube-netpol/{__version__}"
 
 
 def resource_path(kind: Kind, namespace: str | None = None, name: str | None = None) -> str:
@@ -158,41 +160,43 @@ class Watch:
 
 
 class Rest:
-    """JSON requests for any ``Kind`` over a ``kubernetes.client.ApiClient``."""
+    """JSON requests for any ``Kind`` to the cluster a ``ClusterConfig`` names."""
 
     def __init__(
-        self, api_client: Any, *, timeout_seconds: float = REQUEST_TIMEOUT_SECONDS
+        self,
+        cluster: ClusterConfig,
+        *,
+        timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool: urllib3.PoolManager | None = None,
     ) -> None:
-        self.api_client = api_client
-        self._pool: urllib3.PoolManager = api_client.rest_client.pool_manager
+        self.cluster = cluster
+        self._pool = pool if pool is not None else connection_pool(cluster, max_connections)
         self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=timeout_seconds)
 
     def with_timeout(self, timeout_seconds: float) -> Rest:
-        """The same client and connections, another per-request timeout."""
-        return Rest(self.api_client, timeout_seconds=timeout_seconds)
+        """The same cluster and connections, another per-request timeout."""
+        return Rest(self.cluster, timeout_seconds=timeout_seconds, pool=self._pool)
 
     @classmethod
     def from_config(
         cls,
         kubeconfig: Path | str | None = None,
         *,
+        context: str | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Rest:
-        """From a kubeconfig file, else the in-cluster service account."""
-        from kubernetes import client, config
+        """From that kubeconfig file (its current context, or ``context``); ``ConfigError``
+        when it cannot be used. Commands find theirs with ``kubeconfig.load``."""
+        lookup = Lookup(
+            kubeconfig=None if kubeconfig is None else Path(kubeconfig), context=context
+        )
+        return cls(load(lookup), max_connections=max_connections, timeout_seconds=timeout_seconds)
 
-        configuration = client.Configuration()
-        if kubeconfig is not None:
-            config.load_kube_config(
-                config_file=str(kubeconfig),
-                client_configuration=configuration,
-                persist_config=False,
-            )
-        else:
-            config.load_incluster_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = max_connections
-        return cls(client.ApiClient(configuration), timeout_seconds=timeout_seconds)
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._pool.clear()
 
     # Reads.
 
@@ -393,20 +397,17 @@ class Rest:
         timeout: urllib3.Timeout | None = None,
         stream: bool = False,
     ) -> Any:
-        headers: dict[str, Any] = {"Accept": JSON}
+        headers: dict[str, Any] = {"Accept": JSON, "User-Agent": USER_AGENT}
         encoded = None
         if body is not None:
             headers["Content-Type"] = content_type
             encoded = orjson.dumps(body)
-        # The client's default headers (User-Agent) and credentials: a bearer token,
-        # refreshed by the configuration's hook when it has one; client certificates are
-        # in the pool's TLS settings.
-        headers.update(self.api_client.default_headers)
-        configuration = self.api_client.configuration
-        for auth in configuration.auth_settings().values():
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
-        url = f"{configuration.host}{path}"
+        # A bearer token, refreshed when it has an expiry; client certificates are in the
+        # pool's TLS settings.
+        authorization = self.cluster.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
+        url = f"{self.cluster.host}{path}"
         if query:
             url = f"{url}?{urlencode(query)}"
         try:
@@ -431,6 +432,26 @@ class Rest:
                 retry_after=response.headers.get("Retry-After"),
             )
         return response
+
+
+def connection_pool(cluster: ClusterConfig, max_connections: int) -> urllib3.PoolManager:
+    """The TLS connection pool for ``cluster``. urllib3 retries nothing (``retries=False``):
+    a failed request is an ``Unreachable`` or a typed error, and whoever sent it decides
+    whether and when to try again (the informers, the work queue, leader election)."""
+    tls: dict[str, Any] = {}
+    if cluster.verify:
+        tls["cert_reqs"] = "CERT_REQUIRED"
+        if cluster.ca_file:
+            tls["ca_certs"] = cluster.ca_file
+        if cluster.tls_server_name:
+            tls["server_hostname"] = cluster.tls_server_name
+    else:
+        tls["cert_reqs"] = "CERT_NONE"
+    if cluster.cert_file:
+        tls["cert_file"] = cluster.cert_file
+    if cluster.key_file:
+        tls["key_file"] = cluster.key_file
+    return urllib3.PoolManager(num_pools=4, maxsize=max_connections, retries=False, **tls)
 
 
 def _write_query(field_manager: str, *, dry_run: bool) -> builtins.list[tuple[str, str]]:

@@ -310,13 +310,20 @@ class Caches:
 LIST_PAGE_SIZE = 500
 
 
-def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[str, Any]]:
-    """Every object of ``kind`` in the cluster, page by page (one consistent snapshot)."""
+def list_all(
+    rest: Rest, kind: Kind, *, label_selector: str = "", namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Every object of ``kind`` in the cluster (or in ``namespace``), page by page (one
+    consistent snapshot)."""
     items: list[dict[str, Any]] = []
     continue_: str | None = None
     while True:
         page = rest.list(
-            kind, label_selector=label_selector, limit=LIST_PAGE_SIZE, continue_=continue_
+            kind,
+            namespace=namespace,
+            label_selector=label_selector,
+            limit=LIST_PAGE_SIZE,
+            continue_=continue_,
         )
         items += page.get("items") or []
         continue_ = (page.get("metadata") or {}).get("continue") or None
@@ -325,21 +332,28 @@ def list_all(rest: Rest, kind: Kind, *, label_selector: str = "") -> list[dict[s
 
 
 def list_cluster(
-    rest: Rest, served: Mapping[Kind, Kind]
+    rest: Rest, served: Mapping[Kind, Kind], *, namespace: str | None = None
 ) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
     """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate,
-    agent-sandbox's kinds read in the versions ``served`` (``discover_kinds``)."""
+    agent-sandbox's kinds read in the versions ``served`` (``discover_kinds``); with
+    ``namespace``, only that namespace's (every kind read is namespaced, so namespace-scoped
+    RBAC is enough)."""
     snapshot = Snapshot()
     for kind, slim in SLIM.items():
         if kind == kinds.NETWORK_POLICY:
             continue
         selectors = POD_SELECTORS if kind == kinds.POD else ("",)
         for selector in selectors:
-            for obj in list_all(rest, served.get(kind, kind), label_selector=selector):
+            listed = list_all(
+                rest, served.get(kind, kind), label_selector=selector, namespace=namespace
+            )
+            for obj in listed:
                 snapshot.add(kind, slim(obj))
-    network_policies = list_all(rest, kinds.NETWORK_POLICY)
+    network_policies = list_all(rest, kinds.NETWORK_POLICY, namespace=namespace)
     for policy in network_policies:
         if labels_of(policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE:
             snapshot.add(kinds.NETWORK_POLICY, slim_network_policy(policy))
-    templates = list_all(rest, served.get(kinds.SANDBOX_TEMPLATE, kinds.SANDBOX_TEMPLATE))
+    templates = list_all(
+        rest, served.get(kinds.SANDBOX_TEMPLATE, kinds.SANDBOX_TEMPLATE), namespace=namespace
+    )
     return snapshot, network_policies, templates
