@@ -1,6 +1,6 @@
 """Recording pods and NetworkPolicies as the API server orders them, and checking that no
 sandbox pod is ever runnable without a NetworkPolicy that selects it and is no looser than
-its sandbox's policy (DESIGN.md section 6, the invariant).
+its sandbox's policy (README, "Isolation without a gap").
 
 A list then a watch for each of pods and NetworkPolicies; their events are merged by
 resourceVersion (one etcd: versions are comparable across kinds) and replayed. A pod is
@@ -15,12 +15,14 @@ lets through a subset of what any Restricted policy does.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from webhook.api import kinds
 from webhook.api.settings import Settings
+from webhook.kube import errors
 from webhook.kube.rest import Rest
 from webhook.policy.builder import FAIL_CLOSED_POLICY, build_network_policy
 from webhook.policy.selectors import selector_matches
@@ -28,49 +30,144 @@ from webhook.policy.selectors import selector_matches
 Event = tuple[int, str, str, Mapping[str, Any]]  # (resourceVersion, kind, type, object)
 
 
+class RecordingGapError(AssertionError):
+    """The recorder could not observe every change: its "no breach" would be unfounded."""
+
+
+RESUME_DEADLINE_S = 30.0
+RESUME_BACKOFF_S = 0.2
+
+
 @dataclass
 class Recorder:
     """Pods and NetworkPolicies, each listed then watched from its list's version, until
-    stopped; ``stop()`` returns the events in the API server's order."""
+    stopped; ``stop()`` returns the events in the API server's order.
+
+    A watch the server ends (its timeout) or that breaks is resumed from the last
+    resourceVersion seen (bookmarks included), so nothing is missed. On 410 Gone the kind is
+    listed again: if every object then is one already seen at its version, and none seen has
+    gone, nothing was missed; otherwise the gap is recorded. Any gap, or a watch that cannot
+    be resumed for ``RESUME_DEADLINE_S``, makes ``stop()`` raise ``RecordingGapError``: a check
+    that did not watch throughout must fail loudly, never pass unobserved.
+    """
 
     rest: Rest
+    watch_timeout_seconds: int = 120
+    watched: tuple[kinds.Kind, ...] = (kinds.POD, kinds.NETWORK_POLICY)
     recorded: list[Event] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    resumes: int = 0
     _threads: list[threading.Thread] = field(default_factory=list)
-    _watches: list[Any] = field(default_factory=list)
+    _watches: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         """What exists (as ADDED at the list's version), then every change after it."""
-        for kind in (kinds.POD, kinds.NETWORK_POLICY):
-            listed = self.rest.list(kind)
-            version = listed["metadata"]["resourceVersion"]
-            for obj in listed.get("items") or []:
-                self.recorded.append((int(version), kind.kind, "ADDED", obj))
-            watch = self.rest.watch(kind, resource_version=version, timeout_seconds=120)
-            self._watches.append(watch)
-            thread = threading.Thread(target=self._follow, args=(kind, watch), daemon=True)
+        for kind in self.watched:
+            version, seen = self._list(kind, record=True)
+            thread = threading.Thread(target=self._follow, args=(kind, version, seen), daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _follow(self, kind: kinds.Kind, watch: Any) -> None:
-        try:
-            with watch as events:
-                for event in events:
-                    obj = event.get("object") or {}
-                    version = (obj.get("metadata") or {}).get("resourceVersion")
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED") and version:
-                        with self._lock:
-                            self.recorded.append((int(version), kind.kind, event["type"], obj))
-        except Exception:  # closed by stop()
-            return
+    def _list(self, kind: kinds.Kind, *, record: bool) -> tuple[str, dict[str, str]]:
+        listed = self.rest.list(kind)
+        version = listed["metadata"]["resourceVersion"]
+        seen: dict[str, str] = {}
+        for obj in listed.get("items") or []:
+            seen[_key(obj)] = obj["metadata"]["resourceVersion"]
+            if record:
+                with self._lock:
+                    self.recorded.append((int(version), kind.kind, "ADDED", obj))
+        return version, seen
+
+    def _follow(self, kind: kinds.Kind, version: str, seen: dict[str, str]) -> None:
+        failing_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                version = self._watch(kind, version, seen)
+                failing_since = None
+            except errors.Gone:
+                version = self._relist(kind, version, seen)
+            except errors.ApiError as exc:  # broken, unreachable: resume from `version`
+                if self._stopping.is_set():
+                    return
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > RESUME_DEADLINE_S:
+                    self._gap(f"{kind.kind}: watch not resumable since {version}: {exc}")
+                    return
+                self._stopping.wait(RESUME_BACKOFF_S)
+            except Exception as exc:
+                self._gap(f"{kind.kind}: recorder failed after {version}: {exc!r}")
+                return
+
+    def _watch(self, kind: kinds.Kind, version: str, seen: dict[str, str]) -> str:
+        """Record one watch's events; the last version seen, when it ends."""
+        watch = self.rest.watch(
+            kind, resource_version=version, timeout_seconds=self.watch_timeout_seconds
+        )
+        with self._lock:
+            self._watches[kind.kind] = watch
+        if self._stopping.is_set():
+            watch.close()
+        with watch as events:
+            for event in events:
+                obj = event.get("object") or {}
+                at = (obj.get("metadata") or {}).get("resourceVersion")
+                if not at:
+                    continue
+                version = at
+                kind_of_event = event.get("type")
+                if kind_of_event not in ("ADDED", "MODIFIED", "DELETED"):
+                    continue  # a BOOKMARK: only the version moves on
+                if kind_of_event == "DELETED":
+                    seen.pop(_key(obj), None)
+                else:
+                    seen[_key(obj)] = at
+                with self._lock:
+                    self.recorded.append((int(at), kind.kind, kind_of_event, obj))
+        if not self._stopping.is_set():
+            with self._lock:
+                self.resumes += 1
+        return version
+
+    def _relist(self, kind: kinds.Kind, version: str, seen: dict[str, str]) -> str:
+        relisted_at, now = self._list(kind, record=False)
+        changed = sorted(key for key, at in now.items() if seen.get(key) != at)
+        gone = sorted(set(seen) - set(now))
+        if changed or gone:
+            self._gap(
+                f"{kind.kind}: 410 Gone after {version}; relisted at {relisted_at}, changes "
+                f"not observed in order: changed {changed}, deleted {gone}"
+            )
+        seen.clear()
+        seen.update(now)
+        return relisted_at
+
+    def _gap(self, why: str) -> None:
+        with self._lock:
+            self.gaps.append(why)
 
     def stop(self) -> list[Event]:
-        for watch in self._watches:
+        self._stopping.set()
+        with self._lock:
+            watches = list(self._watches.values())
+        for watch in watches:
             watch.close()
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=10)
+        alive = [thread.name for thread in self._threads if thread.is_alive()]
         with self._lock:
+            if alive:
+                self.gaps.append(f"recorder threads did not stop: {alive}")
+            if self.gaps:
+                raise RecordingGapError("; ".join(self.gaps))
             return sorted(self.recorded, key=lambda e: (e[0], e[1]))
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    metadata = obj.get("metadata") or {}
+    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
 
 
 def is_sandbox_pod(pod: Mapping[str, Any]) -> bool:

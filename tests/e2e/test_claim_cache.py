@@ -13,6 +13,7 @@ import pytest
 from tests.builders import sandbox_claim, sandbox_pod
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
+from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
 from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 
@@ -157,7 +158,7 @@ def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane)
     cache = ClaimCache(Rest.from_config(cluster.admin_kubeconfig))
     cache.start()
     assert cache.wait_synced(10)
-    time.sleep(0.5)  # the watch is open and waiting for events
+    eventually(lambda: cache.informer.watching, "the watch to be open")
     started = time.monotonic()
     cache.stop()
     assert time.monotonic() - started < 3

@@ -5,12 +5,12 @@ matching its label selector, lookups by index, and a prompt stop mid-watch."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
 from webhook.devtools.controlplane import ControlPlane
 from webhook.kube.informer import Informer
@@ -126,9 +126,11 @@ def test_paged_list_then_changes_in_order_across_watch_timeouts(
         assert sorted(recorder.wait_for(5)) == [("added", f"early-{i}") for i in range(5)]
 
         rest.create(CONFIG_MAP, namespace, config_map("late", namespace, v="1"))
-        time.sleep(1.5)  # at least one watch ends and is resumed in between
+        watches = rest.watches  # at least one watch ends and is resumed in between
+        eventually(lambda: rest.watches > watches, "the server to end the watch")
         rest.patch(CONFIG_MAP, namespace, "late", {"data": {"v": "2"}}, patch_type="merge")
-        time.sleep(1.5)
+        watches = rest.watches
+        eventually(lambda: rest.watches > watches, "the server to end the watch")
         rest.delete(CONFIG_MAP, namespace, "early-0")
         rest.delete(CONFIG_MAP, namespace, "other")
 
@@ -170,6 +172,6 @@ def test_stop_returns_promptly_while_the_watch_is_open(rest: CountingRest, names
     informer = Informer(rest, CONFIG_MAP, slim=slim, namespace=namespace)
     informer.start()
     assert informer.wait_synced(WAIT_S)
-    time.sleep(0.5)  # the watch is open and waiting for events
+    eventually(lambda: informer.watching, "the watch to be open")
     informer.stop()
     assert not informer.running

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import REPO_ROOT
+from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
 from webhook.devtools.controlplane import ControlPlane, die_with_parent
 from webhook.kube import errors
@@ -70,6 +71,25 @@ class Log:
             assert self.entries == list(expected)
 
 
+class CountingLeaseReads(Rest):
+    """The real client, counting an elector's reads of its Lease: each is one check."""
+
+    reads = 0
+
+    def with_timeout(self, timeout_seconds: float) -> Rest:
+        return self  # the elector's own timeout does not matter here; its reads do
+
+    def get(self, kind: kinds.Kind, namespace: str, name: str) -> dict[str, Any]:
+        if kind == kinds.LEASE:
+            self.reads += 1
+        return super().get(kind, namespace, name)
+
+
+def checked(rest: CountingLeaseReads, times: int) -> None:
+    start = rest.reads
+    eventually(lambda: rest.reads >= start + times, f"{times} checks of the Lease")
+
+
 def holder(rest: Rest, namespace: str, name: str) -> str:
     try:
         return str(rest.get(kinds.LEASE, namespace, name)["spec"].get("holderIdentity") or "")
@@ -81,13 +101,14 @@ def test_one_of_two_leads_and_a_clean_stop_hands_over_at_once(rest: Rest, namesp
     # A long lease: the handover below can only be this quick because the lease was released.
     timings = {"lease_seconds": 60.0, "renew_deadline_seconds": 40.0, "retry_seconds": 0.5}
     a = LeaderElector(rest, namespace=namespace, name="netpol", identity="a", **timings)
-    b = LeaderElector(rest, namespace=namespace, name="netpol", identity="b", **timings)
+    b_rest = CountingLeaseReads(rest.cluster)
+    b = LeaderElector(b_rest, namespace=namespace, name="netpol", identity="b", **timings)
     log = Log()
     a.start(*log.callbacks("a"))
     log.wait_for("a started")
     b.start(*log.callbacks("b"))
     try:
-        time.sleep(2)  # b has checked several times
+        checked(b_rest, 3)
         assert log.entries == ["a started"]
         assert a.is_leader and not b.is_leader
         assert holder(rest, namespace, "netpol") == "a"
@@ -132,8 +153,9 @@ def test_a_killed_leader_is_replaced_after_its_lease_expires(
             assert time.monotonic() < deadline, f"the other process never led: {out.read_text()}"
             time.sleep(0.2)
 
+        survivor_rest = CountingLeaseReads(rest.cluster)
         survivor = LeaderElector(
-            rest,
+            survivor_rest,
             namespace=namespace,
             name="netpol",
             identity="survivor",
@@ -144,7 +166,7 @@ def test_a_killed_leader_is_replaced_after_its_lease_expires(
         log = Log()
         survivor.start(*log.callbacks("survivor"))
         try:
-            time.sleep(2)
+            checked(survivor_rest, 3)
             assert log.entries == []  # the lease is held and renewed: the survivor waits
             assert holder(rest, namespace, "netpol") == "killed"
 

@@ -281,6 +281,11 @@ class Informer:
             self._thread.join(timeout=STOP_JOIN_SECONDS)
 
     @property
+    def watching(self) -> bool:
+        """A watch is open: the store follows the server's changes as they come."""
+        return self._watch is not None
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
