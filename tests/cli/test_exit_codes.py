@@ -132,3 +132,31 @@ def test_every_error_becomes_one_line(error: Exception, code: int, says: str) ->
     assert exit_code == code
     assert says in line
     assert "\n" not in line
+
+
+def test_serve_refuses_deny_widening_it_could_not_honour(tmp_path: Path) -> None:
+    """serve has no cache of sandboxes and pods: the flag would deny nothing, silently."""
+    result = agentcube_netpol(
+        "serve", "--deny-widening", "--cert-dir", str(tmp_path), home=tmp_path
+    )
+    assert result.returncode == EXIT_USAGE
+    assert "use `agentcube-netpol run --deny-widening`" in one_line(result)
+
+
+def test_dev_writes_its_kubeconfig_where_write_kubeconfig_says() -> None:
+    from webhook.cli.dev import write_kubeconfig_path
+    from webhook.cli.main import build_parser
+
+    args = build_parser().parse_args(["dev", "--write-kubeconfig", "/tmp/x.kubeconfig"])
+    assert write_kubeconfig_path(args) == Path("/tmp/x.kubeconfig")
+    default = build_parser().parse_args(["dev"])
+    assert write_kubeconfig_path(default) == Path("certs/dev.kubeconfig")
+
+
+def test_dev_kubeconfig_still_works_with_a_notice(capsys: pytest.CaptureFixture[str]) -> None:
+    from webhook.cli.dev import write_kubeconfig_path
+    from webhook.cli.main import build_parser
+
+    args = build_parser().parse_args(["dev", "--kubeconfig", "/tmp/old.kubeconfig"])
+    assert write_kubeconfig_path(args) == Path("/tmp/old.kubeconfig")
+    assert "dev --kubeconfig is deprecated" in capsys.readouterr().err

@@ -132,7 +132,7 @@ def start_dev(
     kubeconfig is written (everything ready)."""
     with log_path.open("wb") as log:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "webhook", "dev", "--kubeconfig", str(kubeconfig), *flags],
+            [sys.executable, "-m", "webhook", "dev", "--write-kubeconfig", str(kubeconfig), *flags],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
             env={**os.environ, "KUBEBUILDER_ASSETS": str(binaries.directory)},
         )  # fmt: skip

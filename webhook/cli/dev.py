@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,10 +22,15 @@ def register(commands: Commands) -> None:
     parser = commands.add_parser("dev", help="a local playground on a real control plane")
     parser.set_defaults(run=run)
     parser.add_argument(
-        "--kubeconfig",
+        "--write-kubeconfig",
         type=Path,
         default=DEFAULT_KUBECONFIG,
-        help="where to write the admin kubeconfig (default: %(default)s)",
+        metavar="PATH",
+        help="where to write the admin kubeconfig once everything is ready (default: %(default)s)",
+    )
+    # Every other command reads --kubeconfig; dev wrote to it. Still taken, with a notice.
+    parser.add_argument(
+        "--kubeconfig", dest="deprecated_kubeconfig", type=Path, help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--port", type=free_or_port, default=0, help="webhook port (default: a free one)"
@@ -54,6 +60,20 @@ def register(commands: Commands) -> None:
     add_policy_options(parser)
 
 
+def write_kubeconfig_path(args: argparse.Namespace) -> Path:
+    """Where dev writes its kubeconfig: --write-kubeconfig, or the deprecated --kubeconfig."""
+    if args.deprecated_kubeconfig is None:
+        path: Path = args.write_kubeconfig
+        return path
+    print(
+        "warning: dev --kubeconfig is deprecated (every other command reads that flag); "
+        "use --write-kubeconfig",
+        file=sys.stderr,
+    )
+    deprecated: Path = args.deprecated_kubeconfig
+    return deprecated
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.devtools.devenv import run_dev
 
@@ -65,7 +85,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, isolation_canary=(FORBIDDEN_HOST, 443))
 
     return run_dev(
-        kubeconfig=args.kubeconfig,
+        kubeconfig=write_kubeconfig_path(args),
         port=args.port,
         settings=settings,
         environ=os.environ,

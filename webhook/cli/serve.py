@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from webhook.api.exitcodes import EXIT_USAGE
 from webhook.api.settings import Settings
 from webhook.cli.options import (
     add_kubeconfig_option,
@@ -123,6 +125,16 @@ def _secret_ref(text: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.server.serve import serve  # uvicorn and starlette only when serving
+
+    if settings.deny_widening:
+        # The widening check reads sandboxes and pods from the reconciler's caches; serve
+        # alone has none, so the flag would deny nothing. Say so rather than pretend.
+        print(
+            "error: serve --deny-widening: serve keeps no cache of sandboxes and pods to check "
+            "a widening against; use `agentcube-netpol run --deny-widening` (what deploy/ runs)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     rest = cluster_rest(args) if args.watch_claims or args.ca_secret is not None else None
     trust = cluster_trust(args, rest)
