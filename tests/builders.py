@@ -197,7 +197,7 @@ def sandbox_pod(name: str = "p", namespace: str = TEAM, *, labels: Any = None) -
 
 
 def claimed_pod(claim_uid: str, name: str = "demo-x7k2p", namespace: str = TEAM) -> Obj:
-    """A warm-pool pod after adoption by a claim (DESIGN section 2)."""
+    """A warm-pool pod after adoption by a claim (README "A warm-pool session in `dev`")."""
     return sandbox_pod(
         name,
         namespace,

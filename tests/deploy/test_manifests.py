@@ -528,7 +528,7 @@ def test_crd_serves_the_kind_we_use(crds: dict[str, Doc], kind: kinds.Kind) -> N
     assert list(structural_problems(root_schema(crd))) == []
 
 
-# DESIGN.md section 2: the fields agent-sandbox and AgentCube write, which must be stored.
+# The fields agent-sandbox and AgentCube write, which must be stored.
 STORED_FIELDS = [
     (kinds.AGENT_RUNTIME, "spec.podTemplate.labels"),
     (kinds.AGENT_RUNTIME, "spec.podTemplate.annotations"),

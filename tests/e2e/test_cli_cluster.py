@@ -7,34 +7,19 @@ namespace admin who may read one namespace only and runs ``audit -n`` there.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.cli.test_exit_codes import agentcube_netpol
 from tests.e2e.harness import Kubectl, as_json
 from webhook.api.exitcodes import EXIT_CLUSTER, EXIT_OK
 from webhook.devtools.controlplane import ControlPlane, free_loopback_ports
 
 pytestmark = pytest.mark.e2e
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def agentcube_netpol(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")
-    }
-    environ.update(HOME=str(home), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "webhook", *args],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO_ROOT, env=environ,
-    )  # fmt: skip
 
 
 def renamed(source: Path, target: Path, name: str, *, current: bool, server: str = "") -> Path:

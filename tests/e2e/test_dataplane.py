@@ -435,7 +435,7 @@ def test_a_custom_sandbox_gets_exactly_its_raw_rules_and_no_dns(
     kube: Kubectl, dataplane: Dataplane, system_pods: SystemPods
 ) -> None:
     """Custom: the control-plane ingress rule, then the raw rules verbatim; egress is the
-    user's alone, DNS included (DESIGN.md section 4): nothing adds DNS."""
+    user's alone, DNS included (README "The dataplane tier"): nothing adds DNS."""
     kube.ok("create", "namespace", "tenant-g")
     client, not_client = pods_serving(
         kube, dataplane, "tenant-g",

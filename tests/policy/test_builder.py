@@ -1,4 +1,4 @@
-"""The NetworkPolicy a sandbox gets (DESIGN.md section 4)."""
+"""The NetworkPolicy a sandbox gets (README "The `networkPolicy` field")."""
 
 from __future__ import annotations
 
@@ -438,7 +438,7 @@ def test_no_override_keeps_the_template_policy() -> None:
     assert effective_policy(None, None, limits=LIMITS) == (None, None)
 
 
-# DESIGN section 4: unreadable means {mode: Restricted}, never "no policy".
+# Unreadable means {mode: Restricted}, never "no policy".
 RESTRICTED_NOTHING_EXTRA = {"mode": "Restricted"}
 
 

@@ -1,5 +1,5 @@
 """The canonical CIDR check: a table of what users write, and a property test
-against an independent reference model of the rules in DESIGN.md section 5."""
+against an independent reference model of the rules in webhook/policy/cidr.py's docstring."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation of the networkPolicy field, on both template kinds (DESIGN.md sections 3 and 5)."""
+"""Validation of the networkPolicy field, on both template kinds (README "The `networkPolicy` field")."""
 
 from __future__ import annotations
 

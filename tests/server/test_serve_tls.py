@@ -235,7 +235,7 @@ def test_the_readme_curl_gets_ok_from_serve_with_its_defaults(tmp_path: Path) ->
 
 
 def test_a_port_in_use_exits_failed_and_says_so(tmp_path: Path) -> None:
-    """DESIGN.md: serve exits 1 when it could not start (uvicorn's own code is 3)."""
+    """serve exits EXIT_FAILED when it could not start (uvicorn's own code is 3)."""
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()

@@ -1,4 +1,4 @@
-"""The NetworkPolicy a sandbox gets (DESIGN.md section 4), as a pure function.
+"""The NetworkPolicy a sandbox gets (README "The `networkPolicy` field"), as a pure function.
 
 ``render``, the reconciler and the tests all call ``build_network_policy``. It
 expects a policy that admission validation accepted (``effective_policy``

@@ -1,4 +1,4 @@
-"""CIDRs in canonical form, as DESIGN.md section 5 defines it.
+"""CIDRs in canonical form, as defined below.
 
 A CIDR is accepted when it is a string of an address and a prefix length:
 - IPv4: a dotted quad, each part 0-255 in decimal without leading zeros;

@@ -1,4 +1,4 @@
-"""The per-session override annotation (DESIGN.md section 3), read in one place.
+"""The per-session override annotation (README "The `networkPolicy` field"), read in one place.
 
 ``runtime.agentcube.io/network-policy`` on a Sandbox (direct path) or SandboxClaim
 (warm path) holds the JSON of a ``networkPolicy`` object that replaces the

@@ -1,4 +1,4 @@
-"""Validation of the ``networkPolicy`` object (DESIGN.md sections 3 and 5).
+"""Validation of the ``networkPolicy`` object (README "The `networkPolicy` field").
 
 ``validate_network_policy`` is pure: a value and its field path in, every error
 and warning out. Admission, ``check`` and the override annotation all call it.

@@ -1,1 +1,1 @@
-"""The reconciler: one NetworkPolicy per isolated sandbox, kept true (DESIGN.md section 6)."""
+"""The reconciler: one NetworkPolicy per isolated sandbox, kept true (README "Isolation without a gap")."""

@@ -7,7 +7,7 @@ update, delete or nothing), which of the sandbox's pods then need their
 ``runtime.agentcube.io/sandbox-name`` label or their scheduling gate lifted, and
 what to report. The controller carries it out; nothing here does I/O.
 
-How isolation never has a gap (DESIGN.md section 6, README "The invariant"):
+How isolation never has a gap (README "Isolation without a gap"):
 - direct path: the pod webhook adds the ``netpol.agentcube.io/network-policy``
   scheduling gate to every pod created with a sandbox-name label; a gated pod is
   never scheduled, so it runs nothing, and the plan lifts the gate only once the

@@ -121,7 +121,7 @@ def serve(
         )
     except SystemExit:
         # uvicorn exits (3 in current releases, 1 in older ones) when it cannot bind; it has
-        # logged why. DESIGN.md: serve exits 1 when it could not start, whatever uvicorn says.
+        # logged why. serve exits EXIT_FAILED when it could not start, whatever uvicorn says.
         return EXIT_FAILED
     if not server.started:
         return EXIT_FAILED
