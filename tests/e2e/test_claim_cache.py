@@ -152,17 +152,20 @@ def test_a_claim_in_another_namespace_never_labels_the_pod(cluster: ControlPlane
 
 
 def test_the_cache_stops_promptly_while_its_watch_is_open(cluster: ControlPlane) -> None:
-    from webhook.kube.claimcache import ClaimCache
+    from webhook.api.settings import Settings
     from webhook.kube.rest import Rest
+    from webhook.reconciler.caches import Caches
 
-    cache = ClaimCache(Rest.from_config(cluster.admin_kubeconfig))
+    cache = Caches(
+        Rest.from_config(cluster.admin_kubeconfig), Settings(), watched=(kinds.SANDBOX_CLAIM,)
+    )
     cache.start()
     assert cache.wait_synced(10)
-    eventually(lambda: cache.informer.watching, "the watch to be open")
+    eventually(lambda: cache.informers[kinds.SANDBOX_CLAIM][0].watching, "the watch to be open")
     started = time.monotonic()
     cache.stop()
     assert time.monotonic() - started < 3
-    assert not cache.informer.running
+    assert not cache.informers[kinds.SANDBOX_CLAIM][0].running
 
 
 def test_readyz_waits_for_the_first_list_of_claims(

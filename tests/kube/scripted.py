@@ -102,6 +102,9 @@ class ScriptedRest:
             raise step
         return step
 
+    def api_resources(self, group_version: str) -> Any:
+        raise errors.NotFound(f"{group_version} is not served here")  # discovery: the defaults
+
     def list(self, kind: Any, **kwargs: Any) -> Any:
         self.lists.append(kwargs)
         step = self._next()

@@ -20,8 +20,8 @@ from webhook.cli.options import (
 if TYPE_CHECKING:
     from webhook.cli.options import Commands
     from webhook.kube.cabundle import ClusterTrust
-    from webhook.kube.claimcache import ClaimCache
     from webhook.kube.rest import Rest
+    from webhook.reconciler.caches import Caches
 
 DEFAULT_PORT = 9443
 DEFAULT_CERT_DIR = Path("certs")
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     rest = cluster_rest(args) if args.watch_claims or args.ca_secret is not None else None
     trust = cluster_trust(args, rest)
-    claims = claim_cache(rest) if rest is not None and args.watch_claims else None
+    claims = claim_cache(rest, settings) if rest is not None and args.watch_claims else None
     if rest is not None and args.watch_claims:
         from webhook.kube.discovery import resolve_claim_label_injection
 
@@ -187,10 +187,12 @@ def cluster_trust(args: argparse.Namespace, rest: Rest | None) -> ClusterTrust |
     )
 
 
-def claim_cache(rest: Rest) -> ClaimCache:
-    """SandboxClaims listed and watched into memory, started."""
-    from webhook.kube.claimcache import ClaimCache
+def claim_cache(rest: Rest, settings: Settings) -> Caches:
+    """SandboxClaims listed and watched into memory, started: the reconciler's caches (what
+    ``run`` shares with its server) keeping that one kind."""
+    from webhook.api import kinds
+    from webhook.reconciler.caches import Caches
 
-    claims = ClaimCache(rest)
+    claims = Caches(rest, settings, watched=(kinds.SANDBOX_CLAIM,))
     claims.start()
     return claims

@@ -195,13 +195,20 @@ SLIM: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 class Caches:
     """The informers, read as one ``View``; handlers hear every change of every kind."""
 
-    def __init__(self, rest: Rest, settings: Settings) -> None:
+    def __init__(
+        self, rest: Rest, settings: Settings, *, watched: Iterable[Kind] | None = None
+    ) -> None:
+        """``watched``: the kinds to keep (default: all the reconciler reads); ``serve
+        --watch-claims`` keeps SandboxClaims only, the same informer ``run`` has."""
         self._rest = rest
         self._settings = settings
         # agent-sandbox's kinds in the versions watched (``start`` asks discovery).
         self.in_use: dict[Kind, Kind] = {kind: kind for kind in kinds.AGENT_SANDBOX_KINDS}
         self.informers: dict[Kind, list[Informer]] = {}
+        keep = set(SLIM) if watched is None else set(watched)
         for kind, slim in SLIM.items():
+            if kind not in keep:
+                continue
             if kind == kinds.POD:
                 selectors: tuple[str, ...] = POD_SELECTORS
             elif kind == kinds.NETWORK_POLICY:

@@ -1,4 +1,6 @@
-"""The SandboxClaim cache: claims looked up by (namespace, uid), kept current by an informer.
+"""The pod mutation's claim lookup: the reconciler's caches keeping SandboxClaims (what
+``serve --watch-claims`` runs, and ``run`` shares with its server), looked up by
+(namespace, uid) and kept current by an informer.
 
 How the list + watch loop recovers (410 Gone, a broken connection, an API error) is tested
 once, for every informer, in tests/kube/test_informer.py; the real API server path (list,
@@ -10,13 +12,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import pytest
-
 from tests import builders
 from tests.kube.scripted import ScriptedRest, ScriptedWatch, page
 from webhook.api import kinds
-from webhook.kube.claimcache import ClaimCache, slim_claim
-from webhook.kube.informer import Informer
+from webhook.api.settings import Settings
+from webhook.reconciler.caches import Caches, slim_claim
 
 DONE_WAIT_S = 10.0
 
@@ -27,14 +27,11 @@ def claim(name: str, uid: str, rv: str, namespace: str = "team-a", **labels: str
     return stored
 
 
-def cache_over(rest: ScriptedRest) -> ClaimCache:
-    informer = Informer(
-        rest,  # type: ignore[arg-type]
-        kinds.SANDBOX_CLAIM,
-        slim=slim_claim,
-        backoff_initial_seconds=0.01,
-    )
-    return ClaimCache.over(informer)
+def cache_over(rest: ScriptedRest) -> Caches:
+    caches = Caches(rest, Settings(), watched=(kinds.SANDBOX_CLAIM,))  # type: ignore[arg-type]
+    for informer in caches.informers[kinds.SANDBOX_CLAIM]:
+        informer._backoff_initial = 0.01
+    return caches
 
 
 def test_list_then_events_keep_the_lookup_by_uid_current() -> None:
@@ -61,9 +58,8 @@ def test_list_then_events_keep_the_lookup_by_uid_current() -> None:
         assert found["metadata"]["labels"] == {"session": "t"}
         assert cache.claim_by_uid("team-a", "u2") is not None
         assert cache.claim_by_uid("team-a", "u9") is None
-        # Only what the pod mutation needs is kept.
-        assert set(found) == {"metadata"}
-        assert set(found["metadata"]) == {"name", "namespace", "uid", "labels"}
+        # Only what decisions read is kept: what the pod mutation reads among it.
+        assert found == slim_claim(claim("a", "u1", "12", session="t"))
     finally:
         cache.stop()
 
@@ -113,11 +109,7 @@ def test_not_synced_until_the_first_list_lands() -> None:
     cache.stop()
 
 
-def test_only_an_informer_of_claims_can_back_the_cache() -> None:
-    informer = Informer(
-        ScriptedRest([]),  # type: ignore[arg-type]
-        kinds.SANDBOX,
-        slim=slim_claim,
-    )
-    with pytest.raises(ValueError, match="Sandbox"):
-        ClaimCache.over(informer)
+def test_serve_keeps_no_other_kind() -> None:
+    caches = cache_over(ScriptedRest([]))
+    assert list(caches.informers) == [kinds.SANDBOX_CLAIM]
+    assert caches.items(kinds.SANDBOX) == []
