@@ -5,6 +5,8 @@ Requests themselves go to the real API server in tests/e2e/test_kube_rest.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
 
@@ -101,3 +103,51 @@ def test_urllib3_retries_nothing_and_warns_nothing(caplog: pytest.LogCaptureFixt
     finally:
         rest.close()
     assert not [record for record in caplog.records if "Retrying" in record.getMessage()]
+
+
+def test_the_rate_limiter_lets_a_burst_through_then_paces() -> None:
+    from webhook.kube.rest import RateLimiter
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(10.0, 3, clock=lambda: now[0], sleep=sleep)
+    waited = [limiter.wait() for _ in range(5)]
+    assert waited[:3] == [0.0, 0.0, 0.0]  # the burst
+    assert waited[3:] == pytest.approx([0.1, 0.1])  # then 10 a second
+    assert sum(slept) == pytest.approx(0.2)
+
+
+def test_reconciler_commands_limit_their_client_and_0_turns_it_off(tmp_path: Path) -> None:
+    import yaml
+
+    from webhook.cli.main import build_parser
+    from webhook.cli.options import DEFAULT_KUBE_API_BURST, DEFAULT_KUBE_API_QPS, cluster_rest
+
+    config = tmp_path / "config"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    default = build_parser().parse_args(["reconcile", "--kubeconfig", str(config)])
+    assert (default.kube_api_qps, default.kube_api_burst) == (
+        DEFAULT_KUBE_API_QPS,
+        DEFAULT_KUBE_API_BURST,
+    )
+    limited = cluster_rest(default)
+    assert limited.limiter is not None
+    assert limited.unlimited().limiter is None  # what leader election uses
+    off = build_parser().parse_args(["run", "--kubeconfig", str(config), "--kube-api-qps", "0"])
+    assert cluster_rest(off).limiter is None
+    audit = build_parser().parse_args(["audit", "--kubeconfig", str(config)])
+    assert cluster_rest(audit).limiter is None  # a one-off read is not a controller

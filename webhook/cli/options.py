@@ -55,6 +55,13 @@ def seconds_or_zero(text: str) -> float:
     return value
 
 
+def non_negative(text: str) -> float:
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -222,12 +229,46 @@ def add_kubeconfig_option(parser: argparse._ActionsContainer, *, purpose: str) -
     )
 
 
+# The reconciler's client-side rate limit (client-go's QPS and Burst). A full drift of
+# 10,000 sandboxes (policy, pod and Event writes) is spread over minutes instead of arriving
+# as fast as the workers can send; a 1,000-sandbox burst on a 2-core API server ran at about
+# this rate unlimited (bench/README.md), so ordinary bursts are not slowed.
+DEFAULT_KUBE_API_QPS = 200.0
+DEFAULT_KUBE_API_BURST = 400
+
+
+def add_rate_limit_options(parser: argparse._ActionsContainer) -> None:
+    """``--kube-api-qps`` and ``--kube-api-burst``: how fast the reconciler may call the API."""
+    parser.add_argument(
+        "--kube-api-qps",
+        type=non_negative,
+        default=DEFAULT_KUBE_API_QPS,
+        metavar="QPS",
+        help="requests a second to the API server on average (lists, gets and writes; not "
+        "watches); 0: no client-side limit, API Priority and Fairness alone "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kube-api-burst",
+        type=positive_int,
+        default=DEFAULT_KUBE_API_BURST,
+        metavar="N",
+        help="requests at once above --kube-api-qps (default: %(default)s)",
+    )
+
+
 def cluster_rest(args: argparse.Namespace, *, max_connections: int | None = None) -> Rest:
     """The API client for the cluster ``--kubeconfig``/``--context``, ``$KUBECONFIG``,
     ``~/.kube/config`` or the in-cluster service account names (``ConfigError`` if none);
     the one place the CLI turns those into a client."""
     from webhook.kube.kubeconfig import Lookup, load
-    from webhook.kube.rest import DEFAULT_MAX_CONNECTIONS, Rest
+    from webhook.kube.rest import DEFAULT_MAX_CONNECTIONS, RateLimiter, Rest
 
     lookup = Lookup.from_environ(os.environ, kubeconfig=args.kubeconfig, context=args.context)
-    return Rest(load(lookup), max_connections=max_connections or DEFAULT_MAX_CONNECTIONS)
+    qps: float = getattr(args, "kube_api_qps", 0.0)
+    limiter = RateLimiter(qps, args.kube_api_burst) if qps > 0 else None
+    return Rest(
+        load(lookup),
+        max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
+        limiter=limiter,
+    )

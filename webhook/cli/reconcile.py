@@ -20,6 +20,7 @@ from webhook.api.settings import Settings
 from webhook.cli.options import (
     add_kubeconfig_option,
     add_policy_options,
+    add_rate_limit_options,
     cluster_rest,
     port,
     positive_int,
@@ -93,6 +94,7 @@ def register(commands: Commands) -> None:
 
 def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reconciler")
+    add_rate_limit_options(group)
     group.add_argument(
         "--lease-namespace",
         default=LEASE_NAMESPACE,

@@ -16,7 +16,8 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from webhook import __version__
 from webhook.api.kinds import Kind
 from webhook.kube import errors
 from webhook.kube.kubeconfig import ClusterConfig, Lookup, load
+from webhook.kube.workqueue import Clock, TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +161,39 @@ class Watch:
             self._response.release_conn()
 
 
+# client-go logs a request held this long by its client-side rate limit; so do we.
+THROTTLE_LOG_SECONDS = 1.0
+
+
+class RateLimiter:
+    """client-go's client-side rate limit (``rest.Config`` QPS and Burst): ``qps`` requests a
+    second on average, ``burst`` at once; a request over it waits for its token. Watches are
+    long-lived and are not counted; lists, gets and writes are."""
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._bucket = TokenBucket(qps, burst, clock=clock)
+        self._lock = threading.Lock()
+        self._sleep = sleep
+
+    def wait(self) -> float:
+        """Take a token, waiting for it if need be; how long it waited."""
+        with self._lock:
+            delay = self._bucket.when()
+        if delay > 0:
+            self._sleep(delay)
+        return delay
+
+
 class Rest:
-    """JSON requests for any ``Kind`` to the cluster a ``ClusterConfig`` names."""
+    """JSON requests for any ``Kind`` to the cluster a ``ClusterConfig`` names; with a
+    ``limiter``, at most as fast as it allows (watches aside)."""
 
     def __init__(
         self,
@@ -169,14 +202,24 @@ class Rest:
         timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         pool: urllib3.PoolManager | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.cluster = cluster
+        self.limiter = limiter
         self._pool = pool if pool is not None else connection_pool(cluster, max_connections)
+        self.timeout_seconds = timeout_seconds
         self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=timeout_seconds)
 
     def with_timeout(self, timeout_seconds: float) -> Rest:
         """The same cluster and connections, another per-request timeout."""
-        return Rest(self.cluster, timeout_seconds=timeout_seconds, pool=self._pool)
+        return Rest(
+            self.cluster, timeout_seconds=timeout_seconds, pool=self._pool, limiter=self.limiter
+        )
+
+    def unlimited(self) -> Rest:
+        """The same cluster and connections with no client-side rate limit: for leader
+        election, whose renewals must never queue behind a burst of writes."""
+        return Rest(self.cluster, timeout_seconds=self.timeout_seconds, pool=self._pool)
 
     @classmethod
     def from_config(
@@ -397,6 +440,13 @@ class Rest:
         timeout: urllib3.Timeout | None = None,
         stream: bool = False,
     ) -> Any:
+        if self.limiter is not None and not stream:
+            waited = self.limiter.wait()
+            if waited >= THROTTLE_LOG_SECONDS:
+                logger.info(
+                    "waited %.1fs for the client-side rate limit (--kube-api-qps): %s %s",
+                    waited, method, path,
+                )  # fmt: skip
         headers: dict[str, Any] = {"Accept": JSON, "User-Agent": USER_AGENT}
         encoded = None
         if body is not None:

@@ -53,6 +53,9 @@ CANARY_POINTER = "/metadata/annotations/" + kinds.ANNOTATION_ISOLATION_CANARY.re
 COMPONENT = "agentcube-netpol"
 
 
+RETRY_QPS = 10.0
+
+
 class Reconciler:
     def __init__(
         self,
@@ -70,7 +73,9 @@ class Reconciler:
         self._metrics = metrics
         self._workers = workers
         self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
-        self.queue: WorkQueue[Request] = WorkQueue()
+        # Retries: per key exponential backoff, and 10 a second overall with bursts of 100
+        # (client-go's DefaultControllerRateLimiter), so a failing API cannot be spun on.
+        self.queue: WorkQueue[Request] = WorkQueue(bucket_qps=RETRY_QPS)
         self._leading = threading.Event()
         # Set by the runtime to the elector's own check (renewed within the renew deadline),
         # so a worker stops writing the moment the lease may have passed to another replica.

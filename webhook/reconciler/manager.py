@@ -59,7 +59,7 @@ class ReconcilerRuntime:
             identity=self.identity,
         )
         self.elector = LeaderElector(
-            rest,
+            rest.unlimited(),
             namespace=lease_namespace,
             name=lease_name,
             identity=self.identity,
