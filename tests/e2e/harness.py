@@ -159,6 +159,11 @@ class WebhookServer:
             return
         stop_process_group(process, name="webhook server", grace_s=SERVER_STOP_GRACE_S)
 
+    def send_signal(self, signum: int) -> None:
+        """A signal to the server process (SIGTERM: what the kubelet sends at pod deletion)."""
+        if self._process is not None:
+            self._process.send_signal(signum)
+
     def kill(self) -> None:
         """SIGKILL, as a node failure would end it: no clean shutdown, no lease release."""
         process, self._process = self._process, None

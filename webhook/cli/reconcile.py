@@ -247,6 +247,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 args.dns_name, service=args.service_name, namespace=args.service_namespace
             ),
             cert_check_interval_seconds=args.cert_check_interval,
+            drain_seconds=args.shutdown_drain,
+            # The standby takes over while this replica drains: writes stop at once.
+            on_shutdown=runtime.release,
         )
     finally:
         stop.set()

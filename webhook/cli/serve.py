@@ -15,6 +15,7 @@ from webhook.cli.options import (
     cluster_rest,
     port,
     positive_seconds,
+    seconds_or_zero,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +70,15 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "--service-namespace",
         default=SERVICE_NAMESPACE,
         help="in-cluster Service namespace for a generated certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-drain",
+        type=seconds_or_zero,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, fail /readyz and keep answering this long before closing the port, "
+        "so the endpoint leaves the Service first; run releases its Lease at once "
+        "(deploy/: 5; default: %(default)s)",
     )
     parser.add_argument(
         "--cert-check-interval",
@@ -155,6 +165,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             args.dns_name, service=args.service_name, namespace=args.service_namespace
         ),
         cert_check_interval_seconds=args.cert_check_interval,
+        drain_seconds=args.shutdown_drain,
     )
 
 

@@ -96,6 +96,13 @@ class ReconcilerRuntime:
             on_stopped_leading=self.reconciler.stop_leading,
         )
 
+    def release(self) -> None:
+        """Stop writing and release the Lease (a successor takes over at once), and stand no
+        more; the caches keep serving readers (the webhook while it drains)."""
+        self._stopping.set()
+        self.reconciler.stop_leading()
+        self.elector.stop()
+
     def stop(self) -> None:
         """Release the lease (a successor takes over at once), stop writing, stop watching."""
         self._stopping.set()

@@ -70,6 +70,8 @@ def serve(
     sock: socket.socket | None = None,
     current_settings: Callable[[], Settings] | None = None,
     stop: threading.Event | None = None,
+    drain_seconds: float = 0.0,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set); 0 after a clean shutdown, 1 if it
     could not start.
@@ -83,6 +85,11 @@ def serve(
     synced) to "certificates loaded". ``trust``, in a cluster without
     cert-manager, keeps the shared CA and the webhooks' caBundle (first at
     start, then every few minutes).
+
+    On SIGTERM or SIGINT: ``/readyz`` fails at once and ``on_shutdown`` runs (``run``
+    releases its Lease there), the server keeps answering for ``drain_seconds`` (so the
+    endpoint leaves the Service before the port closes), then stops as uvicorn does:
+    requests in flight finish. A second signal stops it at once.
     """
     if trust is not None and not _first_sync(trust):
         return EXIT_FAILED
@@ -100,8 +107,10 @@ def serve(
             ca_file, ca_file, port,
         )  # fmt: skip
 
+    shutting_down = threading.Event()
+
     def is_ready() -> bool:
-        return reloader.loaded and (ready is None or ready())
+        return not shutting_down.is_set() and reloader.loaded and (ready is None or ready())
 
     app = create_app(
         settings=settings,
@@ -114,7 +123,8 @@ def serve(
     config = uvicorn_config(
         app, host=host, port=port, ssl_context=reloader.context, http=http_implementation
     )
-    server = _Server(config)
+    server = _Server(config, drain_seconds=drain_seconds, on_shutdown=on_shutdown)
+    server.shutting_down = shutting_down
     try:
         asyncio.run(
             _serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock, stop=stop)
@@ -241,6 +251,46 @@ async def watch_certificates(reloader: CertificateReloader, interval_seconds: fl
 
 
 class _Server(uvicorn.Server):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        drain_seconds: float = 0.0,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self.on_shutdown = on_shutdown
+        self.shutting_down = threading.Event()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """The first signal: not ready, ``on_shutdown``, and stop after the drain; a second
+        signal (or no drain): stop now."""
+        if self.shutting_down.is_set() or self.drain_seconds <= 0:
+            first = not self.shutting_down.is_set()
+            self.shutting_down.set()
+            if first and self.on_shutdown is not None:
+                self._run_on_shutdown()
+            super().handle_exit(sig, frame)
+            return
+        self.shutting_down.set()
+        logger.info(
+            "%s: not ready now, stopping in %.1fs (a second signal stops at once)",
+            signal.Signals(sig).name, self.drain_seconds,
+        )  # fmt: skip
+        if self.on_shutdown is not None:
+            threading.Thread(target=self._run_on_shutdown, name="on-shutdown", daemon=True).start()
+        timer = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, None))
+        timer.daemon = True
+        timer.start()
+
+    def _run_on_shutdown(self) -> None:
+        try:
+            if self.on_shutdown is not None:
+                self.on_shutdown()
+        except Exception:
+            logger.exception("shutdown step failed")
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         # uvicorn's own version raises the signal again after the graceful
