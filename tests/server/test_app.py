@@ -508,7 +508,7 @@ def test_the_claim_mutation_reads_the_current_settings_on_each_request() -> None
     claim = builders.sandbox_claim("demo-ab12cd34", uid="c1a1m")
     claim["apiVersion"] = f"{kinds.SANDBOX_EXT_GROUP}/v1beta1"
     claim["spec"] = {"warmPoolRef": {"name": "demo"}}
-    app = create_app(settings=SETTINGS, claims=OneClaim(CLAIM), current_settings=lambda: current[0])
+    app = create_app(settings=SETTINGS, claims=OneClaim(CLAIM), live_settings=lambda: current[0])
     with TestClient(app) as client:
 
         def patched() -> bool:

@@ -14,7 +14,7 @@ wrong types as field errors. No input makes a decision raise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict
 
@@ -242,68 +242,98 @@ def validate(
 
 
 def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> AdmissionResponse:
-    uid, operation = req.uid, req.operation
-    if operation not in ("CREATE", "UPDATE") or req.sub_resource:
-        return response.allowed(uid)
+    if req.operation not in ("CREATE", "UPDATE") or req.sub_resource:
+        return response.allowed(req.uid)
     key = (req.group, req.kind)
-    obj = req.obj
-    old = req.old if operation == "UPDATE" else {}
+    validator = _VALIDATORS.get(key) or (_validate_widening if key in _WIDENING else None)
+    if validator is None:
+        return response.allowed(req.uid)
+    old = req.old if req.operation == "UPDATE" else {}
+    return validator(req, old, settings, sandboxes)
 
-    if key in _TEMPLATE_KINDS:
-        path = kinds.TEMPLATE_POLICY_PATH[key[1]]
-        if old and kinds.get_path(old, path) == kinds.get_path(obj, path):
-            return response.allowed(uid)  # unchanged: an older invalid value does not block updates
-        found = validate_template(obj, kind=key[1], settings=settings)
-        return _verdict(req, found)
 
-    if key in _OVERRIDE_KINDS:
-        new_value, old_value = override_annotation(obj), override_annotation(old)
-        if new_value == old_value:
-            return response.allowed(uid)
-        if not is_privileged(req.user, settings):
-            return response.denied(
-                uid,
-                f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', req.user, settings)}",
-            )
-        return _verdict(req, validate_override(new_value, settings=settings))
+def _validate_template(
+    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+) -> AdmissionResponse:
+    """AgentRuntime and CodeInterpreter: the ``networkPolicy`` field."""
+    path = kinds.TEMPLATE_POLICY_PATH[req.kind]
+    if old and kinds.get_path(old, path) == kinds.get_path(req.obj, path):
+        return response.allowed(req.uid)  # unchanged: an older invalid value does not block updates
+    return _verdict(req, validate_template(req.obj, kind=req.kind, settings=settings))
 
-    if key in _WIDENING:
-        problem = _WIDENING[key](obj, req.namespace, sandboxes)
-        if problem is None:
-            return response.allowed(uid)
-        if settings.deny_widening:
-            name = _metadata_text(obj, "name") or req.name
-            return response.denied(
-                uid, f'{req.kind} "{name}" is forbidden: {problem}', code=403, reason="Forbidden"
-            )
-        return response.allowed(uid, warnings=[problem])
 
-    if key == _POD and operation == "UPDATE":
-        old_name = _label(old, kinds.LABEL_SANDBOX_NAME)
-        new_name = _label(obj, kinds.LABEL_SANDBOX_NAME)
-        if old_name is not None and new_name != old_name and not is_privileged(req.user, settings):
-            action = "remove" if new_name is None else "change"
-            return response.denied(
-                uid,
-                f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', req.user, settings)}: {show_value(old_name)}",
-            )
-        if (
-            kinds.has_scheduling_gate(old)
-            and not kinds.has_scheduling_gate(obj)
-            and not may_lift_gate(req.user, settings)
-        ):
-            return response.denied(
-                uid,
-                f"{SCHEDULING_GATES_PATH}: {_privilege_problem(f'remove the gate {kinds.SCHEDULING_GATE}', req.user, settings, gate_lifters=True)}: it comes off once the sandbox's NetworkPolicy exists",
-            )
-        if _annotation(old, kinds.ANNOTATION_ISOLATION_CANARY) != _annotation(
-            obj, kinds.ANNOTATION_ISOLATION_CANARY
-        ) and not may_lift_gate(req.user, settings):
-            return response.denied(
-                uid,
-                f"{ISOLATION_CANARY_PATH}: {_privilege_problem('set, change or remove the isolation canary', req.user, settings, gate_lifters=True)}: the reconciler writes it as it lifts the gate",
-            )
+def _validate_override(
+    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+) -> AdmissionResponse:
+    """Sandbox and SandboxClaim: the override annotation, and who may touch it."""
+    new_value, old_value = override_annotation(req.obj), override_annotation(old)
+    if new_value == old_value:
+        return response.allowed(req.uid)
+    if not is_privileged(req.user, settings):
+        return response.denied(
+            req.uid,
+            f"{OVERRIDE_PATH}: {_privilege_problem('set, change or remove the override', req.user, settings)}",
+        )
+    return _verdict(req, validate_override(new_value, settings=settings))
+
+
+def _validate_widening(
+    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+) -> AdmissionResponse:
+    """NetworkPolicy and SandboxTemplate: what would loosen a sandbox (warned or refused)."""
+    problem = _WIDENING[(req.group, req.kind)](req.obj, req.namespace, sandboxes)
+    if problem is None:
+        return response.allowed(req.uid)
+    if settings.deny_widening:
+        name = _metadata_text(req.obj, "name") or req.name
+        return response.denied(
+            req.uid, f'{req.kind} "{name}" is forbidden: {problem}', code=403, reason="Forbidden"
+        )
+    return response.allowed(req.uid, warnings=[problem])
+
+
+def _validate_pod(
+    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+) -> AdmissionResponse:
+    """Pod UPDATE: the sandbox-name label, the scheduling gate and the isolation canary are
+    only the privileged users' (and the gate lifters') to change."""
+    uid, obj, user = req.uid, req.obj, req.user
+    if req.operation != "UPDATE":
+        return response.allowed(uid)
+    old_name = _label(old, kinds.LABEL_SANDBOX_NAME)
+    new_name = _label(obj, kinds.LABEL_SANDBOX_NAME)
+    if old_name is not None and new_name != old_name and not is_privileged(user, settings):
+        action = "remove" if new_name is None else "change"
+        return response.denied(
+            uid,
+            f"{SANDBOX_NAME_LABEL_PATH}: {_privilege_problem(action + ' the label its NetworkPolicy selects on', user, settings)}: {show_value(old_name)}",
+        )
+    if (
+        kinds.has_scheduling_gate(old)
+        and not kinds.has_scheduling_gate(obj)
+        and not may_lift_gate(user, settings)
+    ):
+        return response.denied(
+            uid,
+            f"{SCHEDULING_GATES_PATH}: {_privilege_problem(f'remove the gate {kinds.SCHEDULING_GATE}', user, settings, gate_lifters=True)}: it comes off once the sandbox's NetworkPolicy exists",
+        )
+    if _annotation(old, kinds.ANNOTATION_ISOLATION_CANARY) != _annotation(
+        obj, kinds.ANNOTATION_ISOLATION_CANARY
+    ) and not may_lift_gate(user, settings):
+        return response.denied(
+            uid,
+            f"{ISOLATION_CANARY_PATH}: {_privilege_problem('set, change or remove the isolation canary', user, settings, gate_lifters=True)}: the reconciler writes it as it lifts the gate",
+        )
     return response.allowed(uid)
+
+
+Validator = Callable[[Request, Mapping[str, Any], Settings, SandboxLookup], AdmissionResponse]
+# What /validate checks, by (group, kind); the widening kinds are in _WIDENING.
+_VALIDATORS: dict[tuple[str, str], Validator] = {
+    **{key: _validate_template for key in _TEMPLATE_KINDS},
+    **{key: _validate_override for key in _OVERRIDE_KINDS},
+    _POD: _validate_pod,
+}
 
 
 def _annotation(obj: Mapping[str, Any], key: str) -> str | None:

@@ -168,7 +168,7 @@ def restart_schedule(*, leading: bool, interval_seconds: float) -> tuple[float, 
 def _rediscovery(
     args: argparse.Namespace,
     rest: Rest,
-    configured: Settings,
+    from_flags: Settings,
     runtime: ReconcilerRuntime,
     *,
     on_versions_changed: Callable[[list[str]], None],
@@ -180,7 +180,7 @@ def _rediscovery(
         rest,
         in_use=runtime.caches.in_use,
         settings=runtime.reconciler.settings,
-        configured=configured.claim_label_injection,
+        configured=from_flags.claim_label_injection,
         on_versions_changed=on_versions_changed,
         on_settings_changed=on_settings_changed,
         interval_seconds=args.rediscover_interval,
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.server.serve import serve
 
     metrics = AdmissionMetrics()
-    configured = settings
+    from_flags = settings
     rest = _rest(args)
     settings = resolve_claim_label_injection(settings, rest)
     # The reconciler beside the server lifts the gates the server guards, as whoever it is.
@@ -215,14 +215,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         def go_unready() -> None:  # not ready first; stopped once the probe has noticed
             restarting.set()
-            later(drain, stop.set)
+            call_later(drain, stop.set)
 
-        later(hold, go_unready)
+        call_later(hold, go_unready)
 
     rediscovery = _rediscovery(
         args,
         rest,
-        configured,
+        from_flags,
         runtime,
         on_versions_changed=on_versions_changed,
         on_settings_changed=runtime.reconciler.use_settings,
@@ -238,7 +238,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             settings=settings,
             # What the reconciler plans with, read on each request: one value, flipped in
             # place when agent-sandbox's allow-list changes.
-            current_settings=lambda: runtime.reconciler.settings,
+            live_settings=lambda: runtime.reconciler.settings,
             stop=stop,
             host=args.host,
             port=args.port,
@@ -258,7 +258,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_RESTART if restarting.is_set() and code == EXIT_OK else code
 
 
-def later(seconds: float, then: Callable[[], None]) -> None:
+def call_later(seconds: float, then: Callable[[], None]) -> None:
     timer = threading.Timer(seconds, then)
     timer.daemon = True
     timer.start()
@@ -270,7 +270,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import resolve_claim_label_injection
 
     registry = CollectorRegistry()
-    configured = settings
+    from_flags = settings
     # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
     rest = _rest(args)
     settings = resolve_claim_label_injection(settings, rest)
@@ -292,7 +292,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     rediscovery = _rediscovery(
         args,
         rest,
-        configured,
+        from_flags,
         runtime,
         on_versions_changed=on_versions_changed,
         on_settings_changed=runtime.reconciler.use_settings,
@@ -317,12 +317,12 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
     # An error here (unreachable, forbidden, ...) is one line and exit 4 (cli/main.py).
     served = discover_kinds(rest)
     snapshot, policies, templates = list_cluster(rest, served, namespace=args.namespace)
-    configured = settings.claim_label_injection
-    decided, why = decide_claim_label_injection(configured, rest, served)
+    from_flags = settings.claim_label_injection
+    decided, why = decide_claim_label_injection(from_flags, rest, served)
     found = find(
         snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
     )
-    found += claim_label_findings(configured, decided, why)
+    found += claim_label_findings(from_flags, decided, why)
     findings = [
         finding
         for finding in sorted(found)

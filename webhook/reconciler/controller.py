@@ -194,67 +194,67 @@ class Reconciler:
         True when done; False to retry after backoff (the cache was behind the API
         server: a create found it existing, an update found a newer version).
         """
-        the_plan = plan(request, self._caches, self._settings)
-        for report in the_plan.reports:
+        decided = plan(request, self._caches, self._settings)
+        for report in decided.reports:
             self._record(report)
         if not self.leading:
             return True  # the new leader does it
         try:
-            self._write(the_plan)
+            self._write(decided)
         except (AlreadyExists, Conflict) as exc:
             logger.info("reconcile %s/%s: %s; cache behind, retrying", *request, exc.reason)
             return False
-        if the_plan.write == "blocked":
+        if decided.write == "blocked":
             return True
-        for patch in the_plan.label_pods:
+        for patch in decided.label_pods:
             self._patch_pod(patch)
-        for patch in the_plan.ungate_pods:
+        for patch in decided.ungate_pods:
             self._patch_pod(patch)
-        for patch in the_plan.canary_pods:
+        for patch in decided.canary_pods:
             self._patch_pod(patch)
         return True
 
-    def _write(self, the_plan: Plan) -> None:
-        request = the_plan.request
+    def _write(self, decided: Plan) -> None:
+        request = decided.request
         what = "baseline" if request.name.startswith(BASELINE_PREFIX) else "NetworkPolicy"
-        if the_plan.write == "create":
-            assert the_plan.desired is not None
-            self._rest.create(kinds.NETWORK_POLICY, request.namespace, the_plan.desired)
+        if decided.write == "create":
+            assert decided.desired is not None
+            self._rest.create(kinds.NETWORK_POLICY, request.namespace, decided.desired)
             self._metrics.writes.labels("create").inc()
             logger.info("created %s %s/%s", what, *request)
-            self._report_write(the_plan, "NetworkPolicyCreated", f"created {what} {request.name}")
+            self._report_write(decided, "NetworkPolicyCreated", f"created {what} {request.name}")
             return
-        if the_plan.write == "update":
+        if decided.write == "update":
             self._rest.patch(
                 kinds.NETWORK_POLICY,
                 request.namespace,
                 request.name,
-                the_plan.merge_patch,
+                decided.merge_patch,
                 patch_type="merge",
             )
             self._metrics.writes.labels("update").inc()
             logger.info("updated %s %s/%s to the desired state", what, *request)
             self._report_write(
-                the_plan,
+                decided,
                 "NetworkPolicyUpdated",
                 f"{what} {request.name} brought back to the sandbox's policy "
                 "(it was edited, or the policy changed)",
             )
             return
-        if the_plan.write == "delete":
-            assert the_plan.current is not None and is_managed(the_plan.current)
+        if decided.write == "delete":
+            assert decided.current is not None and is_managed(decided.current)
             try:
                 self._rest.delete(
                     kinds.NETWORK_POLICY,
                     request.namespace,
                     request.name,
-                    uid=uid_of(the_plan.current),
+                    uid=uid_of(decided.current),
                 )
             except NotFound:
                 return
             self._metrics.writes.labels("delete").inc()
             logger.info("deleted %s %s/%s: no longer needed", what, *request)
-            self._report_write(the_plan, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
+            self._report_write(decided, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
             return
 
     def _patch_pod(self, patch: PodPatch) -> None:
@@ -304,9 +304,9 @@ class Reconciler:
             except ApiError as exc:  # an Event is best effort; the log line stays
                 logger.warning("could not record Event %s: %s", body.get("reason"), exc)
 
-    def _report_write(self, the_plan: Plan, reason: str, message: str) -> None:
-        if the_plan.regarding is not None:
-            self._record(Report(the_plan.regarding, reason, message), once=False)
+    def _report_write(self, decided: Plan, reason: str, message: str) -> None:
+        if decided.regarding is not None:
+            self._record(Report(decided.regarding, reason, message), once=False)
 
     def _record(self, report: Report, *, once: bool = True) -> None:
         if not self.leading:

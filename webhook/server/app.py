@@ -68,15 +68,15 @@ def create_app(
     sandboxes: SandboxLookup | None = None,
     ready: Callable[[], bool] = lambda: True,
     metrics: AdmissionMetrics | None = None,
-    current_settings: Callable[[], Settings] | None = None,
+    live_settings: Callable[[], Settings] | None = None,
 ) -> Starlette:
     """The ASGI app: POST /validate and /mutate; GET /healthz, /readyz, /metrics.
 
     ``ready`` answers /readyz: true once certificates are loaded (and, with the
-    reconciler, once its caches are synced). ``current_settings``, when given, is asked on
+    reconciler, once its caches are synced). ``live_settings``, when given, is asked on
     each request instead of ``settings`` (``run`` flips claim label injection in place).
     """
-    settings_now = current_settings or (lambda: settings)
+    settings_now = live_settings or (lambda: settings)
     admission_metrics = metrics if metrics is not None else AdmissionMetrics()
 
     # Looked up on the module at call time, so a test can replace the decision.

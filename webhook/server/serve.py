@@ -68,7 +68,7 @@ def serve(
     metrics: AdmissionMetrics | None = None,
     sandboxes: SandboxLookup | None = None,
     sock: socket.socket | None = None,
-    current_settings: Callable[[], Settings] | None = None,
+    live_settings: Callable[[], Settings] | None = None,
     stop: threading.Event | None = None,
     drain_seconds: float = 0.0,
     on_shutdown: Callable[[], None] | None = None,
@@ -118,7 +118,7 @@ def serve(
         sandboxes=sandboxes,
         ready=is_ready,
         metrics=metrics,
-        current_settings=current_settings,
+        live_settings=live_settings,
     )
     config = uvicorn_config(
         app, host=host, port=port, ssl_context=reloader.context, http=http_implementation
