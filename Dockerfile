@@ -5,7 +5,8 @@
 # Two stages: the first builds our wheel and installs it with its dependencies into a
 # virtualenv (as tests/wheel/check.sh does in CI, from the same three sources), then runs
 # it once, outside the source tree (python -I), so a package that misses a module or its
-# package data (webhook/manifests, versions.env) fails the build; the second copies only
+# package data (webhook/manifests) fails the build, and so does the dev kit
+# (agentcube-netpol-dev: control plane, fake kubelet, dataplane) if it got in; the second copies only
 # that virtualenv onto a fresh copy of the same base, so neither the source tree nor the
 # wheel build's tools ship, and the virtualenv has no pip. Pinned: the base to an exact Python patch release (override with
 # --build-arg PYTHON_IMAGE=...@sha256:... to pin a digest), the dependencies to
@@ -30,7 +31,7 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/agentcube-netpol --version \
  && echo '{"apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter", "metadata": {"name": "smoke"}, "spec": {"template": {"networkPolicy": {"mode": "Restricted"}}}}' \
   | /opt/venv/bin/agentcube-netpol render - --sandbox smoke-0 >/dev/null \
- && /opt/venv/bin/python -I -c "from webhook.devtools import controlplane as c; assert c.CRDS_DIR.is_dir() and c.WEBHOOKS_DIR.is_dir() and c.VERSIONS_FILE.is_file()"
+ && /opt/venv/bin/python -I -c "import importlib.util as u; from webhook.manifests import CRDS_DIR, WEBHOOKS_DIR; assert CRDS_DIR.is_dir() and WEBHOOKS_DIR.is_dir(); assert u.find_spec('agentcube_netpol_dev') is None, 'the dev kit must not ship'"
 
 FROM ${PYTHON_IMAGE}
 # Bytecode was compiled at build time: nothing is written next to the code, so the

@@ -7,10 +7,10 @@ DEV_ARGS ?=
 
 .PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench bench-reconciler clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' -e ./devkit  # the product, and the dev kit (dev, tests)
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,7 +26,7 @@ dev: install controlplane
 ## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, every pinned agent-sandbox controller and kube-router (cached by version)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
-	for version in $$(sed -n 's/^AGENT_SANDBOX_VERSIONS=//p' webhook/devtools/versions.env | tr ',' ' '); do \
+	for version in $$(sed -n 's/^AGENT_SANDBOX_VERSIONS=//p' devkit/agentcube_netpol_dev/versions.env | tr ',' ' '); do \
 		tests/controlplane/build-agent-sandbox.sh $$version >/dev/null || exit 1; \
 	done
 	tests/controlplane/build-kube-router.sh >/dev/null

@@ -36,12 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lib.load import percentile, process_cpu_seconds
-
-from webhook.api import kinds
-from webhook.api.kinds import Kind
-from webhook.api.settings import Settings
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     LOOPBACK,
     ControlPlane,
     die_with_parent,
@@ -54,6 +49,11 @@ from webhook.devtools.controlplane import (
     stop_process_group,
     tls_context,
 )
+from lib.load import percentile, process_cpu_seconds
+
+from webhook.api import kinds
+from webhook.api.kinds import Kind
+from webhook.api.settings import Settings
 from webhook.kube.errors import Gone
 from webhook.kube.rest import Rest
 from webhook.policy.builder import build_network_policy

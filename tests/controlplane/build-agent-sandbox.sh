@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real agent-sandbox controller (sigs.k8s.io/agent-sandbox) from the Go module proxy:
 #   build-agent-sandbox.sh [VERSION]
-# VERSION defaults to AGENT_SANDBOX_VERSION in webhook/devtools/versions.env; it must be one of
+# VERSION defaults to AGENT_SANDBOX_VERSION in devkit/agentcube_netpol_dev/versions.env; it must be one of
 # AGENT_SANDBOX_VERSIONS there (each has its wrapper module in agent-sandbox/<VERSION>/), for the end-to-end tier and `dev`,
 # and copies its four CRDs (sandboxes, sandboxtemplates, sandboxclaims, sandboxwarmpools) and
 # its RBAC from the SAME module, so the controller always runs against the schema it was
@@ -18,8 +18,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../../webhook/devtools/versions.env
-source "${here}/../../webhook/devtools/versions.env"
+# shellcheck source=../../devkit/agentcube_netpol_dev/versions.env
+source "${here}/../../devkit/agentcube_netpol_dev/versions.env"
 
 version="${1:-${AGENT_SANDBOX_VERSION}}"
 wrapper_dir="${here}/agent-sandbox/${version}"
@@ -65,7 +65,7 @@ fi
 
 if [[ ",${AGENT_SANDBOX_VERSIONS}," != *",${version},"* || ! -f "${wrapper_dir}/go.mod" ]]; then
   log "agent-sandbox ${version} is not pinned: AGENT_SANDBOX_VERSIONS=${AGENT_SANDBOX_VERSIONS}" \
-    "in webhook/devtools/versions.env, each with its wrapper module in agent-sandbox/<version>/" \
+    "in devkit/agentcube_netpol_dev/versions.env, each with its wrapper module in agent-sandbox/<version>/" \
     "(tests/controlplane/update-modules.sh writes them)"
   exit 1
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds kube-router (github.com/cloudnativelabs/kube-router/v2, the version in
-# webhook/devtools/versions.env) from the Go module proxy, for the dataplane tier: a
+# devkit/agentcube_netpol_dev/versions.env) from the Go module proxy, for the dataplane tier: a
 # TEST-ONLY component whose network-policy controller enforces the product's NetworkPolicies
 # on network namespaces the tests create. Built through the wrapper module in kube-router/,
 # whose go.mod raises kube-router's pinned dependencies where it still builds (the release
@@ -13,8 +13,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../../webhook/devtools/versions.env
-source "${here}/../../webhook/devtools/versions.env"
+# shellcheck source=../../devkit/agentcube_netpol_dev/versions.env
+source "${here}/../../devkit/agentcube_netpol_dev/versions.env"
 
 module="github.com/cloudnativelabs/kube-router/v2"
 binary="kube-router"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries the end-to-end tests and `python -m webhook dev` run:
 # kube-apiserver, kube-controller-manager and kubectl from k8s.io/kubernetes, and etcd from
-# go.etcd.io/etcd/server/v3, all from the Go module proxy (versions in webhook/devtools/versions.env).
+# go.etcd.io/etcd/server/v3, all from the Go module proxy (versions in devkit/agentcube_netpol_dev/versions.env).
 #
 # Output: the binaries in ${AGENTCUBE_NETPOL_CACHE:-$HOME/.cache/agentcube-netpol}/bin/<k8s>-<etcd>/.
 # The cache lives outside the repository on purpose: CI runs in a fresh clone of the repository
@@ -14,8 +14,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../../webhook/devtools/versions.env
-source "${here}/../../webhook/devtools/versions.env"
+# shellcheck source=../../devkit/agentcube_netpol_dev/versions.env
+source "${here}/../../devkit/agentcube_netpol_dev/versions.env"
 
 binaries=(etcd kube-apiserver kube-controller-manager kubectl)
 

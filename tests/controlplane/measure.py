@@ -11,7 +11,7 @@ import os
 import statistics
 import time
 
-from webhook.devtools.controlplane import ControlPlane, find_binaries
+from agentcube_netpol_dev.controlplane import ControlPlane, find_binaries
 
 MIB = 1024 * 1024
 SETTLE_S = 5.0  # let the API server finish its post-start hooks before reading memory

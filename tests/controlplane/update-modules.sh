@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the wrapper Go modules (kubernetes/, etcd/ and agent-sandbox/) for the versions in
-# webhook/devtools/versions.env.
+# devkit/agentcube_netpol_dev/versions.env.
 #
 # k8s.io/kubernetes cannot be built with `go install pkg@version`: its go.mod replaces every
 # staging module (k8s.io/api, k8s.io/client-go, ...) with a directory of its own repository, and
@@ -10,8 +10,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=../../webhook/devtools/versions.env
-source "${here}/../../webhook/devtools/versions.env"
+# shellcheck source=../../devkit/agentcube_netpol_dev/versions.env
+source "${here}/../../devkit/agentcube_netpol_dev/versions.env"
 
 staging_version="v0.${K8S_VERSION#v1.}"   # v1.37.2 -> v0.37.2
 

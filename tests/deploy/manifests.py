@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from agentcube_netpol_dev.controlplane import KUBECTL, ControlPlaneError, find_binaries
 
 from tests import REPO_ROOT
-from webhook.devtools.controlplane import KUBECTL, ControlPlaneError, find_binaries
 
 REPO = REPO_ROOT
 DEPLOY = REPO / "deploy"

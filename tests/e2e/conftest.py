@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, agent_sandbox_running
-from webhook.devtools.agentsandbox import (
+from agentcube_netpol_dev.agentsandbox import (
     AgentSandboxBuild,
     AgentSandboxController,
     find_agent_sandbox,
 )
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     Binaries,
     ControlPlane,
     ControlPlaneError,
@@ -36,7 +34,9 @@ from webhook.devtools.controlplane import (
     install_webhooks,
     load_manifests,
 )
-from webhook.devtools.kubelet import FakeKubelet
+from agentcube_netpol_dev.kubelet import FakeKubelet
+
+from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, agent_sandbox_running
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

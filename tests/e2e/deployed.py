@@ -8,13 +8,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import DEPLOY_DIR, Kubectl, as_json
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     WEBHOOK_CONFIGURATION_KINDS,
     ControlPlane,
     load_manifests,
     point_webhooks_at,
 )
+
+from tests.e2e.harness import DEPLOY_DIR, Kubectl, as_json
 
 NAMESPACE = "agentcube-netpol-system"
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:agentcube-netpol"

@@ -1,6 +1,6 @@
 """Helpers for the end-to-end tier: the webhook server as a subprocess, and kubectl results.
 
-The control plane itself is ``webhook.devtools.controlplane`` (``python -m webhook dev`` uses it too).
+The control plane itself is ``agentcube_netpol_dev.controlplane`` (``python -m webhook dev`` uses it too).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
+from agentcube_netpol_dev.controlplane import (
     LOOPBACK,
     ControlPlane,
     ControlPlaneError,

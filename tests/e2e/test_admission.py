@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane
 
 from tests import FIXTURES
 from tests.builders import (
@@ -20,7 +21,6 @@ from tests.builders import (
 from tests.e2e.harness import Kubectl, as_json
 from webhook.api import kinds
 from webhook.cli.offline import load_objects
-from webhook.devtools.controlplane import ControlPlane
 
 pytestmark = pytest.mark.usefixtures("webhook_configurations")
 

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import find_agent_sandbox
+from agentcube_netpol_dev.controlplane import (
+    Binaries,
+    ControlPlane,
+    ControlPlaneError,
+    install_crds,
+    install_webhooks,
+    load_manifests,
+)
 
 from tests import EXAMPLES
 from tests.builders import in_version, sandbox, sandbox_claim, sandbox_template, sandbox_warm_pool
@@ -22,15 +31,6 @@ from tests.e2e.test_agent_sandbox_versions import install_agentcube_crds
 from webhook.admission.decide import validate_object
 from webhook.api import kinds
 from webhook.api.settings import Settings
-from webhook.devtools.agentsandbox import find_agent_sandbox
-from webhook.devtools.controlplane import (
-    Binaries,
-    ControlPlane,
-    ControlPlaneError,
-    install_crds,
-    install_webhooks,
-    load_manifests,
-)
 
 VERSION = "v1.0.1"
 V1BETA1 = "v1beta1"

@@ -23,6 +23,15 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import (
+    LABEL_POD_TEMPLATE_HASH,
+    LABEL_SANDBOX_NAME_HASH,
+    LABEL_TEMPLATE_REF_HASH,
+    AgentSandboxBuild,
+    AgentSandboxController,
+)
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
+from agentcube_netpol_dev.kubelet import DEFAULT_POD_CIDR, CidrPodNetwork, FakeKubelet
 
 from tests.builders import (
     code_interpreter,
@@ -40,15 +49,6 @@ from tests.e2e.deployed import (
 )
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from webhook.api import kinds
-from webhook.devtools.agentsandbox import (
-    LABEL_POD_TEMPLATE_HASH,
-    LABEL_SANDBOX_NAME_HASH,
-    LABEL_TEMPLATE_REF_HASH,
-    AgentSandboxBuild,
-    AgentSandboxController,
-)
-from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
-from webhook.devtools.kubelet import DEFAULT_POD_CIDR, CidrPodNetwork, FakeKubelet
 from webhook.reconciler.agentsandbox import name_hash
 
 NAMESPACE = "sessions"

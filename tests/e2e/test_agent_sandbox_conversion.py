@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import AgentSandboxController, find_agent_sandbox
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, ControlPlaneError
 
 from tests.builders import code_interpreter, sandbox_claim
 from tests.e2e.harness import Kubectl, as_json
@@ -39,8 +41,6 @@ from tests.e2e.test_reconciler import (
     run_beside,
 )
 from webhook.api import kinds
-from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
-from webhook.devtools.controlplane import Binaries, ControlPlane, ControlPlaneError
 from webhook.reconciler.agentsandbox import name_hash
 
 VERSION = "v0.5.6"

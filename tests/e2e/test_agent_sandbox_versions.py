@@ -29,6 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import AgentSandboxController, find_agent_sandbox
+from agentcube_netpol_dev.controlplane import (
+    Binaries,
+    ControlPlane,
+    ControlPlaneError,
+    load_manifests,
+)
 
 from tests.builders import code_interpreter, in_version, sandbox_claim
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
@@ -44,13 +51,6 @@ from tests.e2e.test_reconciler import (
     sandbox,
 )
 from webhook.api import kinds
-from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
-from webhook.devtools.controlplane import (
-    Binaries,
-    ControlPlane,
-    ControlPlaneError,
-    load_manifests,
-)
 from webhook.kube.rest import Rest
 from webhook.reconciler.agentsandbox import name_hash
 

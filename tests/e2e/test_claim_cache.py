@@ -9,13 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
 
 from tests.builders import sandbox_claim, sandbox_pod
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
-from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 
 NAMESPACE = "warm"
 WARM_LABELS = {

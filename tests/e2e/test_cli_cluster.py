@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from agentcube_netpol_dev.controlplane import ControlPlane, free_loopback_ports
 
 from tests.cli.test_exit_codes import agentcube_netpol
 from tests.e2e.harness import Kubectl, as_json
 from webhook.api.exitcodes import EXIT_CLUSTER, EXIT_OK
-from webhook.devtools.controlplane import ControlPlane, free_loopback_ports
 
 pytestmark = pytest.mark.e2e
 

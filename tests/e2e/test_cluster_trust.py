@@ -12,6 +12,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from agentcube_netpol_dev.controlplane import (
+    Binaries,
+    ControlPlane,
+    install_crds,
+    is_healthy,
+    tls_context,
+)
 
 from tests import builders
 from tests.e2e.deployed import (
@@ -23,13 +30,6 @@ from tests.e2e.deployed import (
     install_webhooks,
 )
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer
-from webhook.devtools.controlplane import (
-    Binaries,
-    ControlPlane,
-    install_crds,
-    is_healthy,
-    tls_context,
-)
 from webhook.kube import cabundle
 from webhook.tls import certs
 

@@ -1,5 +1,5 @@
 """The NetworkPolicies `run` writes, enforced at the packet level by kube-router's
-network-policy controller on pods that are network namespaces (webhook/devtools/dataplane.py).
+network-policy controller on pods that are network namespaces (devkit/agentcube_netpol_dev/dataplane.py).
 
 A module of its own control plane, with the fake kubelet's pods on the dataplane. Every
 address a probe sends to is a namespace this module created; probes start only in pod
@@ -24,6 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
+from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, Host, Probed
+from agentcube_netpol_dev.kubelet import FakeKubelet
 
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, agent_sandbox_running, as_json
@@ -43,10 +47,6 @@ from tests.e2e.test_reconciler import (
 from tests.e2e.test_reconciler import RESTRICTED as WARM_POOL_POLICY
 from tests.e2e.test_reconciler_warm_path import Warm, adopted_pod, claim_session, warm_pool
 from webhook.api import kinds
-from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
-from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
-from webhook.devtools.dataplane import Dataplane, DataplaneError, Host, Probed
-from webhook.devtools.kubelet import FakeKubelet
 from webhook.kube.rest import Rest
 from webhook.reconciler.agentsandbox import name_hash
 

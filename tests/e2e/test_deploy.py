@@ -20,6 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import (
+    ControlPlane,
+    ControlPlaneError,
+    find_binaries,
+    install_crds,
+)
 
 from tests import builders
 from tests.deploy.manifests import (
@@ -41,12 +47,6 @@ from tests.deploy.manifests import (
     schema_at,
 )
 from webhook.api import kinds
-from webhook.devtools.controlplane import (
-    ControlPlane,
-    ControlPlaneError,
-    find_binaries,
-    install_crds,
-)
 
 TEAM = "team-a"
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:agentcube-netpol"

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentcube_netpol_dev.controlplane import KUBECTL, Binaries
+
 from tests.builders import code_interpreter, sandbox
 from tests.e2e.harness import REPO_ROOT, as_json
 from tests.readme import console_commands, section
 from webhook.api import kinds
 from webhook.api.exitcodes import EXIT_FAILED
-from webhook.devtools.controlplane import KUBECTL, Binaries
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0

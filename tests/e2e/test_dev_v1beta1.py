@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentcube_netpol_dev.controlplane import KUBECTL, Binaries
+
 from tests.e2e.harness import REPO_ROOT
 from tests.e2e.test_dev import start_dev, stop_dev
 from webhook.api import kinds
-from webhook.devtools.controlplane import KUBECTL, Binaries
 
 VERSION = "v1.0.1"
 EXAMPLES = ("examples/dev/v1beta1/warm-pool.yaml", "examples/dev/v1beta1/session.yaml")

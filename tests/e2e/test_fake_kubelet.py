@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane
+from agentcube_netpol_dev.kubelet import CidrPodNetwork, FakeKubelet, pod_key
 
 from tests.e2e import test_reconciler as reconciler_tests
 from tests.e2e.harness import Kubectl, as_json
-from webhook.devtools.controlplane import ControlPlane
-from webhook.devtools.kubelet import CidrPodNetwork, FakeKubelet, pod_key
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.e2e.harness import Kubectl, WebhookServer
-from webhook.devtools import controlplane
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev import controlplane
+from agentcube_netpol_dev.controlplane import (
     VERSIONS_FILE,
     Binaries,
     ControlPlane,
@@ -21,6 +19,8 @@ from webhook.devtools.controlplane import (
     read_versions,
     tls_context,
 )
+
+from tests.e2e.harness import Kubectl, WebhookServer
 
 CONTROLLER_WAIT_S = 60.0
 POLL_INTERVAL_S = 0.5

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import yaml
+from agentcube_netpol_dev.controlplane import ControlPlane
 
 from tests import FIXTURES
 from tests.policy.test_k8srules import INVALID_INGRESS, INVALID_SELECTORS, LIMITS, VALID_INGRESS
 from webhook.api.settings import Settings
 from webhook.cli.offline import load_objects
-from webhook.devtools.controlplane import ControlPlane
 from webhook.policy.builder import build_network_policy, effective_policy, template_policy
 from webhook.policy.k8srules import validate_egress_rule, validate_ingress_rule
 

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane
 
 from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
-from webhook.devtools.controlplane import ControlPlane
 from webhook.kube.informer import Informer
 from webhook.kube.rest import Rest
 

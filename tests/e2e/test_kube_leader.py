@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane, die_with_parent
 
 from tests.e2e.harness import REPO_ROOT
 from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
-from webhook.devtools.controlplane import ControlPlane, die_with_parent
 from webhook.kube import errors
 from webhook.kube.leader import LeaderElector
 from webhook.kube.rest import Rest

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane
 
 from webhook.api import kinds
-from webhook.devtools.controlplane import ControlPlane
 from webhook.kube import errors
 from webhook.kube.rest import Rest
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
 
 from tests import builders
 from tests.e2e.deployed import (
@@ -32,7 +33,6 @@ from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.invariant import Recorder, breaches, is_runnable
 from webhook.api import kinds
 from webhook.api.settings import Settings
-from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 from webhook.kube.rest import Rest
 from webhook.policy.builder import build_network_policy
 
@@ -118,10 +118,9 @@ def run_beside(
     """deploy/'s RBAC, AgentCube's grant, ``run`` as deploy/'s service account with deploy/'s
     webhooks calling it, the agent-sandbox ``controller`` (an AgentSandboxController) and the
     fake kubelet: the product as a cluster runs it, on ``control_plane``."""
+    from agentcube_netpol_dev.kubelet import FakeKubelet
     from kubernetes.client import CoreV1Api
     from kubernetes.config import new_client_from_config
-
-    from webhook.devtools.kubelet import FakeKubelet
 
     manifests = deploy_manifests(control_plane)
     service_account = install_rbac(control_plane, manifests)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
 
 from tests.builders import code_interpreter, sandbox_claim
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
@@ -33,8 +35,6 @@ from tests.e2e.test_reconciler import (
     sandbox,
 )
 from webhook.api import kinds
-from webhook.devtools.agentsandbox import AgentSandboxBuild, AgentSandboxController
-from webhook.devtools.controlplane import Binaries, ControlPlane, install_crds
 from webhook.kube.rest import Rest
 from webhook.reconciler.agentsandbox import name_hash
 

@@ -11,13 +11,13 @@ import uuid
 from typing import Any
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane
 
 from tests.e2e.harness import Kubectl, as_json
 from tests.e2e.invariant import Recorder, RecordingGapError
 from tests.e2e.test_reconciler import eventually
 from tests.kube.scripted import ScriptedRest, ScriptedWatch, gone_event, page
 from webhook.api import kinds
-from webhook.devtools.controlplane import ControlPlane
 from webhook.kube import errors
 from webhook.kube.rest import Rest
 

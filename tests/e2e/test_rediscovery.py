@@ -18,6 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import CRD_NAMES, find_agent_sandbox
+from agentcube_netpol_dev.controlplane import (
+    Binaries,
+    ControlPlane,
+    ControlPlaneError,
+    install_crds,
+)
 
 from tests import builders
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
@@ -36,8 +43,6 @@ from tests.e2e.test_reconciler import (
 )
 from webhook.api import kinds
 from webhook.api.exitcodes import EXIT_RESTART
-from webhook.devtools.agentsandbox import CRD_NAMES, find_agent_sandbox
-from webhook.devtools.controlplane import Binaries, ControlPlane, ControlPlaneError, install_crds
 
 V1BETA1_RELEASE = "v1.0.1"
 # Two checks a second apart, jittered, then the readiness drain (RESTART_DRAIN_SECONDS).

@@ -20,13 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentcube_netpol_dev.controlplane import ControlPlane, tls_context
 
 from tests import builders
 from tests.e2e.deployed import NAMESPACE, deploy_manifests, install_rbac
 from tests.e2e.harness import WebhookServer
 from tests.e2e.test_reconciler import eventually
 from webhook.api import kinds
-from webhook.devtools.controlplane import ControlPlane, tls_context
 from webhook.kube import errors
 from webhook.kube.rest import Rest
 

@@ -71,7 +71,8 @@ def test_watch_events_decode_and_an_error_event_is_raised_typed() -> None:
 
 
 def test_no_answer_is_unreachable_not_a_library_exception() -> None:
-    from webhook.devtools.controlplane import free_loopback_ports
+    from agentcube_netpol_dev.controlplane import free_loopback_ports
+
     from webhook.kube.kubeconfig import ClusterConfig
     from webhook.kube.rest import Rest
 
@@ -91,7 +92,8 @@ def test_no_answer_is_unreachable_not_a_library_exception() -> None:
 def test_urllib3_retries_nothing_and_warns_nothing(caplog: pytest.LogCaptureFixture) -> None:
     """A refused connection is one Unreachable at once: no "Retrying (Retry(...))" warning
     from urllib3 in a CLI's output, and no hidden second or third attempt."""
-    from webhook.devtools.controlplane import free_loopback_ports
+    from agentcube_netpol_dev.controlplane import free_loopback_ports
+
     from webhook.kube.kubeconfig import ClusterConfig
     from webhook.kube.rest import Rest
 

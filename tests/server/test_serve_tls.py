@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+from agentcube_netpol_dev.controlplane import lost_a_port
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,7 +27,6 @@ from tests import REPO_ROOT, builders
 from tests.readme import console_commands
 from webhook.api import kinds
 from webhook.api.exitcodes import EXIT_FAILED
-from webhook.devtools.controlplane import lost_a_port
 from webhook.tls import certs
 
 STARTUP_TIMEOUT_SECONDS = 30.0

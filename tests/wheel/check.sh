@@ -8,7 +8,8 @@
 #           missing file;
 #   render  the NetworkPolicy YAML of a sandbox;
 #   serve   answers /healthz over TLS with the CA it generated, stops on SIGTERM with 0;
-#   dev     reaches ready on the cached control-plane binaries (KUBEBUILDER_ASSETS or the
+#   dev     without the dev kit: one line saying how to get it, exit 2; with the dev kit's
+#           wheel (devkit/) installed beside it, reaches ready on the cached control-plane binaries (KUBEBUILDER_ASSETS or the
 #           cache named in the package's versions.env), installs the CRDs and webhook
 #           configurations shipped as package data, its webhook refuses a bad template
 #           through the real kube-apiserver; stops on SIGINT with 0 and removes its kubeconfig.
@@ -155,11 +156,25 @@ for attempt in 1 2 3; do
 done
 stop TERM "$serve_pid" serve
 
+step "dev without the dev kit"
+others=$("$python" -c 'import sys, zipfile; print(" ".join(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if not n.startswith(("webhook/", "agentcube_netpol-"))))' "$wheel")
+[[ -z $others ]] || fail "the product wheel holds more than webhook/: $others"
+expect 2 "$bin/agentcube-netpol" dev
+contains "$work/err" "dev needs the development kit"
+[[ $(grep -c . "$work/err") == 1 ]] || fail "dev without the dev kit said more than one line: $(cat "$work/err")"
+
+step "installing the dev kit (devkit/) beside it"
+tar -C "$repo" --exclude=__pycache__ --exclude='*.pyc' -cf - devkit | tar -C "$work/src" -xf -
+"$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist-dev" "$work/src/devkit" >"$work/build-dev.log" 2>&1 ||
+    fail "pip wheel devkit: $(tail -n 20 "$work/build-dev.log")"
+"$bin/python" -m pip install --quiet --disable-pip-version-check "$work"/dist-dev/*.whl >"$work/install-dev.log" 2>&1 ||
+    fail "pip install devkit: $(tail -n 20 "$work/install-dev.log")"
+
 step "dev"
-binaries=$("$bin/python" -c 'import os; from webhook.devtools.controlplane import find_binaries; print(find_binaries(os.environ).directory)') ||
+binaries=$("$bin/python" -c 'import os; from agentcube_netpol_dev.controlplane import find_binaries; print(find_binaries(os.environ).directory)') ||
     fail "no control-plane binaries for dev (make controlplane builds them)"
 kubectl=$binaries/kubectl
-"$bin/agentcube-netpol" dev --kubeconfig dev.kubeconfig >"$work/dev.log" 2>&1 &
+"$bin/agentcube-netpol" dev --write-kubeconfig dev.kubeconfig >"$work/dev.log" 2>&1 &
 dev_pid=$!
 pids+=("$dev_pid")
 wait_for "$ready_timeout_s" "dev: ready" "$dev_pid" grep -q "agentcube-netpol dev is ready" "$work/dev.log"

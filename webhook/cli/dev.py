@@ -1,4 +1,6 @@
-"""``dev``: the local playground on a real control plane (``webhook.devtools``)."""
+"""``dev``: the local playground on a real control plane, from the dev kit
+(``agentcube_netpol_dev``, the agentcube-netpol-dev distribution in devkit/), imported only
+when ``dev`` runs: the product runs without it."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from webhook.api.exitcodes import EXIT_USAGE
 from webhook.api.settings import Settings
 from webhook.cli.options import add_policy_options, free_or_port
 
@@ -74,13 +77,26 @@ def write_kubeconfig_path(args: argparse.Namespace) -> Path:
     return deprecated
 
 
+DEV_KIT_MISSING = (
+    "error: dev needs the development kit, which this install (the production image, or the "
+    "agentcube-netpol wheel alone) leaves out: from a checkout, `pip install ./devkit` "
+    "(or `make dev`)"
+)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook.devtools.devenv import run_dev
+    try:
+        from agentcube_netpol_dev.devenv import run_dev
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("agentcube_netpol_dev"):
+            raise
+        print(DEV_KIT_MISSING, file=sys.stderr)
+        return EXIT_USAGE
 
     if args.dataplane and settings.isolation_canary is None:
         # Sandboxes held until kube-router enforces their policy, as a cluster should run
         # them (deploy/README.md): the canary is the playground's host outside every CIDR.
-        from webhook.devtools.devdataplane import FORBIDDEN_HOST
+        from agentcube_netpol_dev.devdataplane import FORBIDDEN_HOST
 
         settings = dataclasses.replace(settings, isolation_canary=(FORBIDDEN_HOST, 443))
 

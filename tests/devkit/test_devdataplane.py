@@ -13,11 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from webhook.api import kinds
-from webhook.api.exitcodes import EXIT_FAILED, EXIT_USAGE
-from webhook.api.settings import Settings
-from webhook.devtools.devdataplane import (
+from agentcube_netpol_dev.devdataplane import (
     DESTINATIONS,
     HTTP_SERVER,
     PodView,
@@ -26,7 +22,11 @@ from webhook.devtools.devdataplane import (
     try_command,
     try_lines,
 )
-from webhook.devtools.devenv import run_dev
+from agentcube_netpol_dev.devenv import run_dev
+
+from webhook.api import kinds
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_USAGE
+from webhook.api.settings import Settings
 from webhook.policy.builder import build_network_policy
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.plan import build_baseline

@@ -87,7 +87,7 @@ from kubernetes.client import (
     V1Preconditions,
 )
 
-from webhook.devtools.controlplane import stop_process_group
+from agentcube_netpol_dev.controlplane import stop_process_group
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
-from webhook.devtools.kubelet import (
+from agentcube_netpol_dev.kubelet import (
     CONTAINER_PATH,
     InitRun,
     UnsupportedEnvError,

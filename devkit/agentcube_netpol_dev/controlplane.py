@@ -57,12 +57,6 @@ DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
 # The versions build.sh builds; the cache folder is named after them.
 VERSIONS_FILE = Path(__file__).resolve().parent / "versions.env"
-# Package data (webhook/manifests/README.md): the only copy, which deploy/ builds on, so an
-# installed wheel finds them without a checkout.
-MANIFESTS_DIR = Path(__file__).resolve().parents[1] / "manifests"
-CRDS_DIR = MANIFESTS_DIR / "crds"
-WEBHOOKS_DIR = MANIFESTS_DIR / "webhooks"
-
 ETCD = "etcd"
 KUBE_APISERVER = "kube-apiserver"
 KUBE_CONTROLLER_MANAGER = "kube-controller-manager"

@@ -1,9 +1,9 @@
 """``python -m webhook dev``: a newcomer's playground on a real control plane.
 
-Starts etcd, kube-apiserver and kube-controller-manager (``webhook.devtools.controlplane``),
+Starts etcd, kube-apiserver and kube-controller-manager (``agentcube_netpol_dev.controlplane``),
 installs the CRDs, starts the real agent-sandbox controller and a stand-in kubelet (unless
 ``--without-agent-sandbox``; with ``--dataplane`` its pods are network namespaces on a
-dataplane where kube-router enforces the NetworkPolicies, ``webhook.devtools.devdataplane``),
+dataplane where kube-router enforces the NetworkPolicies, ``agentcube_netpol_dev.devdataplane``),
 runs the admission server and the reconciler (``run``'s runtime) in this process and
 registers the webhook configurations against it (both from the package's manifests, which
 deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs until
@@ -28,16 +28,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from webhook.api.kinds import AGENTCUBE_GROUP
-from webhook.api.settings import Settings
-from webhook.devtools.agentsandbox import AgentSandboxController, find_agent_sandbox
-from webhook.devtools.controlplane import (
-    CRDS_DIR,
+from agentcube_netpol_dev.agentsandbox import AgentSandboxController, find_agent_sandbox
+from agentcube_netpol_dev.controlplane import (
     KUBECTL,
     LOOPBACK,
     VERSIONS_FILE,
-    WEBHOOKS_DIR,
     ControlPlane,
     ControlPlaneError,
     bound_loopback_socket,
@@ -49,12 +44,16 @@ from webhook.devtools.controlplane import (
     read_versions,
     tls_context,
 )
-from webhook.devtools.dataplane import Dataplane, DataplaneError, check_prerequisites
-from webhook.devtools.devdataplane import EXTERNAL_HOSTS, POD_PORT, DevNetwork
-from webhook.devtools.kubelet import FakeKubelet
+from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, check_prerequisites
+from agentcube_netpol_dev.devdataplane import EXTERNAL_HOSTS, POD_PORT, DevNetwork
+from agentcube_netpol_dev.kubelet import FakeKubelet
+from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from webhook.api.kinds import AGENTCUBE_GROUP
+from webhook.api.settings import Settings
 from webhook.kube.discovery import resolve_claim_label_injection
 from webhook.kube.identity import with_own_gate_lifter
 from webhook.kube.rest import Rest
+from webhook.manifests import CRDS_DIR, WEBHOOKS_DIR
 from webhook.reconciler.manager import ReconcilerRuntime
 from webhook.tls.certs import CA_CERT_FILE
 

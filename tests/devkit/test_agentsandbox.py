@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from webhook.devtools.agentsandbox import (
+from agentcube_netpol_dev.agentsandbox import (
     AgentSandboxBuild,
     controller_args,
     find_agent_sandbox,
@@ -20,14 +19,15 @@ from webhook.devtools.agentsandbox import (
     with_conversion_webhook,
     without_conversion_webhook,
 )
-from webhook.devtools.controlplane import ControlPlaneError
-from webhook.devtools.kubelet import (
+from agentcube_netpol_dev.controlplane import ControlPlaneError
+from agentcube_netpol_dev.kubelet import (
     READY_CONDITIONS,
     CidrPodNetwork,
     is_gated,
     is_running_here,
     running_status,
 )
+
 from webhook.reconciler.agentsandbox import name_hash
 
 

@@ -33,7 +33,7 @@ from typing import Any, Self
 
 import yaml
 
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     CACHE_ENV,
     DEFAULT_CACHE_ROOT,
     LOOPBACK,

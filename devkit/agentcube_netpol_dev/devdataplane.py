@@ -1,6 +1,6 @@
 """``dev --dataplane``: the playground's pods are network namespaces, its policies stop packets.
 
-Built on ``webhook.devtools.dataplane.Dataplane`` (the node namespace, kube-router, a
+Built on ``agentcube_netpol_dev.dataplane.Dataplane`` (the node namespace, kube-router, a
 namespace per pod). ``DevNetwork`` is the fake kubelet's ``PodNetwork`` on it, and adds what
 a newcomer needs to see a policy at work:
 
@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, stop_process
+from agentcube_netpol_dev.kubelet import PodKey, pod_key
 from webhook.api import kinds
-from webhook.devtools.dataplane import Dataplane, DataplaneError, stop_process
-from webhook.devtools.kubelet import PodKey, pod_key
 from webhook.kube.rest import Rest
 from webhook.policy.cidr import CidrProblem, parse_cidr, reaches
 from webhook.policy.selectors import selector_matches

@@ -10,10 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     BINARY_NAMES,
     BUILD_SCRIPT,
     Binaries,
@@ -27,6 +24,8 @@ from webhook.devtools.controlplane import (
     issue_client_cert,
     point_webhooks_at,
 )
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 VERSIONS = "K8S_VERSION=v1.99.0\n# a comment\nETCD_VERSION=v3.9.9\n"
 

@@ -46,13 +46,13 @@ from typing import Any
 
 import yaml
 
-from webhook.devtools.controlplane import (
+from agentcube_netpol_dev.controlplane import (
     DEFAULT_CACHE_ROOT,
     VERSIONS_FILE,
     read_versions,
     stop_process_group,
 )
-from webhook.devtools.kubelet import DEFAULT_NODE_IP, DEFAULT_NODE_NAME, CidrPodNetwork, pod_key
+from agentcube_netpol_dev.kubelet import DEFAULT_NODE_IP, DEFAULT_NODE_NAME, CidrPodNetwork, pod_key
 
 logger = logging.getLogger(__name__)
 
