@@ -19,7 +19,7 @@ from webhook.admission.decide import NoClaims, mutate, patch_labels, validate
 from webhook.api import kinds
 from webhook.api.settings import Settings
 
-Request = Callable[..., dict[str, Any]]
+MakeRequest = Callable[..., dict[str, Any]]
 BAD = {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}
 GOOD = {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.0/8"]}]}
 
@@ -40,7 +40,7 @@ def apply(obj: dict[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", [kinds.AGENT_RUNTIME, kinds.CODE_INTERPRETER])
 def test_bad_template_is_denied_with_every_error_and_the_uid(
-    adm_request: Request, settings: Settings, kind: kinds.Kind
+    adm_request: MakeRequest, settings: Settings, kind: kinds.Kind
 ) -> None:
     obj = template(kind.kind, {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8", "x"]}]})
     response = validate(adm_request(obj, kind=kind), settings=settings)
@@ -53,7 +53,9 @@ def test_bad_template_is_denied_with_every_error_and_the_uid(
     assert "egress[0].cidrs[0]" in message and "egress[0].cidrs[1]" in message
 
 
-def test_good_template_is_allowed_with_warnings(adm_request: Request, settings: Settings) -> None:
+def test_good_template_is_allowed_with_warnings(
+    adm_request: MakeRequest, settings: Settings
+) -> None:
     obj = template("CodeInterpreter", {"mode": "Restricted", "egress": [{"cidrs": ["0.0.0.0/0"]}]})
     response = validate(adm_request(obj, kind=kinds.CODE_INTERPRETER), settings=settings)
     assert response["allowed"] is True
@@ -61,7 +63,7 @@ def test_good_template_is_allowed_with_warnings(adm_request: Request, settings: 
 
 
 def test_update_that_leaves_an_old_bad_policy_alone_is_allowed(
-    adm_request: Request, settings: Settings
+    adm_request: MakeRequest, settings: Settings
 ) -> None:
     old = template("CodeInterpreter", BAD)
     new = copy.deepcopy(old)
@@ -74,7 +76,7 @@ def test_update_that_leaves_an_old_bad_policy_alone_is_allowed(
 
 
 def test_update_that_changes_the_policy_is_validated(
-    adm_request: Request, settings: Settings
+    adm_request: MakeRequest, settings: Settings
 ) -> None:
     old = template("CodeInterpreter", GOOD)
     new = template("CodeInterpreter", BAD)
@@ -89,7 +91,7 @@ def test_update_that_changes_the_policy_is_validated(
     ("operation", "sub_resource"), [("DELETE", None), ("UPDATE", "status"), ("CONNECT", None)]
 )
 def test_deletes_and_subresources_pass(
-    adm_request: Request, settings: Settings, operation: str, sub_resource: str | None
+    adm_request: MakeRequest, settings: Settings, operation: str, sub_resource: str | None
 ) -> None:
     obj = template("CodeInterpreter", BAD)
     request = adm_request(
@@ -98,7 +100,9 @@ def test_deletes_and_subresources_pass(
     assert validate(request, settings=settings) == {"uid": request["uid"], "allowed": True}
 
 
-def test_kinds_we_do_not_handle_pass_unchanged(adm_request: Request, settings: Settings) -> None:
+def test_kinds_we_do_not_handle_pass_unchanged(
+    adm_request: MakeRequest, settings: Settings
+) -> None:
     cm = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -133,7 +137,7 @@ VERSIONS = pytest.mark.parametrize("version", builders.AGENT_SANDBOX_VERSIONS)
 @VERSIONS
 @pytest.mark.parametrize("kind", [kinds.SANDBOX, kinds.SANDBOX_CLAIM])
 def test_override_set_by_agentcube_is_validated(
-    adm_request: Request, settings: Settings, kind: kinds.Kind, version: str
+    adm_request: MakeRequest, settings: Settings, kind: kinds.Kind, version: str
 ) -> None:
     obj = sandbox(json.dumps(GOOD), kind=kind, version=version)
     good = adm_request(obj, kind=kind, user=AGENTCUBE_SA)
@@ -160,7 +164,7 @@ def test_override_set_by_agentcube_is_validated(
     ],
 )
 def test_override_that_is_not_a_policy_is_refused(
-    adm_request: Request, settings: Settings, value: str, fragment: str, version: str
+    adm_request: MakeRequest, settings: Settings, value: str, fragment: str, version: str
 ) -> None:
     response = validate(
         adm_request(sandbox(value, version=version), kind=kinds.SANDBOX, user=AGENTCUBE_SA),
@@ -184,7 +188,7 @@ def test_override_that_is_not_a_policy_is_refused(
     ids=["set", "change", "remove"],
 )
 def test_tenant_may_not_touch_the_override(
-    adm_request: Request, settings: Settings, old: str | None, new: str | None, version: str
+    adm_request: MakeRequest, settings: Settings, old: str | None, new: str | None, version: str
 ) -> None:
     operation = "CREATE" if old is None else "UPDATE"
     claim = kinds.SANDBOX_CLAIM
@@ -206,7 +210,7 @@ def test_tenant_may_not_touch_the_override(
 
 @VERSIONS
 def test_tenant_may_update_other_fields_of_an_overridden_sandbox(
-    adm_request: Request, settings: Settings, version: str
+    adm_request: MakeRequest, settings: Settings, version: str
 ) -> None:
     old = sandbox(json.dumps(GOOD), version=version)
     new = copy.deepcopy(old)
@@ -221,7 +225,7 @@ def test_tenant_may_update_other_fields_of_an_overridden_sandbox(
     assert response["allowed"] is True
 
 
-def test_privileged_users_are_configurable(adm_request: Request) -> None:
+def test_privileged_users_are_configurable(adm_request: MakeRequest) -> None:
     settings = Settings(privileged_groups=(), privileged_users=("alice",))
     response = validate(
         adm_request(sandbox(json.dumps(GOOD)), kind=kinds.SANDBOX, user=TENANT), settings=settings
@@ -252,7 +256,7 @@ def pod(labels: dict[str, str] | None) -> dict[str, Any]:
     ids=["other label", "removed", "changed", "labels gone"],
 )
 def test_tenant_cannot_step_out_of_its_policy(
-    adm_request: Request, settings: Settings, new_labels: dict[str, str] | None, allowed: bool
+    adm_request: MakeRequest, settings: Settings, new_labels: dict[str, str] | None, allowed: bool
 ) -> None:
     old = pod({kinds.LABEL_SANDBOX_NAME: "demo-1"})
     request = adm_request(pod(new_labels), kind=kinds.POD, operation="UPDATE", old=old, user=TENANT)
@@ -267,7 +271,7 @@ def test_tenant_cannot_step_out_of_its_policy(
 
 
 def test_agentcube_may_relabel_and_anyone_may_label(
-    adm_request: Request, settings: Settings
+    adm_request: MakeRequest, settings: Settings
 ) -> None:
     old = pod({kinds.LABEL_SANDBOX_NAME: "demo-1"})
     request = adm_request(pod({}), kind=kinds.POD, operation="UPDATE", old=old, user=AGENTCUBE_SA)
@@ -320,7 +324,7 @@ def claim(
     ids=["label", "name", "existing labels kept", "null labels"],
 )
 def test_claim_create_gets_the_pod_label(
-    adm_request: Request, settings: Settings, obj: dict[str, Any], expected: str
+    adm_request: MakeRequest, settings: Settings, obj: dict[str, Any], expected: str
 ) -> None:
     response = mutate(
         adm_request(obj, kind=kinds.SANDBOX_CLAIM), settings=settings, claims=NoClaims()
@@ -361,7 +365,7 @@ def warm_pod(**extra_labels: str) -> dict[str, Any]:
 @VERSIONS
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
 def test_claimed_warm_pod_gets_the_sandbox_labels(
-    adm_request: Request, settings: Settings, operation: str, version: str
+    adm_request: MakeRequest, settings: Settings, operation: str, version: str
 ) -> None:
     labels = {kinds.LABEL_SANDBOX_NAME: "demo-ab12cd34", kinds.LABEL_SESSION_ID: "s-1"}
     claims = Claims(in_version(claim(labels=labels), version))
@@ -387,7 +391,7 @@ def test_claimed_warm_pod_gets_the_sandbox_labels(
 
 
 def test_pod_of_an_unknown_claim_or_no_claim_is_left_alone(
-    adm_request: Request, settings: Settings
+    adm_request: MakeRequest, settings: Settings
 ) -> None:
     assert "patch" not in mutate(
         adm_request(warm_pod(), kind=kinds.POD), settings=settings, claims=Claims()
@@ -399,7 +403,7 @@ def test_pod_of_an_unknown_claim_or_no_claim_is_left_alone(
 
 
 def test_a_claim_in_another_namespace_never_labels_the_pod(
-    adm_request: Request, settings: Settings
+    adm_request: MakeRequest, settings: Settings
 ) -> None:
     """The pod in team-a carries the uid of a claim in team-b: it gets nothing of that claim."""
     elsewhere = builders.sandbox_claim(
@@ -571,7 +575,7 @@ def test_no_request_makes_a_decision_raise(request: dict[str, Any]) -> None:
     ],
 )
 def test_a_request_of_the_wrong_shape_is_refused_naming_the_field(
-    adm_request: Request, settings: Settings, field: str, value: Any, message: str
+    adm_request: MakeRequest, settings: Settings, field: str, value: Any, message: str
 ) -> None:
     request = adm_request(template("CodeInterpreter", BAD), kind=kinds.CODE_INTERPRETER)
     request[field] = value
@@ -588,7 +592,7 @@ def test_a_request_of_the_wrong_shape_is_refused_naming_the_field(
         }
 
 
-def test_null_metadata_is_read_as_absent(adm_request: Request, settings: Settings) -> None:
+def test_null_metadata_is_read_as_absent(adm_request: MakeRequest, settings: Settings) -> None:
     obj = template("CodeInterpreter", BAD)
     obj["metadata"] = None
     request = adm_request(obj, kind=kinds.CODE_INTERPRETER)

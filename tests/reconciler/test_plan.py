@@ -26,7 +26,7 @@ from webhook.api.settings import Settings
 from webhook.reconciler.agentsandbox import name_hash
 from webhook.reconciler.plan import (
     SCHEDULING_GATE,
-    Request,
+    ReconcileRequest,
     baseline_request,
     plan,
 )
@@ -38,7 +38,7 @@ from webhook.reconciler.sandboxes import sandbox_names_for
 def test_a_direct_sandbox_of_a_restricted_template_gets_its_policy_created() -> None:
     sandbox = direct_sandbox()
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox]),
         SETTINGS,
     )
@@ -56,7 +56,7 @@ def test_a_direct_sandbox_of_a_restricted_template_gets_its_policy_created() -> 
 
 def test_an_agent_runtime_template_is_found_by_workload_name_too() -> None:
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(runtimes=[runtime()], sandboxes=[direct_sandbox()]),
         SETTINGS,
     )
@@ -70,7 +70,7 @@ def test_nothing_is_written_when_the_stored_policy_is_the_desired_one() -> None:
     current = stored(desired)
     current["metadata"]["labels"]["team"] = "someone-elses-label"  # theirs to keep
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox], policies=[current]),
         SETTINGS,
     )
@@ -84,7 +84,7 @@ def test_an_edited_policy_is_brought_back_at_the_version_that_was_read() -> None
     current["spec"]["ingress"] = [{}]
     current["spec"]["podSelector"] = {}
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox], policies=[current]),
         SETTINGS,
     )
@@ -100,7 +100,7 @@ def test_a_merge_patch_removes_rules_the_desired_policy_no_longer_has() -> None:
     custom = {"mode": "Custom", "custom": {"ingress": [{"ports": [{"port": 8080}]}]}}
     current = stored(expected_policy("py-abcd1234", RESTRICTED, sandbox, kinds.SANDBOX))
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter(policy=custom)], sandboxes=[sandbox], policies=[current]),
         SETTINGS,
     )
@@ -114,7 +114,7 @@ def test_mode_none_deletes_a_policy_left_from_before_and_creates_nothing() -> No
     none = interpreter(policy={"mode": "None"})
     assert (
         plan(
-            Request(NS, "py-abcd1234"),
+            ReconcileRequest(NS, "py-abcd1234"),
             view(interpreters=[none], sandboxes=[sandbox], policies=[current]),
             SETTINGS,
         ).write
@@ -122,14 +122,18 @@ def test_mode_none_deletes_a_policy_left_from_before_and_creates_nothing() -> No
     )
     assert (
         plan(
-            Request(NS, "py-abcd1234"), view(interpreters=[none], sandboxes=[sandbox]), SETTINGS
+            ReconcileRequest(NS, "py-abcd1234"),
+            view(interpreters=[none], sandboxes=[sandbox]),
+            SETTINGS,
         ).write
         == "none"
     )
     absent = interpreter(policy=None)
     assert (
         plan(
-            Request(NS, "py-abcd1234"), view(interpreters=[absent], sandboxes=[sandbox]), SETTINGS
+            ReconcileRequest(NS, "py-abcd1234"),
+            view(interpreters=[absent], sandboxes=[sandbox]),
+            SETTINGS,
         ).write
         == "none"
     )
@@ -139,7 +143,7 @@ def test_the_override_annotation_replaces_the_template_policy_whole() -> None:
     override = {"mode": "Restricted", "egress": [{"cidrs": ["192.0.2.0/24"]}]}
     sandbox = direct_sandbox(**{kinds.ANNOTATION_NETWORK_POLICY: json.dumps(override)})
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox]),
         SETTINGS,
     )
@@ -156,7 +160,7 @@ def test_the_override_annotation_replaces_the_template_policy_whole() -> None:
 def test_an_override_of_mode_none_opens_the_sandbox_up() -> None:
     sandbox = direct_sandbox(**{kinds.ANNOTATION_NETWORK_POLICY: '{"mode": "None"}'})
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox]),
         SETTINGS,
     )
@@ -170,7 +174,7 @@ def test_an_override_of_mode_none_opens_the_sandbox_up() -> None:
 def test_a_broken_override_fails_closed_and_says_why(override: str) -> None:
     sandbox = direct_sandbox(**{kinds.ANNOTATION_NETWORK_POLICY: override})
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter(policy=None)], sandboxes=[sandbox]),
         SETTINGS,
     )
@@ -185,7 +189,7 @@ def test_a_broken_override_fails_closed_and_says_why(override: str) -> None:
 
 def test_a_sandbox_whose_template_is_gone_fails_closed() -> None:
     sandbox = direct_sandbox()
-    result = plan(Request(NS, "py-abcd1234"), view(sandboxes=[sandbox]), SETTINGS)
+    result = plan(ReconcileRequest(NS, "py-abcd1234"), view(sandboxes=[sandbox]), SETTINGS)
     assert result.desired == expected_policy(
         "py-abcd1234", {"mode": "Restricted"}, sandbox, kinds.SANDBOX
     )
@@ -196,7 +200,7 @@ def test_an_agent_runtime_and_code_interpreter_of_one_name_are_told_apart_by_the
     open_runtime = runtime(policy={"mode": "None"})
     sandbox = direct_sandbox()
     ambiguous = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], runtimes=[open_runtime], sandboxes=[sandbox]),
         SETTINGS,
     )
@@ -213,7 +217,7 @@ def test_an_agent_runtime_and_code_interpreter_of_one_name_are_told_apart_by_the
         }
     ]
     decided = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], runtimes=[open_runtime], sandboxes=[owned]),
         SETTINGS,
     )
@@ -223,7 +227,9 @@ def test_an_agent_runtime_and_code_interpreter_of_one_name_are_told_apart_by_the
 def test_an_orphaned_managed_policy_is_deleted_and_someone_elses_is_never_touched() -> None:
     sandbox = direct_sandbox()
     ours = stored(expected_policy("py-gone0000", RESTRICTED, sandbox, kinds.SANDBOX))
-    assert plan(Request(NS, "py-gone0000"), view(policies=[ours]), SETTINGS).write == "delete"
+    assert (
+        plan(ReconcileRequest(NS, "py-gone0000"), view(policies=[ours]), SETTINGS).write == "delete"
+    )
 
     theirs = {
         "metadata": meta("py-abcd1234", labels={"app": "tenant"}),
@@ -231,14 +237,17 @@ def test_an_orphaned_managed_policy_is_deleted_and_someone_elses_is_never_touche
     }
     gated = pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"}, gates=[SCHEDULING_GATE])
     blocked = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[sandbox], policies=[theirs], pods=[gated]),
         SETTINGS,
     )
     assert blocked.write == "blocked"
     assert blocked.ungate_pods == ()  # the pod stays gated: its policy is not in place
     assert blocked.reports[-1].reason == "PolicyNameTaken"
-    assert plan(Request(NS, "py-abcd1234"), view(policies=[theirs]), SETTINGS).write == "blocked"
+    assert (
+        plan(ReconcileRequest(NS, "py-abcd1234"), view(policies=[theirs]), SETTINGS).write
+        == "blocked"
+    )
 
 
 def test_a_gated_direct_pod_is_ungated_with_its_other_gates_kept() -> None:
@@ -249,7 +258,7 @@ def test_a_gated_direct_pod_is_ungated_with_its_other_gates_kept() -> None:
         gates=["example.com/quota", SCHEDULING_GATE],
     )
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[direct_sandbox()], pods=[gated]),
         SETTINGS,
     )
@@ -260,7 +269,7 @@ def test_a_gated_direct_pod_is_ungated_with_its_other_gates_kept() -> None:
 
 def test_a_pod_whose_sandbox_is_not_known_yet_is_not_ungated() -> None:
     gated = pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"}, gates=[SCHEDULING_GATE])
-    result = plan(Request(NS, "py-abcd1234"), view(pods=[gated]), SETTINGS)
+    result = plan(ReconcileRequest(NS, "py-abcd1234"), view(pods=[gated]), SETTINGS)
     assert result.ungate_pods == ()
 
 
@@ -279,7 +288,7 @@ def test_a_claim_gets_a_policy_it_owns_and_its_unlabelled_claimed_pod_gets_label
         },
     )
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(interpreters=[interpreter(warm=2)], claims=[the_claim], pods=[claimed, labelled]),
         SETTINGS,
     )
@@ -301,7 +310,7 @@ def test_a_claimed_pod_without_claim_uid_is_found_through_the_adopted_sandbox() 
     the_claim["metadata"]["labels"][kinds.LABEL_CLAIMED_SANDBOX] = "py-pool-x1"
     claimed = pod("py-pool-x1", {"app": "x"}, owner="py-pool-x1")
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(interpreters=[interpreter(warm=2)], claims=[the_claim], pods=[claimed]),
         SETTINGS,
     )
@@ -311,7 +320,7 @@ def test_a_claimed_pod_without_claim_uid_is_found_through_the_adopted_sandbox() 
 def test_the_claim_override_replaces_the_template() -> None:
     the_claim = claim(**{kinds.ANNOTATION_NETWORK_POLICY: '{"mode": "None"}'})
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(interpreters=[interpreter(warm=1)], claims=[the_claim]),
         SETTINGS,
     )
@@ -320,7 +329,7 @@ def test_the_claim_override_replaces_the_template() -> None:
 
 def test_a_claim_of_a_template_that_is_not_a_code_interpreter_fails_closed() -> None:
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(runtimes=[runtime(policy={"mode": "None"})], claims=[claim()]),
         SETTINGS,
     )
@@ -487,7 +496,7 @@ def held_pod() -> dict[str, Any]:
 )
 def test_the_pod_is_told_what_to_check_as_its_gate_is_lifted(policy: Any, canary: str) -> None:
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter(policy=policy)], sandboxes=[direct_sandbox()],
              pods=[held_pod()]),
         HOLD,
@@ -503,7 +512,7 @@ def test_a_pod_without_the_init_container_gets_no_canary() -> None:
     gated = held_pod()
     del gated["metadata"]["annotations"]
     result = plan(
-        Request(NS, "py-abcd1234"),
+        ReconcileRequest(NS, "py-abcd1234"),
         view(interpreters=[interpreter()], sandboxes=[direct_sandbox()], pods=[gated]),
         HOLD,
     )
@@ -522,7 +531,7 @@ def test_a_running_pod_whose_canary_no_longer_fits_its_policy_gets_the_new_one()
 
     def canary_patches(policy: Any, pod: dict[str, Any]) -> list[str | None]:
         result = plan(
-            Request(NS, "py-abcd1234"),
+            ReconcileRequest(NS, "py-abcd1234"),
             view(interpreters=[interpreter(policy=policy)], sandboxes=[direct_sandbox()],
                  pods=[pod]),
             HOLD,

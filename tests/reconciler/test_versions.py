@@ -9,7 +9,7 @@ import pytest
 from tests.reconciler.objects import NS, SETTINGS, claim, interpreter, pod, view
 from webhook.api import kinds
 from webhook.reconciler.caches import slim_claim, slim_sandbox
-from webhook.reconciler.plan import Request, plan
+from webhook.reconciler.plan import ReconcileRequest, plan
 from webhook.reconciler.sandboxes import claim_template_name, sandbox_names_for
 
 ALL = ("sandboxes", "sandboxtemplates", "sandboxclaims", "sandboxwarmpools")
@@ -89,7 +89,7 @@ def test_a_v1beta1_claim_gets_its_policy_owned_in_the_version_it_was_read_in() -
     the_claim = slim_claim(v1beta1_claim())
     claimed = pod("py-pool-x1", {kinds.LABEL_CLAIM_UID: "uid-py-claim0001"}, owner="py-pool-x1")
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(interpreters=[interpreter(warm=2)], claims=[the_claim], pods=[claimed]),
         SETTINGS,
     )
@@ -109,7 +109,7 @@ def test_a_v1beta1_claimed_pod_without_claim_uid_is_found_through_the_adopted_sa
     the_claim["status"] = {"sandbox": {"name": "py-pool-x1"}}
     claimed = pod("py-pool-x1", {"app": "x"}, owner="py-pool-x1")
     result = plan(
-        Request(NS, "py-claim0001"),
+        ReconcileRequest(NS, "py-claim0001"),
         view(interpreters=[interpreter(warm=2)], claims=[slim_claim(the_claim)], pods=[claimed]),
         SETTINGS,
     )

@@ -72,7 +72,7 @@ class Verdict:
 
 
 @dataclass(frozen=True)
-class Request:
+class ReadRequest:
     """The fields of an AdmissionRequest the decisions read, each of the type it must be."""
 
     uid: str
@@ -91,7 +91,7 @@ class MalformedRequestError(ValueError):
     """A field of the AdmissionRequest has the wrong type (never so from a real API server)."""
 
 
-def read_request(request: Mapping[str, Any]) -> Request:
+def read_request(request: Mapping[str, Any]) -> ReadRequest:
     """The request's fields, checked; ``MalformedRequestError`` names the first wrong one."""
     gvk = _object_or_none(request, "kind")
     user = _object_or_none(request, "userInfo")
@@ -100,7 +100,7 @@ def read_request(request: Mapping[str, Any]) -> Request:
         isinstance(groups, list) and all(isinstance(g, str) for g in groups)
     ):
         raise MalformedRequestError("request.userInfo.groups must be a list of strings")
-    return Request(
+    return ReadRequest(
         uid=_text(request, "uid", "request.uid"),
         group=_text(gvk, "group", "request.kind.group"),
         kind=_text(gvk, "kind", "request.kind.kind"),
@@ -241,7 +241,9 @@ def validate(
         return _malformed(request, TOO_DEEP)
 
 
-def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> AdmissionResponse:
+def _validate(
+    req: ReadRequest, *, settings: Settings, sandboxes: SandboxLookup
+) -> AdmissionResponse:
     if req.operation not in ("CREATE", "UPDATE") or req.sub_resource:
         return response.allowed(req.uid)
     key = (req.group, req.kind)
@@ -253,7 +255,7 @@ def _validate(req: Request, *, settings: Settings, sandboxes: SandboxLookup) -> 
 
 
 def _validate_template(
-    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+    req: ReadRequest, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
 ) -> AdmissionResponse:
     """AgentRuntime and CodeInterpreter: the ``networkPolicy`` field."""
     path = kinds.TEMPLATE_POLICY_PATH[req.kind]
@@ -263,7 +265,7 @@ def _validate_template(
 
 
 def _validate_override(
-    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+    req: ReadRequest, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
 ) -> AdmissionResponse:
     """Sandbox and SandboxClaim: the override annotation, and who may touch it."""
     new_value, old_value = override_annotation(req.obj), override_annotation(old)
@@ -278,7 +280,7 @@ def _validate_override(
 
 
 def _validate_widening(
-    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+    req: ReadRequest, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
 ) -> AdmissionResponse:
     """NetworkPolicy and SandboxTemplate: what would loosen a sandbox (warned or refused)."""
     problem = _WIDENING[(req.group, req.kind)](req.obj, req.namespace, sandboxes)
@@ -293,7 +295,7 @@ def _validate_widening(
 
 
 def _validate_pod(
-    req: Request, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
+    req: ReadRequest, old: Mapping[str, Any], settings: Settings, sandboxes: SandboxLookup
 ) -> AdmissionResponse:
     """Pod UPDATE: the sandbox-name label, the scheduling gate and the isolation canary are
     only the privileged users' (and the gate lifters') to change."""
@@ -327,7 +329,7 @@ def _validate_pod(
     return response.allowed(uid)
 
 
-Validator = Callable[[Request, Mapping[str, Any], Settings, SandboxLookup], AdmissionResponse]
+Validator = Callable[[ReadRequest, Mapping[str, Any], Settings, SandboxLookup], AdmissionResponse]
 # What /validate checks, by (group, kind); the widening kinds are in _WIDENING.
 _VALIDATORS: dict[tuple[str, str], Validator] = {
     **{key: _validate_template for key in _TEMPLATE_KINDS},
@@ -342,7 +344,7 @@ def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _verdict(req: Request, found: Findings) -> AdmissionResponse:
+def _verdict(req: ReadRequest, found: Findings) -> AdmissionResponse:
     if not found.errors:
         return response.allowed(req.uid, warnings=found.warnings)
     name = _metadata_text(req.obj, "name") or req.name
@@ -453,7 +455,7 @@ def inject_claim_label(settings: Settings, claim: Mapping[str, Any]) -> bool:
     return settings.claim_label_injection == "on"
 
 
-def _mutate(req: Request, *, settings: Settings, claims: ClaimLookup) -> AdmissionResponse:
+def _mutate(req: ReadRequest, *, settings: Settings, claims: ClaimLookup) -> AdmissionResponse:
     uid = req.uid
     if req.sub_resource:
         return response.allowed(uid)
@@ -652,7 +654,7 @@ __all__ = [
     "MalformedRequestError",
     "MutationReview",
     "NoClaims",
-    "Request",
+    "ReadRequest",
     "Verdict",
     "mutate",
     "read_request",

@@ -32,8 +32,8 @@ from webhook.reconciler.plan import (
     BASELINE_PREFIX,
     Plan,
     PodPatch,
+    ReconcileRequest,
     Report,
-    Request,
     all_requests,
     claim_label_reports,
     is_managed,
@@ -75,7 +75,7 @@ class Reconciler:
         self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         # Retries: per key exponential backoff, and 10 a second overall with bursts of 100
         # (client-go's DefaultControllerRateLimiter), so a failing API cannot be spun on.
-        self.queue: WorkQueue[Request] = WorkQueue(bucket_qps=RETRY_QPS)
+        self.queue: WorkQueue[ReconcileRequest] = WorkQueue(bucket_qps=RETRY_QPS)
         self._leading = threading.Event()
         # Set by the runtime to the elector's own check (renewed within the renew deadline),
         # so a worker stops writing the moment the lease may have passed to another replica.
@@ -188,7 +188,7 @@ class Reconciler:
 
     # --- one reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, request: Request) -> bool:
+    def reconcile(self, request: ReconcileRequest) -> bool:
         """Bring one NetworkPolicy (and its sandbox's pods) to the desired state.
 
         True when done; False to retry after backoff (the cache was behind the API

@@ -64,7 +64,7 @@ LABEL_TEMPLATE_REF_HASH = "agents.x-k8s.io/sandbox-template-ref-hash"
 Write = Literal["create", "update", "delete", "none", "blocked"]
 
 
-class Request(NamedTuple):
+class ReconcileRequest(NamedTuple):
     """One NetworkPolicy we manage, by namespace and name."""
 
     namespace: str
@@ -75,8 +75,8 @@ class Request(NamedTuple):
         return self.name.startswith(BASELINE_PREFIX)
 
 
-def baseline_request(namespace: str, code_interpreter: str) -> Request:
-    return Request(namespace, BASELINE_PREFIX + code_interpreter)
+def baseline_request(namespace: str, code_interpreter: str) -> ReconcileRequest:
+    return ReconcileRequest(namespace, BASELINE_PREFIX + code_interpreter)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Report:
 
 @dataclass(frozen=True)
 class Plan:
-    request: Request
+    request: ReconcileRequest
     write: Write
     desired: Mapping[str, Any] | None  # the NetworkPolicy to create or to update to
     current: Mapping[str, Any] | None  # the NetworkPolicy as cached
@@ -177,7 +177,7 @@ def with_kind(obj: Mapping[str, Any], kind: kinds.Kind) -> dict[str, Any]:
     return {**obj, "apiVersion": api_version, "kind": kind.kind}
 
 
-def plan(request: Request, view: View, settings: Settings) -> Plan:
+def plan(request: ReconcileRequest, view: View, settings: Settings) -> Plan:
     if request.is_baseline:
         return plan_baseline(request, view, settings)
     return plan_sandbox(request, view, settings)
@@ -222,7 +222,7 @@ def _template(ref: SandboxRef, view: View) -> Mapping[str, Any] | None:
     return None  # none, or ambiguous: fail closed
 
 
-def plan_sandbox(request: Request, view: View, settings: Settings) -> Plan:
+def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> Plan:
     current = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
     ref = find_sandbox(view, request.namespace, request.name)
     if ref is None:
@@ -405,7 +405,7 @@ def build_baseline(code_interpreter: Mapping[str, Any], *, settings: Settings) -
     }
 
 
-def plan_baseline(request: Request, view: View, settings: Settings) -> Plan:
+def plan_baseline(request: ReconcileRequest, view: View, settings: Settings) -> Plan:
     current = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
     name = request.name.removeprefix(BASELINE_PREFIX)
     found = view.get(kinds.CODE_INTERPRETER, request.namespace, name)
@@ -420,28 +420,30 @@ def plan_baseline(request: Request, view: View, settings: Settings) -> Plan:
 # --- which requests a change bears on -----------------------------------------------------------
 
 
-def requests_for(kind: kinds.Kind, obj: Mapping[str, Any] | None, view: View) -> set[Request]:
+def requests_for(
+    kind: kinds.Kind, obj: Mapping[str, Any] | None, view: View
+) -> set[ReconcileRequest]:
     """The managed NetworkPolicies whose desired state may depend on ``obj``."""
     if obj is None:
         return set()
     namespace = namespace_of(obj)
     if kind == kinds.NETWORK_POLICY:
-        return {Request(namespace, name_of(obj))}
-    requests = {Request(namespace, n) for n in sandbox_names_for(kind, obj, view)}
+        return {ReconcileRequest(namespace, name_of(obj))}
+    requests = {ReconcileRequest(namespace, n) for n in sandbox_names_for(kind, obj, view)}
     if kind == kinds.CODE_INTERPRETER:
         requests.add(baseline_request(namespace, name_of(obj)))
     return requests
 
 
-def all_requests(view: View) -> set[Request]:
+def all_requests(view: View) -> set[ReconcileRequest]:
     """Every NetworkPolicy that exists or should: for a full pass, or an audit."""
-    requests: set[Request] = set()
+    requests: set[ReconcileRequest] = set()
     for obj in view.items(kinds.NETWORK_POLICY):
         if is_managed(obj):
-            requests.add(Request(namespace_of(obj), name_of(obj)))
+            requests.add(ReconcileRequest(namespace_of(obj), name_of(obj)))
     for obj in view.items(kinds.SANDBOX):
         if is_direct_sandbox(obj):
-            requests.add(Request(namespace_of(obj), name_of(obj)))
+            requests.add(ReconcileRequest(namespace_of(obj), name_of(obj)))
     for kind in (kinds.SANDBOX_CLAIM, kinds.POD, kinds.CODE_INTERPRETER):
         for obj in view.items(kind):
             requests |= requests_for(kind, obj, view)

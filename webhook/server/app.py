@@ -19,7 +19,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import Request as HTTPRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -86,23 +86,23 @@ def create_app(
     def decide_mutate(request: AdmissionRequest) -> AdmissionResponse:
         return decide.mutate(request, settings=settings_now(), claims=claims)
 
-    async def validate_endpoint(request: Request) -> Response:
+    async def validate_endpoint(request: HTTPRequest) -> Response:
         return await _handle(request, "validate", decide_validate, admission_metrics, parse_whole)
 
-    async def mutate_endpoint(request: Request) -> Response:
+    async def mutate_endpoint(request: HTTPRequest) -> Response:
         return await _handle(
             request, "mutate", decide_mutate, admission_metrics, parse_for_mutation
         )
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(request: HTTPRequest) -> Response:
         return PlainTextResponse("ok")
 
-    async def readyz(request: Request) -> Response:
+    async def readyz(request: HTTPRequest) -> Response:
         if ready():
             return PlainTextResponse("ok")
         return PlainTextResponse("not ready", status_code=503)
 
-    async def metrics_endpoint(request: Request) -> Response:
+    async def metrics_endpoint(request: HTTPRequest) -> Response:
         return Response(admission_metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     return Starlette(
@@ -117,7 +117,7 @@ def create_app(
 
 
 async def _handle(
-    http_request: Request,
+    http_request: HTTPRequest,
     webhook: Webhook,
     decide: Decide,
     metrics: AdmissionMetrics,
@@ -157,14 +157,14 @@ async def _handle(
     return Response(content, media_type=JSON_MEDIA_TYPE)
 
 
-def _check_content_type(request: Request) -> None:
+def _check_content_type(request: HTTPRequest) -> None:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type != JSON_MEDIA_TYPE:
         raise BadRequestError(415, f"content type must be {JSON_MEDIA_TYPE}, not {content_type!r}")
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: HTTPRequest) -> bytes:
     """The body, read in chunks and abandoned as soon as it passes the limit."""
     too_large = BadRequestError(413, f"request body is larger than {MAX_REQUEST_BYTES} bytes")
     declared = request.headers.get("content-length", "")
