@@ -232,13 +232,14 @@ class BenchClaims:
 
 def run_webhook(port: int, cert_dir: Path, http: str) -> int:
     from webhook.api.settings import Settings
-    from webhook.server.serve import serve
+    from webhook.server.serve import Admission, Listen, Tls, serve
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return serve(
-        settings=Settings(), host=LOOPBACK, port=port, cert_dir=cert_dir, dns_names=[],
-        claims=BenchClaims(), http_implementation=http,
-    )  # fmt: skip
+        Admission(settings=Settings(), claims=BenchClaims()),
+        Listen(host=LOOPBACK, port=port, http_implementation=http),
+        Tls(cert_dir=cert_dir, dns_names=[]),
+    )
 
 
 def run_bare(port: int, cert_dir: Path, http: str) -> int:

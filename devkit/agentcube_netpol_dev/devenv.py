@@ -157,7 +157,7 @@ def run_dev(
     own environment).
     """
     from webhook.server.metrics import AdmissionMetrics
-    from webhook.server.serve import serve  # uvicorn and starlette only when serving
+    from webhook.server.serve import Admission, Listen, Tls, serve  # uvicorn only when serving
 
     if with_dataplane and not with_agent_sandbox:
         logger.error("--dataplane runs the stand-in kubelet's pods: drop --without-agent-sandbox")
@@ -247,16 +247,15 @@ def run_dev(
             )
             registrar.start()
             code = serve(
-                settings=settings,
-                host=LOOPBACK,
-                port=webhook_port,
-                cert_dir=cert_dir,
-                dns_names=["localhost"],
-                claims=runtime.caches,
-                sandboxes=runtime.caches,
-                ready=lambda: runtime.ready,
-                metrics=metrics,
-                sock=webhook_socket,
+                Admission(
+                    settings=settings,
+                    claims=runtime.caches,
+                    sandboxes=runtime.caches,
+                    ready=lambda: runtime.ready,
+                    metrics=metrics,
+                ),
+                Listen(host=LOOPBACK, port=webhook_port, sock=webhook_socket),
+                Tls(cert_dir=cert_dir, dns_names=["localhost"]),
             )
             stop_waiting.set()
             registrar.join()

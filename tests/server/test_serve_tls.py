@@ -254,7 +254,7 @@ def test_serve_stops_cleanly_when_its_stop_event_is_set(tmp_path: Path) -> None:
     import threading
 
     from webhook.api.settings import Settings
-    from webhook.server.serve import serve
+    from webhook.server.serve import Admission, Lifecycle, Listen, Tls, serve
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -272,13 +272,10 @@ def test_serve_stops_cleanly_when_its_stop_event_is_set(tmp_path: Path) -> None:
     safety.start()
     try:
         code = serve(
-            settings=Settings(),
-            host="127.0.0.1",
-            port=port,
-            cert_dir=tmp_path / "certs",
-            dns_names=["localhost"],
-            sock=sock,
-            stop=stop,
+            Admission(settings=Settings()),
+            Listen(host="127.0.0.1", port=port, sock=sock),
+            Tls(cert_dir=tmp_path / "certs", dns_names=["localhost"]),
+            Lifecycle(stop=stop),
         )
     finally:
         timer.cancel()

@@ -31,7 +31,8 @@ from webhook.cli.serve import (
     add_cluster_options,
     add_server_options,
     cluster_trust,
-    serving_dns_names,
+    listen_on,
+    tls_of,
 )
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.kube.identity import with_own_gate_lifter
     from webhook.server.metrics import AdmissionMetrics
-    from webhook.server.serve import serve
+    from webhook.server.serve import Admission, Lifecycle, serve
 
     metrics = AdmissionMetrics()
     from_flags = settings
@@ -230,26 +231,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     rediscovery.start()
     try:
         code = serve(
-            trust=cluster_trust(args, rest),
-            claims=runtime.caches,
-            sandboxes=runtime.caches,
-            ready=lambda: runtime.ready and not restarting.is_set(),
-            metrics=metrics,
-            settings=settings,
-            # What the reconciler plans with, read on each request: one value, flipped in
-            # place when agent-sandbox's allow-list changes.
-            live_settings=lambda: runtime.reconciler.settings,
-            stop=stop,
-            host=args.host,
-            port=args.port,
-            cert_dir=args.cert_dir,
-            dns_names=serving_dns_names(
-                args.dns_name, service=args.service_name, namespace=args.service_namespace
+            Admission(
+                settings=settings,
+                claims=runtime.caches,
+                sandboxes=runtime.caches,
+                ready=lambda: runtime.ready and not restarting.is_set(),
+                metrics=metrics,
+                # What the reconciler plans with, read on each request: one value, flipped
+                # in place when agent-sandbox's allow-list changes.
+                live_settings=lambda: runtime.reconciler.settings,
             ),
-            cert_check_interval_seconds=args.cert_check_interval,
-            drain_seconds=args.shutdown_drain,
+            listen_on(args),
+            tls_of(args, cluster_trust(args, rest)),
             # The standby takes over while this replica drains: writes stop at once.
-            on_shutdown=runtime.release,
+            Lifecycle(stop=stop, drain_seconds=args.shutdown_drain, on_shutdown=runtime.release),
         )
     finally:
         stop.set()

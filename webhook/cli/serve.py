@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from webhook.kube.cabundle import ClusterTrust
     from webhook.kube.rest import Rest
     from webhook.reconciler.caches import Caches
+    from webhook.server.serve import Listen, Tls
 
 DEFAULT_PORT = 9443
 DEFAULT_CERT_DIR = Path("certs")
@@ -134,7 +135,8 @@ def _secret_ref(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from webhook.server.serve import serve  # uvicorn and starlette only when serving
+    # uvicorn and starlette only when serving
+    from webhook.server.serve import Admission, Lifecycle, serve
 
     if settings.deny_widening:
         # The widening check reads sandboxes and pods from the reconciler's caches; serve
@@ -154,18 +156,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = resolve_claim_label_injection(settings, rest)
     return serve(
-        trust=trust,
-        claims=claims,
-        ready=None if claims is None else (lambda: claims.synced),
-        settings=settings,
-        host=args.host,
-        port=args.port,
+        Admission(
+            settings=settings,
+            claims=claims,
+            ready=None if claims is None else (lambda: claims.synced),
+        ),
+        listen_on(args),
+        tls_of(args, trust),
+        Lifecycle(drain_seconds=args.shutdown_drain),
+    )
+
+
+def listen_on(args: argparse.Namespace) -> Listen:
+    from webhook.server.serve import Listen
+
+    return Listen(host=args.host, port=args.port)
+
+
+def tls_of(args: argparse.Namespace, trust: ClusterTrust | None) -> Tls:
+    """The serving certificate ``--cert-dir`` and the Service names ask for."""
+    from webhook.server.serve import Tls
+
+    return Tls(
         cert_dir=args.cert_dir,
         dns_names=serving_dns_names(
             args.dns_name, service=args.service_name, namespace=args.service_namespace
         ),
-        cert_check_interval_seconds=args.cert_check_interval,
-        drain_seconds=args.shutdown_drain,
+        check_interval_seconds=args.cert_check_interval,
+        trust=trust,
     )
 
 

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,44 +54,73 @@ GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS = 10
 IDLE_CLOSE_GRACE_SECONDS = 1.0
 
 
-def serve(
-    *,
-    settings: Settings,
-    host: str,
-    port: int,
-    cert_dir: Path,
-    dns_names: Sequence[str],
-    claims: ClaimLookup | None = None,
-    ready: Callable[[], bool] | None = None,
-    cert_check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS,
-    http_implementation: str = HTTP_IMPLEMENTATION,
-    trust: ClusterTrust | None = None,
-    metrics: AdmissionMetrics | None = None,
-    sandboxes: SandboxLookup | None = None,
-    sock: socket.socket | None = None,
-    live_settings: Callable[[], Settings] | None = None,
-    stop: threading.Event | None = None,
-    drain_seconds: float = 0.0,
-    on_shutdown: Callable[[], None] | None = None,
-) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set); 0 after a clean shutdown, 1 if it
-    could not start.
+@dataclass(frozen=True)
+class Listen:
+    """Where the server listens. ``sock``: a socket the caller already bound to
+    ``host``:``port``, served instead of binding again (a caller that picks a free port
+    binds it once, so no other process can take it in between)."""
 
-    ``sock``: a socket already bound (to ``host``:``port``) by the caller, served instead
-    of binding again; a caller that picks a free port binds it once and passes it, so no
-    other process can take the port in between.
+    host: str
+    port: int
+    sock: socket.socket | None = None
+    http_implementation: str = HTTP_IMPLEMENTATION
 
-    ``claims`` is the SandboxClaim lookup for pod mutation (the reconciler's
-    watch cache plugs in here); ``ready`` adds a readiness condition (caches
-    synced) to "certificates loaded". ``trust``, in a cluster without
-    cert-manager, keeps the shared CA and the webhooks' caBundle (first at
-    start, then every few minutes).
 
-    On SIGTERM or SIGINT: ``/readyz`` fails at once and ``on_shutdown`` runs (``run``
+@dataclass(frozen=True)
+class Tls:
+    """The serving certificate: made or checked in ``cert_dir`` for ``dns_names``, looked
+    at again every ``check_interval_seconds``; ``trust`` (a cluster without cert-manager)
+    keeps the shared CA and the webhooks' caBundle, at start and every few minutes."""
+
+    cert_dir: Path
+    dns_names: Sequence[str]
+    check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS
+    trust: ClusterTrust | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the decisions read. ``claims``: the SandboxClaim lookup of the pod mutation;
+    ``sandboxes``: the widening check's (both the reconciler's caches in ``run``);
+    ``ready``: a readiness condition beside "certificates loaded"; ``live_settings``: the
+    settings read on each request when they change in place."""
+
+    settings: Settings
+    claims: ClaimLookup | None = None
+    sandboxes: SandboxLookup | None = None
+    ready: Callable[[], bool] | None = None
+    metrics: AdmissionMetrics | None = None
+    live_settings: Callable[[], Settings] | None = None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How it stops. ``stop``: set by the caller to stop it (``run``'s restart);
+    on SIGTERM or SIGINT, ``/readyz`` fails at once and ``on_shutdown`` runs (``run``
     releases its Lease there), the server keeps answering for ``drain_seconds`` (so the
     endpoint leaves the Service before the port closes), then stops as uvicorn does:
-    requests in flight finish. A second signal stops it at once.
-    """
+    requests in flight finish. A second signal stops it at once."""
+
+    stop: threading.Event | None = None
+    drain_seconds: float = 0.0
+    on_shutdown: Callable[[], None] | None = None
+
+
+def serve(
+    admission: Admission, listen: Listen, tls: Tls, lifecycle: Lifecycle = Lifecycle()
+) -> int:
+    """Serve until a signal (or ``lifecycle.stop``); EXIT_OK after a clean shutdown,
+    EXIT_FAILED if it could not start."""
+    settings, claims, sandboxes = admission.settings, admission.claims, admission.sandboxes
+    ready, metrics, live_settings = admission.ready, admission.metrics, admission.live_settings
+    host, port, sock, http_implementation = (
+        listen.host, listen.port, listen.sock, listen.http_implementation
+    )  # fmt: skip
+    cert_dir, dns_names, trust = tls.cert_dir, tls.dns_names, tls.trust
+    cert_check_interval_seconds = tls.check_interval_seconds
+    stop, drain_seconds, on_shutdown = (
+        lifecycle.stop, lifecycle.drain_seconds, lifecycle.on_shutdown
+    )  # fmt: skip
     if trust is not None and not _first_sync(trust):
         return EXIT_FAILED
     # With ``trust``, the CA is the cluster's (a Secret): only ClusterTrust replaces it.
