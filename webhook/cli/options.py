@@ -41,24 +41,23 @@ def positive_int(text: str) -> int:
 
 def positive_seconds(text: str) -> float:
     """A duration in seconds, more than 0."""
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
+    return _number_from(text, 0.0, inclusive=False, unit=" seconds")
 
 
 def seconds_or_zero(text: str) -> float:
     """A duration in seconds, 0 or more."""
-    value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 seconds or more, got {text}")
-    return value
+    return _number_from(text, 0.0, inclusive=True, unit=" seconds")
 
 
 def non_negative(text: str) -> float:
+    return _number_from(text, 0.0, inclusive=True, unit="")
+
+
+def _number_from(text: str, low: float, *, inclusive: bool, unit: str) -> float:
     value = _number(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if value < low or (value == low and not inclusive):
+        bound = f"{low:g}{unit} or more" if inclusive else f"more than {low:g}{unit}"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
     return value
 
 

@@ -111,30 +111,21 @@ def serve(
 ) -> int:
     """Serve until a signal (or ``lifecycle.stop``); EXIT_OK after a clean shutdown,
     EXIT_FAILED if it could not start."""
-    settings, claims, sandboxes = admission.settings, admission.claims, admission.sandboxes
-    ready, metrics, live_settings = admission.ready, admission.metrics, admission.live_settings
-    host, port, sock, http_implementation = (
-        listen.host, listen.port, listen.sock, listen.http_implementation
-    )  # fmt: skip
-    cert_dir, dns_names, trust = tls.cert_dir, tls.dns_names, tls.trust
-    cert_check_interval_seconds = tls.check_interval_seconds
-    stop, drain_seconds, on_shutdown = (
-        lifecycle.stop, lifecycle.drain_seconds, lifecycle.on_shutdown
-    )  # fmt: skip
+    trust, ready = tls.trust, admission.ready
     if trust is not None and not _first_sync(trust):
         return EXIT_FAILED
     # With ``trust``, the CA is the cluster's (a Secret): only ClusterTrust replaces it.
-    reloader = CertificateReloader(cert_dir, dns_names=dns_names, renew_ca=trust is None)
+    reloader = CertificateReloader(tls.cert_dir, dns_names=tls.dns_names, renew_ca=trust is None)
     try:
         reloader.check(at=datetime.now(UTC))
     except CertificateError as exc:
         logger.error("cannot serve: %s", exc)
         return EXIT_FAILED
-    ca_file = serving_files(cert_dir).ca_file
+    ca_file = serving_files(tls.cert_dir).ca_file
     if ca_file is not None:
         logger.info(
             "clients trust the CA in %s, e.g. curl --cacert %s https://localhost:%d/healthz",
-            ca_file, ca_file, port,
+            ca_file, ca_file, listen.port,
         )  # fmt: skip
 
     shutting_down = threading.Event()
@@ -143,21 +134,36 @@ def serve(
         return not shutting_down.is_set() and reloader.loaded and (ready is None or ready())
 
     app = create_app(
-        settings=settings,
-        claims=claims if claims is not None else NoClaims(),
-        sandboxes=sandboxes,
+        settings=admission.settings,
+        claims=admission.claims if admission.claims is not None else NoClaims(),
+        sandboxes=admission.sandboxes,
         ready=is_ready,
-        metrics=metrics,
-        live_settings=live_settings,
+        metrics=admission.metrics,
+        live_settings=admission.live_settings,
     )
     config = uvicorn_config(
-        app, host=host, port=port, ssl_context=reloader.context, http=http_implementation
+        app,
+        host=listen.host,
+        port=listen.port,
+        ssl_context=reloader.context,
+        http=listen.http_implementation,
     )
-    server = _Server(config, drain_seconds=drain_seconds, on_shutdown=on_shutdown)
-    server.shutting_down = shutting_down
+    server = _Server(
+        config,
+        drain_seconds=lifecycle.drain_seconds,
+        on_shutdown=lifecycle.on_shutdown,
+        shutting_down=shutting_down,
+    )
     try:
         asyncio.run(
-            _serve_and_watch(server, reloader, cert_check_interval_seconds, trust, sock, stop=stop)
+            _serve_and_watch(
+                server,
+                reloader,
+                tls.check_interval_seconds,
+                trust,
+                listen.sock,
+                stop=lifecycle.stop,
+            )
         )
     except SystemExit:
         # uvicorn exits (3 in current releases, 1 in older ones) when it cannot bind; it has
@@ -287,32 +293,31 @@ class _Server(uvicorn.Server):
         *,
         drain_seconds: float = 0.0,
         on_shutdown: Callable[[], None] | None = None,
+        shutting_down: threading.Event | None = None,
     ) -> None:
         super().__init__(config)
         self.drain_seconds = drain_seconds
         self.on_shutdown = on_shutdown
-        self.shutting_down = threading.Event()
+        # Set by the first signal; /readyz reads it (serve's is_ready).
+        self.shutting_down = shutting_down or threading.Event()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        """The first signal: not ready, ``on_shutdown``, and stop after the drain; a second
-        signal (or no drain): stop now."""
-        if self.shutting_down.is_set() or self.drain_seconds <= 0:
-            first = not self.shutting_down.is_set()
-            self.shutting_down.set()
-            if first and self.on_shutdown is not None:
-                self._run_on_shutdown()
-            super().handle_exit(sig, frame)
-            return
+        """The first signal: not ready, ``on_shutdown`` (in a thread: this is the event
+        loop), and stop after the drain; a second signal, or no drain: stop now."""
+        first = not self.shutting_down.is_set()
         self.shutting_down.set()
-        logger.info(
-            "%s: not ready now, stopping in %.1fs (a second signal stops at once)",
-            signal.Signals(sig).name, self.drain_seconds,
-        )  # fmt: skip
-        if self.on_shutdown is not None:
+        if first and self.on_shutdown is not None:
             threading.Thread(target=self._run_on_shutdown, name="on-shutdown", daemon=True).start()
-        timer = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, None))
-        timer.daemon = True
-        timer.start()
+        if first and self.drain_seconds > 0:
+            logger.info(
+                "%s: not ready now, stopping in %.1fs (a second signal stops at once)",
+                signal.Signals(sig).name, self.drain_seconds,
+            )  # fmt: skip
+            timer = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, None))
+            timer.daemon = True
+            timer.start()
+            return
+        super().handle_exit(sig, frame)
 
     def _run_on_shutdown(self) -> None:
         try:
