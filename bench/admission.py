@@ -232,14 +232,15 @@ class BenchClaims:
 
 def run_webhook(port: int, cert_dir: Path, http: str) -> int:
     from webhook.api.settings import Settings
-    from webhook.server.serve import Admission, Listen, Tls, serve
+    from webhook.runtime.programs import admission_server
+    from webhook.server.serve import Admission, Listen, Tls
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(
+    return admission_server(
         Admission(settings=Settings(), claims=BenchClaims()),
         Listen(host=LOOPBACK, port=port, http_implementation=http),
         Tls(cert_dir=cert_dir, dns_names=[]),
-    )
+    ).run()
 
 
 def run_bare(port: int, cert_dir: Path, http: str) -> int:

@@ -4,7 +4,7 @@ Starts etcd, kube-apiserver and kube-controller-manager (``agentcube_netpol_dev.
 installs the CRDs, starts the real agent-sandbox controller and a stand-in kubelet (unless
 ``--without-agent-sandbox``; with ``--dataplane`` its pods are network namespaces on a
 dataplane where kube-router enforces the NetworkPolicies, ``agentcube_netpol_dev.devdataplane``),
-runs the admission server and the reconciler (``run``'s runtime) in this process and
+runs the admission server and the reconciler (``run``'s manager) in this process and
 registers the webhook configurations against it (both from the package's manifests, which
 deploy/ builds on), writes the admin kubeconfig once all of that is ready, and runs until
 Ctrl-C or SIGTERM; then stops everything and removes the kubeconfig (it would point at a
@@ -17,22 +17,29 @@ import contextlib
 import logging
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 import yaml
 
-from agentcube_netpol_dev.agentsandbox import AgentSandboxController, find_agent_sandbox
+from agentcube_netpol_dev.agentsandbox import (
+    AgentSandboxBuild,
+    AgentSandboxController,
+    find_agent_sandbox,
+)
 from agentcube_netpol_dev.controlplane import (
     KUBECTL,
     LOOPBACK,
     VERSIONS_FILE,
+    Binaries,
     ControlPlane,
     ControlPlaneError,
     bound_loopback_socket,
@@ -54,7 +61,6 @@ from webhook.kube.discovery import resolve_claim_label_injection
 from webhook.kube.identity import with_own_gate_lifter
 from webhook.kube.rest import Rest
 from webhook.manifests import CRDS_DIR, WEBHOOKS_DIR
-from webhook.reconciler.manager import ReconcilerRuntime
 from webhook.tls.certs import CA_CERT_FILE
 
 logger = logging.getLogger(__name__)
@@ -149,129 +155,198 @@ def run_dev(
     agent_sandbox_version: str | None = None,
     with_dataplane: bool = False,
 ) -> int:
-    """Run the playground until interrupted; 0 after a clean stop, 1 if it could not start
+    """Run the playground until interrupted; 0 after a clean stop, 5 if it could not start
     (2: ``with_dataplane`` without the agent-sandbox controller and its kubelet).
 
     ``environ`` is where ``KUBEBUILDER_ASSETS`` / ``AGENTCUBE_NETPOL_CACHE`` are read from
     (the CLI passes ``os.environ``; the dataplane's kube-router is looked up in the process's
     own environment).
     """
-    from webhook.server.metrics import AdmissionMetrics
-    from webhook.server.serve import Admission, Listen, Tls, serve  # uvicorn only when serving
-
-    if with_dataplane and not with_agent_sandbox:
-        logger.error("--dataplane runs the stand-in kubelet's pods: drop --without-agent-sandbox")
-        return EXIT_USAGE
-    if with_dataplane:
-        try:
-            check_prerequisites()
-        except DataplaneError as exc:
-            logger.error("dev --dataplane cannot start: %s", exc)
-            return EXIT_FAILED
-    try:
-        binaries = find_binaries(environ or {})
-        build = (
-            find_agent_sandbox(environ or {}, agent_sandbox_version) if with_agent_sandbox else None
-        )
-    except ControlPlaneError as exc:
-        logger.error("%s", exc)
-        return EXIT_FAILED
+    found = _preflight(
+        environ or {},
+        with_agent_sandbox=with_agent_sandbox,
+        agent_sandbox_version=agent_sandbox_version,
+        with_dataplane=with_dataplane,
+    )
+    if isinstance(found, int):
+        return found
+    binaries, build = found
     try:
         # Bound here, served by the server: no other process can take it in between.
         webhook_socket = bound_loopback_socket(port or 0)
     except OSError as exc:
         logger.error("cannot listen on %s:%s: %s", LOOPBACK, port, exc)
         return EXIT_FAILED
-    webhook_port = int(webhook_socket.getsockname()[1])
-    webhook_url = f"https://{LOOPBACK}:{webhook_port}"
     work_dir = Path(tempfile.mkdtemp(prefix="agentcube-netpol-dev-"))
-    cert_dir = work_dir / "webhook-certs"
-    stop_waiting = threading.Event()
+    # Until the manager takes the signals over, SIGTERM cleans up as Ctrl-C does.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         with contextlib.ExitStack() as stack:
-            control_plane = stack.enter_context(
-                ControlPlane(
-                    binaries=binaries,
-                    with_controller_manager=True,
-                    work_dir=work_dir / "control-plane",
-                )
+            cluster = _start_cluster(
+                stack, binaries, build, work_dir, with_dataplane=with_dataplane, stdout=stdout
             )
-            if build is None:
-                install_crds(control_plane, CRDS_DIR)
-            else:
-                # AgentCube's CRDs from the package, agent-sandbox's four from the release
-                # (v1.0 serves no v1alpha1: the package's would be in the way).
-                install_crds(control_plane, agentcube_crds(control_plane, work_dir / "crds"))
-                stack.enter_context(
-                    AgentSandboxController(
-                        build=build, control_plane=control_plane, work_dir=work_dir / "as"
-                    )
-                )
-            rest = Rest.from_config(control_plane.admin_kubeconfig)
-            dataplane_prefix: str | None = None
-            if build is not None and with_dataplane:
-                kubelet, network = _start_dataplane(stack, control_plane, rest, work_dir, stdout)
-                stack.enter_context(kubelet)
-                dataplane_prefix = network.dataplane.prefix
-            elif build is not None:
-                stack.enter_context(FakeKubelet(_core_v1(control_plane)))
-            manifests = load_manifests(WEBHOOKS_DIR, control_plane=control_plane)
-            metrics = AdmissionMetrics()
-            settings = with_own_gate_lifter(resolve_claim_label_injection(settings, rest), rest)
-            runtime = ReconcilerRuntime(
-                rest=rest,
-                settings=settings,
-                registry=metrics.registry,
-                lease_namespace=LEASE_NAMESPACE,
+            return _serve(
+                cluster,
+                settings,
+                webhook_socket,
+                cert_dir=work_dir / "webhook-certs",
+                kubeconfig=kubeconfig,
+                stdout=stdout,
             )
-            runtime.start()
-            stack.callback(runtime.stop)  # before the API server stops: it waits for watches
-            # The webhook configurations need the server's CA, which the server makes when it
-            # starts; a helper thread registers them once it answers, then hands over.
-            registrar = threading.Thread(
-                target=_register_when_ready,
-                kwargs={
-                    "control_plane": control_plane,
-                    "manifests": manifests,
-                    "webhook_url": webhook_url,
-                    "cert_dir": cert_dir,
-                    "kubeconfig": kubeconfig,
-                    "stop_waiting": stop_waiting,
-                    "stdout": stdout,
-                    "agent_sandbox": None if build is None else build.version,
-                    "dataplane": dataplane_prefix,
-                },
-                name="register-webhooks",
-                daemon=True,
-            )
-            registrar.start()
-            code = serve(
-                Admission(
-                    settings=settings,
-                    claims=runtime.caches,
-                    sandboxes=runtime.caches,
-                    ready=lambda: runtime.ready,
-                    metrics=metrics,
-                ),
-                Listen(host=LOOPBACK, port=webhook_port, sock=webhook_socket),
-                Tls(cert_dir=cert_dir, dns_names=["localhost"]),
-            )
-            stop_waiting.set()
-            registrar.join()
-            return code
     except (ControlPlaneError, DataplaneError) as exc:
         logger.error("%s", exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
-        stop_waiting.set()
         webhook_socket.close()
         signal.signal(signal.SIGTERM, previous_sigterm)
         kubeconfig.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
         logger.info("dev control plane stopped")
+
+
+def _preflight(
+    environ: Mapping[str, str],
+    *,
+    with_agent_sandbox: bool,
+    agent_sandbox_version: str | None,
+    with_dataplane: bool,
+) -> tuple[Binaries, AgentSandboxBuild | None] | int:
+    """The binaries to run, or the exit code that says why they cannot run."""
+    if with_dataplane and not with_agent_sandbox:
+        logger.error("--dataplane runs the stand-in kubelet's pods: drop --without-agent-sandbox")
+        return EXIT_USAGE
+    try:
+        if with_dataplane:
+            check_prerequisites()
+        binaries = find_binaries(environ)
+        build = find_agent_sandbox(environ, agent_sandbox_version) if with_agent_sandbox else None
+    except DataplaneError as exc:
+        logger.error("dev --dataplane cannot start: %s", exc)
+        return EXIT_FAILED
+    except ControlPlaneError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILED
+    return binaries, build
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    control_plane: ControlPlane
+    rest: Rest
+    agent_sandbox: str | None  # its version, when its controller runs
+    dataplane: str | None  # the prefix of the dataplane's network namespaces
+
+
+def _start_cluster(
+    stack: contextlib.ExitStack,
+    binaries: Binaries,
+    build: AgentSandboxBuild | None,
+    work_dir: Path,
+    *,
+    with_dataplane: bool,
+    stdout: TextIO,
+) -> _Cluster:
+    """The control plane with the CRDs, agent-sandbox's controller and a kubelet (a
+    stand-in, or with ``with_dataplane`` one whose pods are network namespaces), each
+    stopped when ``stack`` unwinds."""
+    control_plane = stack.enter_context(
+        ControlPlane(
+            binaries=binaries, with_controller_manager=True, work_dir=work_dir / "control-plane"
+        )
+    )
+    if build is None:
+        install_crds(control_plane, CRDS_DIR)
+    else:
+        # AgentCube's CRDs from the package, agent-sandbox's four from the release
+        # (v1.0 serves no v1alpha1: the package's would be in the way).
+        install_crds(control_plane, agentcube_crds(control_plane, work_dir / "crds"))
+        stack.enter_context(
+            AgentSandboxController(
+                build=build, control_plane=control_plane, work_dir=work_dir / "as"
+            )
+        )
+    rest = Rest.from_config(control_plane.admin_kubeconfig)
+    dataplane_prefix: str | None = None
+    if build is not None and with_dataplane:
+        kubelet, network = _start_dataplane(stack, control_plane, rest, work_dir, stdout)
+        stack.enter_context(kubelet)
+        dataplane_prefix = network.dataplane.prefix
+    elif build is not None:
+        stack.enter_context(FakeKubelet(_core_v1(control_plane)))
+    return _Cluster(
+        control_plane=control_plane,
+        rest=rest,
+        agent_sandbox=None if build is None else build.version,
+        dataplane=dataplane_prefix,
+    )
+
+
+def _serve(
+    cluster: _Cluster,
+    settings: Settings,
+    webhook_socket: socket.socket,
+    *,
+    cert_dir: Path,
+    kubeconfig: Path,
+    stdout: TextIO,
+) -> int:
+    """``run``'s manager on ``cluster`` (caches, reconciler, server), and a last part that
+    registers the webhooks once the server is ready, writes the kubeconfig and says so;
+    until Ctrl-C or SIGTERM."""
+    from webhook.runtime.manager import Manager, Task  # uvicorn only when serving
+    from webhook.runtime.programs import Lease, add_reconciler, add_webhook_server
+    from webhook.server.metrics import AdmissionMetrics
+    from webhook.server.serve import Admission, Listen, Tls
+
+    rest = cluster.rest
+    webhook_port = int(webhook_socket.getsockname()[1])
+    webhook_url = f"https://{LOOPBACK}:{webhook_port}"
+    manifests = load_manifests(WEBHOOKS_DIR, control_plane=cluster.control_plane)
+    metrics = AdmissionMetrics()
+    settings = with_own_gate_lifter(resolve_claim_label_injection(settings, rest), rest)
+    manager = Manager()
+    shared = add_reconciler(
+        manager,
+        rest=rest,
+        settings=settings,
+        registry=metrics.registry,
+        lease=Lease(namespace=LEASE_NAMESPACE),
+    )
+    add_webhook_server(
+        manager,
+        Admission(
+            settings=settings, claims=shared.caches, sandboxes=shared.caches, metrics=metrics
+        ),
+        Listen(host=LOOPBACK, port=webhook_port, sock=webhook_socket),
+        Tls(cert_dir=cert_dir, dns_names=["localhost"]),
+    )
+    # The webhook configurations need the server's CA, which the server makes when it
+    # starts: a thread registers them once it answers, then hands over.
+    stop_waiting = threading.Event()
+    registrar = threading.Thread(
+        target=_register_when_ready,
+        kwargs={
+            "cluster": cluster,
+            "manifests": manifests,
+            "webhook_url": webhook_url,
+            "cert_dir": cert_dir,
+            "kubeconfig": kubeconfig,
+            "stop_waiting": stop_waiting,
+            "stdout": stdout,
+        },
+        name="register-webhooks",
+        daemon=True,
+    )
+
+    def stop_registrar() -> None:
+        stop_waiting.set()
+        if registrar.is_alive():
+            registrar.join()
+
+    manager.add(Task("webhook registration", on_start=registrar.start, on_stop=stop_registrar))
+    return manager.run()
 
 
 def _start_dataplane(
@@ -321,16 +396,15 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _register_when_ready(
     *,
-    control_plane: ControlPlane,
+    cluster: _Cluster,
     manifests: list[dict[str, object]],
     webhook_url: str,
     cert_dir: Path,
     kubeconfig: Path,
     stop_waiting: threading.Event,
     stdout: TextIO,
-    agent_sandbox: str | None,
-    dataplane: str | None,
 ) -> None:
+    control_plane = cluster.control_plane
     ca_file = cert_dir / CA_CERT_FILE
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while not stop_waiting.is_set():
@@ -359,8 +433,8 @@ def _register_when_ready(
             kubeconfig=kubeconfig,
             control_plane=control_plane,
             webhook_url=webhook_url,
-            agent_sandbox=agent_sandbox,
-            dataplane=dataplane,
+            agent_sandbox=cluster.agent_sandbox,
+            dataplane=cluster.dataplane,
         )
     )
     stdout.flush()

@@ -968,118 +968,7 @@ class FakeKubelet:
     def _run_init_containers(self, run: _PodRun, pod_ip: str) -> str:
         """STARTED once all completed, FAILED (restartPolicy Never), "deleted" (the pod
         went) or "stopped" (the kubelet stops)."""
-        pod = run.pod
-        namespace, name, _ = pod_key(pod)
-        containers = init_containers(pod)
-        runs = [InitRun() for _ in containers]
-        restart = restart_policy(pod) != "Never"
-
-        def report(*, failed: bool = False) -> None:
-            run.init_statuses = [
-                init_container_status(pod, c, r) for c, r in zip(containers, runs, strict=True)
-            ]
-            status = initializing_status(
-                pod,
-                pod_ip=pod_ip,
-                host_ip=self.node_ip,
-                at=datetime.now(UTC),
-                start_time=run.start_time,
-                init_statuses=run.init_statuses,
-                failed=failed,
-            )
-            self._quietly(pod, lambda: self._patch_status(pod, status))
-
-        def ended() -> str | None:
-            if not run.cancel.is_set():
-                return None
-            return "deleted" if run.deleting else "stopped"
-
-        lag_s = self.status_lag_s  # the first report waits for the first process (and lags)
-        if lag_s <= 0:
-            report()
-        for index, container in enumerate(containers):
-            backoff = INIT_BACKOFF_INITIAL_S
-            label = str(container.get("name", ""))
-            while True:
-                if (end := ended()) is not None:
-                    return end
-                fresh = self._fresh(run)
-                if (end := ended()) is not None:
-                    return end
-                if fresh is None:
-                    return "deleted"
-                prefix = self.network.command_prefix(fresh) if runs_own_program(container) else None
-                if prefix is None:  # an image, or a network that runs nothing: done at once
-                    runs[index] = init_completed(runs[index], at=datetime.now(UTC))
-                    break
-                try:
-                    env = container_env(container, fresh, pod_ip=pod_ip, host_ip=self.node_ip)
-                except UnsupportedEnvError as exc:
-                    runs[index] = init_config_error(runs[index], message=str(exc))
-                    report()
-                    if run.cancel.wait(backoff):
-                        continue
-                    backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
-                    continue
-                argv = [
-                    *prefix,
-                    sys.executable,
-                    "-I",
-                    "-m",
-                    "webhook",
-                    *own_program_args(container, env),
-                ]
-                runs[index] = init_started(runs[index], at=datetime.now(UTC))
-                lagging: threading.Timer | None = None
-                if lag_s > 0:
-                    lagging = threading.Timer(lag_s, report)
-                    lagging.daemon = True
-                    lagging.start()
-                    lag_s = 0.0
-                else:
-                    report()
-                try:
-                    exit_code, output = self._run_process(run, argv, env)
-                    reason = "Error"
-                except OSError as exc:
-                    exit_code, output, reason = START_ERROR_EXIT_CODE, str(exc), "StartError"
-                finally:
-                    if lagging is not None:  # exited within the lag: the next report says
-                        lagging.cancel()
-                        lagging.join()
-                run.logs[label] = output
-                if exit_code is None:
-                    continue  # stopped: ended() says why
-                logger.info(
-                    "fake kubelet: pod %s/%s init container %s exited %d",
-                    namespace,
-                    name,
-                    label,
-                    exit_code,
-                )
-                if exit_code == 0:
-                    runs[index] = init_completed(runs[index], at=datetime.now(UTC))
-                    break
-                runs[index] = init_failed(
-                    runs[index],
-                    exit_code=exit_code,
-                    output=output,
-                    at=datetime.now(UTC),
-                    restart=restart,
-                    backoff_s=backoff,
-                    pod_name=f"{namespace}/{name}",
-                    reason=reason,
-                )
-                if not restart:
-                    report(failed=True)
-                    return FAILED
-                report()
-                if not run.cancel.wait(backoff):
-                    backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
-        run.init_statuses = [
-            init_container_status(pod, c, r) for c, r in zip(containers, runs, strict=True)
-        ]
-        return STARTED
+        return _InitContainers(self, run, pod_ip).run()
 
     def _run_process(
         self, run: _PodRun, argv: list[str], env: Mapping[str, str]
@@ -1256,3 +1145,141 @@ class FakeKubelet:
             self._handle_logged(obj)
         elif kind == "DELETED" and not self._handed_to_init(pod_key(obj)):
             self.network.detach(obj)
+
+
+class _InitContainers:
+    """One pod's init containers, in order, as the kubelet runs them: each until it exits
+    0, restarted with backoff (or, restartPolicy Never, the pod fails at the first error);
+    the pod's status reported as they go."""
+
+    def __init__(self, kubelet: FakeKubelet, run: _PodRun, pod_ip: str) -> None:
+        self._kubelet = kubelet
+        self._run = run
+        self._pod_ip = pod_ip
+        self._containers = init_containers(run.pod)
+        self._runs = [InitRun() for _ in self._containers]
+        self._restart = restart_policy(run.pod) != "Never"
+        # The first report waits for the first process (and lags), as a kubelet's does.
+        self._lag_s = kubelet.status_lag_s
+
+    def run(self) -> str:
+        if self._lag_s <= 0:
+            self._report()
+        for index, container in enumerate(self._containers):
+            end = self._until_completed(index, container)
+            if end is not None:
+                return end
+        self._run.init_statuses = self._statuses()
+        return STARTED
+
+    def _until_completed(self, index: int, container: Mapping[str, Any]) -> str | None:
+        """None once the container completed; else how the pod's run ended."""
+        backoff = INIT_BACKOFF_INITIAL_S
+        while True:
+            if (end := self._ended()) is not None:
+                return end
+            fresh = self._kubelet._fresh(self._run)
+            if (end := self._ended()) is not None:
+                return end
+            if fresh is None:
+                return "deleted"
+            network = self._kubelet.network
+            prefix = network.command_prefix(fresh) if runs_own_program(container) else None
+            if prefix is None:  # an image, or a network that runs nothing: done at once
+                self._runs[index] = init_completed(self._runs[index], at=datetime.now(UTC))
+                return None
+            try:
+                env = container_env(
+                    container, fresh, pod_ip=self._pod_ip, host_ip=self._kubelet.node_ip
+                )
+            except UnsupportedEnvError as exc:
+                self._runs[index] = init_config_error(self._runs[index], message=str(exc))
+                self._report()
+                if not self._run.cancel.wait(backoff):
+                    backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
+                continue
+            exit_code, output, reason = self._attempt(index, container, prefix, env)
+            if exit_code is None:
+                continue  # stopped: _ended() says why
+            if exit_code == 0:
+                self._runs[index] = init_completed(self._runs[index], at=datetime.now(UTC))
+                return None
+            namespace, name, _ = pod_key(self._run.pod)
+            self._runs[index] = init_failed(
+                self._runs[index],
+                exit_code=exit_code,
+                output=output,
+                at=datetime.now(UTC),
+                restart=self._restart,
+                backoff_s=backoff,
+                pod_name=f"{namespace}/{name}",
+                reason=reason,
+            )
+            if not self._restart:
+                self._report(failed=True)
+                return FAILED
+            self._report()
+            if not self._run.cancel.wait(backoff):
+                backoff = min(backoff * 2, INIT_BACKOFF_MAX_S)
+
+    def _attempt(
+        self,
+        index: int,
+        container: Mapping[str, Any],
+        prefix: list[str],
+        env: Mapping[str, str],
+    ) -> tuple[int | None, str, str]:
+        """One process of this project's program: (exit code, None when stopped first;
+        its last output lines; the reason a failure is reported with)."""
+        argv = [*prefix, sys.executable, "-I", "-m", "webhook", *own_program_args(container, env)]
+        self._runs[index] = init_started(self._runs[index], at=datetime.now(UTC))
+        lagging: threading.Timer | None = None
+        if self._lag_s > 0:
+            lagging = threading.Timer(self._lag_s, self._report)
+            lagging.daemon = True
+            lagging.start()
+            self._lag_s = 0.0
+        else:
+            self._report()
+        reason = "Error"
+        try:
+            exit_code, output = self._kubelet._run_process(self._run, argv, env)
+        except OSError as exc:
+            exit_code, output, reason = START_ERROR_EXIT_CODE, str(exc), "StartError"
+        finally:
+            if lagging is not None:  # exited within the lag: the next report says
+                lagging.cancel()
+                lagging.join()
+        self._run.logs[str(container.get("name", ""))] = output
+        if exit_code is not None:
+            namespace, name, _ = pod_key(self._run.pod)
+            logger.info(
+                "fake kubelet: pod %s/%s init container %s exited %d",
+                namespace, name, container.get("name", ""), exit_code,
+            )  # fmt: skip
+        return exit_code, output, reason
+
+    def _statuses(self) -> list[dict[str, Any]]:
+        return [
+            init_container_status(self._run.pod, container, run)
+            for container, run in zip(self._containers, self._runs, strict=True)
+        ]
+
+    def _report(self, *, failed: bool = False) -> None:
+        pod = self._run.pod
+        self._run.init_statuses = self._statuses()
+        status = initializing_status(
+            pod,
+            pod_ip=self._pod_ip,
+            host_ip=self._kubelet.node_ip,
+            at=datetime.now(UTC),
+            start_time=self._run.start_time,
+            init_statuses=self._run.init_statuses,
+            failed=failed,
+        )
+        self._kubelet._quietly(pod, lambda: self._kubelet._patch_status(pod, status))
+
+    def _ended(self) -> str | None:
+        if not self._run.cancel.is_set():
+            return None
+        return "deleted" if self._run.deleting else "stopped"

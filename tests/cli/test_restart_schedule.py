@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webhook.cli.reconcile import RESTART_DRAIN_SECONDS, restart_schedule
+from webhook.runtime.programs import RESTART_DRAIN_SECONDS, restart_schedule
 
 
 def test_a_follower_goes_at_once_and_the_lease_holder_after_the_followers() -> None:

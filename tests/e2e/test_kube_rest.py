@@ -4,9 +4,11 @@ error, and a watch that another thread closes at once."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -238,7 +240,23 @@ def test_watch_delivers_changes_in_order_and_closes_from_another_thread(
     assert both_seen.wait(WATCH_WAIT_S)
     assert seen == [("ADDED", "w"), ("DELETED", "w")]
 
-    time.sleep(0.3)  # the reader is blocked on the socket again
+    wait_blocked_reading(reader)  # the case that matters: close() from outside a read
     watch.close()
     assert ended.wait(5), "closing the watch did not end the reader's iteration"
     reader.join(5)
+
+
+def wait_blocked_reading(thread: threading.Thread) -> None:
+    """Until ``thread`` waits in a socket read (its innermost Python frame is in the
+    ``ssl`` or ``socket`` module, reading), so what comes next happens to a blocked
+    reader."""
+    deadline = time.monotonic() + WATCH_WAIT_S
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or 0)
+        if frame is not None and (
+            Path(frame.f_code.co_filename).name in ("ssl.py", "socket.py")
+            and frame.f_code.co_name in ("read", "recv_into", "readinto")
+        ):
+            return
+        time.sleep(0.01)
+    pytest.fail("the watch reader never blocked in a socket read")

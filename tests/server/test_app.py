@@ -94,11 +94,20 @@ def test_healthz(client: TestClient) -> None:
     assert (answer.status_code, answer.text) == (200, "ok")
 
 
-@pytest.mark.parametrize(("is_ready", "status"), [(True, 200), (False, 503)])
-def test_readyz_follows_the_readiness_callable(is_ready: bool, status: int) -> None:
-    app = create_app(settings=SETTINGS, claims=decide.NoClaims(), ready=lambda: is_ready)
+@pytest.mark.parametrize(
+    ("failing", "status", "text"),
+    [
+        ([], 200, "ok"),
+        (["caches: pods, sandboxes"], 503, "not ready: caches: pods, sandboxes"),
+        (["certificates: not loaded", "shutting down"], 503,
+         "not ready: certificates: not loaded; shutting down"),
+    ],
+)  # fmt: skip
+def test_readyz_names_each_failing_check(failing: list[str], status: int, text: str) -> None:
+    app = create_app(settings=SETTINGS, claims=decide.NoClaims(), not_ready=lambda: failing)
     with TestClient(app) as client:
-        assert client.get("/readyz").status_code == status
+        answer = client.get("/readyz")
+    assert (answer.status_code, answer.text) == (status, text)
 
 
 # --- bad HTTP requests ----------------------------------------------------------

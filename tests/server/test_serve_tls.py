@@ -249,18 +249,23 @@ def test_a_port_in_use_exits_failed_and_says_so(tmp_path: Path) -> None:
     assert "address already in use" in result.stderr
 
 
-def test_serve_stops_cleanly_when_its_stop_event_is_set(tmp_path: Path) -> None:
-    """How `run` stops the server to be restarted (agent-sandbox's versions changed)."""
+def test_the_server_stops_cleanly_when_its_manager_is_asked_to(tmp_path: Path) -> None:
+    """How `run` stops to be restarted (agent-sandbox's versions changed): exit 0 here."""
     import threading
 
     from webhook.api.settings import Settings
-    from webhook.server.serve import Admission, Lifecycle, Listen, Tls, serve
+    from webhook.runtime.programs import admission_server
+    from webhook.server.serve import Admission, Listen, Tls
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    stop = threading.Event()
-    timer = threading.Timer(1.0, stop.set)
+    manager = admission_server(
+        Admission(settings=Settings()),
+        Listen(host="127.0.0.1", port=port, sock=sock),
+        Tls(cert_dir=tmp_path / "certs", dns_names=["localhost"]),
+    )
+    timer = threading.Timer(1.0, manager.shut_down, args=("asked by the test",))
     timer.start()
     fired: list[bool] = []
 
@@ -271,12 +276,7 @@ def test_serve_stops_cleanly_when_its_stop_event_is_set(tmp_path: Path) -> None:
     safety = threading.Timer(30.0, last_resort)
     safety.start()
     try:
-        code = serve(
-            Admission(settings=Settings()),
-            Listen(host="127.0.0.1", port=port, sock=sock),
-            Tls(cert_dir=tmp_path / "certs", dns_names=["localhost"]),
-            Lifecycle(stop=stop),
-        )
+        code = manager.run()
     finally:
         timer.cancel()
         safety.cancel()

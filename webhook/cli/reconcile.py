@@ -1,19 +1,16 @@
 """``run``, ``reconcile`` and ``audit``: the reconciler, alone, beside the server, or as a check.
 
 ``run`` is what deploy/ starts: the admission server and the reconciler in one
-process, sharing the reconciler's watch caches (the pod mutation looks claims up
-in them) and one ``/metrics``.
+process, one manager (``webhook.runtime``) sharing the watch caches (the pod mutation
+looks claims up in them) and one ``/metrics``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART
 from webhook.api.settings import Settings
@@ -36,12 +33,9 @@ from webhook.cli.serve import (
 )
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
     from webhook.cli.options import Commands
-    from webhook.kube.discovery import Rediscovery
     from webhook.kube.rest import Rest
-    from webhook.reconciler.manager import ReconcilerRuntime
+    from webhook.runtime.programs import Lease
 
 logger = logging.getLogger(__name__)
 
@@ -129,70 +123,20 @@ def _rest(args: argparse.Namespace) -> Rest:
     return cluster_rest(args, max_connections=getattr(args, "workers", 4) + 12)
 
 
-def _runtime(
-    args: argparse.Namespace, rest: Rest, settings: Settings, registry: CollectorRegistry
-) -> ReconcilerRuntime:
-    from webhook.reconciler.manager import ReconcilerRuntime
+def _lease(args: argparse.Namespace) -> Lease:
+    from webhook.runtime.programs import Lease
 
-    lease = args.lease_seconds
-    return ReconcilerRuntime(
-        rest=rest,
-        settings=settings,
-        registry=registry,
-        lease_namespace=args.lease_namespace,
-        lease_name=args.lease_name,
-        workers=args.workers,
-        lease_seconds=lease,
-        renew_deadline_seconds=lease * 2 / 3,
-        retry_seconds=max(lease / 7.5, 0.2),
-    )
-
-
-# After the served versions change, /readyz fails this long before the server stops, so
-# the readiness probe (deploy/: every 5 s, 3 failures) takes the replica out of the
-# Service while it still answers the API server's calls.
-RESTART_DRAIN_SECONDS = 15.0
-
-
-def restart_schedule(*, leading: bool, interval_seconds: float) -> tuple[float, float]:
-    """How long a replica that saw agent-sandbox's versions change keeps serving as it is,
-    then how long it fails /readyz before it stops: (hold, drain).
-
-    The replicas notice at their own moments, at most about two check intervals apart. A
-    follower restarts at once; the Lease holder holds two intervals first, so the followers
-    are back (and ready) before it goes: with the webhooks failing closed, the Service keeps
-    an endpoint throughout, unless the replicas noticed further apart than that.
-    """
-    return (2 * interval_seconds if leading else 0.0), RESTART_DRAIN_SECONDS
-
-
-def _rediscovery(
-    args: argparse.Namespace,
-    rest: Rest,
-    from_flags: Settings,
-    runtime: ReconcilerRuntime,
-    *,
-    on_versions_changed: Callable[[list[str]], None],
-    on_settings_changed: Callable[[Settings], None] = lambda settings: None,
-) -> Rediscovery:
-    from webhook.kube.discovery import Rediscovery
-
-    return Rediscovery(
-        rest,
-        in_use=runtime.caches.in_use,
-        settings=runtime.reconciler.settings,
-        configured=from_flags.claim_label_injection,
-        on_versions_changed=on_versions_changed,
-        on_settings_changed=on_settings_changed,
-        interval_seconds=args.rediscover_interval,
-    )
+    return Lease(namespace=args.lease_namespace, name=args.lease_name, seconds=args.lease_seconds)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The manager with the shared caches, the reconciler, rediscovery and the server."""
     from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.kube.identity import with_own_gate_lifter
+    from webhook.runtime.manager import Manager
+    from webhook.runtime.programs import add_reconciler, add_rediscovery, add_webhook_server
     from webhook.server.metrics import AdmissionMetrics
-    from webhook.server.serve import Admission, Lifecycle, serve
+    from webhook.server.serve import Admission
 
     metrics = AdmissionMetrics()
     from_flags = settings
@@ -200,106 +144,73 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings = resolve_claim_label_injection(settings, rest)
     # The reconciler beside the server lifts the gates the server guards, as whoever it is.
     settings = with_own_gate_lifter(settings, rest)
-    runtime = _runtime(args, rest, settings, metrics.registry)
-    runtime.start()
-    restarting = threading.Event()
-    stop = threading.Event()
-
-    def on_versions_changed(changes: list[str]) -> None:
-        hold, drain = restart_schedule(
-            leading=runtime.reconciler.leading, interval_seconds=args.rediscover_interval
-        )
-        logger.warning(
-            "restarting in %.0fs: not ready in %.0fs, stopping %.0fs after that",
-            hold + drain, hold, drain,
-        )  # fmt: skip
-
-        def go_unready() -> None:  # not ready first; stopped once the probe has noticed
-            restarting.set()
-            call_later(drain, stop.set)
-
-        call_later(hold, go_unready)
-
-    rediscovery = _rediscovery(
-        args,
-        rest,
-        from_flags,
-        runtime,
-        on_versions_changed=on_versions_changed,
-        on_settings_changed=runtime.reconciler.use_settings,
+    manager = Manager(drain_seconds=args.shutdown_drain)
+    shared = add_reconciler(
+        manager,
+        rest=rest,
+        settings=settings,
+        registry=metrics.registry,
+        lease=_lease(args),
+        workers=args.workers,
     )
-    rediscovery.start()
-    try:
-        code = serve(
-            Admission(
-                settings=settings,
-                claims=runtime.caches,
-                sandboxes=runtime.caches,
-                ready=lambda: runtime.ready and not restarting.is_set(),
-                metrics=metrics,
-                # What the reconciler plans with, read on each request: one value, flipped
-                # in place when agent-sandbox's allow-list changes.
-                live_settings=lambda: runtime.reconciler.settings,
-            ),
-            listen_on(args),
-            tls_of(args, cluster_trust(args, rest)),
-            # The standby takes over while this replica drains: writes stop at once.
-            Lifecycle(stop=stop, drain_seconds=args.shutdown_drain, on_shutdown=runtime.release),
-        )
-    finally:
-        stop.set()
-        rediscovery.stop()
-        runtime.stop()
-    return EXIT_RESTART if restarting.is_set() and code == EXIT_OK else code
-
-
-def call_later(seconds: float, then: Callable[[], None]) -> None:
-    timer = threading.Timer(seconds, then)
-    timer.daemon = True
-    timer.start()
+    add_rediscovery(
+        manager,
+        rest=rest,
+        shared=shared,
+        from_flags=from_flags,
+        interval_seconds=args.rediscover_interval,
+        serving=True,
+    )
+    add_webhook_server(
+        manager,
+        Admission(
+            settings=settings,
+            claims=shared.caches,
+            sandboxes=shared.caches,
+            metrics=metrics,
+            # What the reconciler plans with, read on each request: one value, flipped in
+            # place when agent-sandbox's allow-list changes.
+            live_settings=lambda: shared.reconciler.settings,
+        ),
+        listen_on(args),
+        tls_of(args),
+        trust=cluster_trust(args, rest),
+    )
+    return manager.run()
 
 
 def reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    """The manager with the shared caches, the reconciler, rediscovery and /metrics."""
+    from prometheus_client import CollectorRegistry
 
     from webhook.kube.discovery import resolve_claim_label_injection
+    from webhook.runtime.manager import Manager
+    from webhook.runtime.programs import add_metrics_server, add_reconciler, add_rediscovery
 
     registry = CollectorRegistry()
     from_flags = settings
-    # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
     rest = _rest(args)
+    # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
     settings = resolve_claim_label_injection(settings, rest)
-    runtime = _runtime(args, rest, settings, registry)
-    stop = threading.Event()
-    restarting = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    def on_versions_changed(changes: list[str]) -> None:
-        restarting.set()
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server, _thread = start_http_server(args.metrics_port, args.metrics_host, registry=registry)
-    runtime.start()
-    rediscovery = _rediscovery(
-        args,
-        rest,
-        from_flags,
-        runtime,
-        on_versions_changed=on_versions_changed,
-        on_settings_changed=runtime.reconciler.use_settings,
+    manager = Manager()
+    shared = add_reconciler(
+        manager,
+        rest=rest,
+        settings=settings,
+        registry=registry,
+        lease=_lease(args),
+        workers=args.workers,
     )
-    rediscovery.start()
-    try:
-        stop.wait()
-    finally:
-        rediscovery.stop()
-        runtime.stop()
-        server.shutdown()
-    return EXIT_RESTART if restarting.is_set() else EXIT_OK
+    add_rediscovery(
+        manager,
+        rest=rest,
+        shared=shared,
+        from_flags=from_flags,
+        interval_seconds=args.rediscover_interval,
+        serving=False,
+    )
+    add_metrics_server(manager, host=args.metrics_host, port=args.metrics_port, registry=registry)
+    return manager.run()
 
 
 def audit(args: argparse.Namespace, settings: Settings) -> int:

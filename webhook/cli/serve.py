@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from webhook.cli.options import Commands
     from webhook.kube.cabundle import ClusterTrust
     from webhook.kube.rest import Rest
-    from webhook.reconciler.caches import Caches
     from webhook.server.serve import Listen, Tls
 
 DEFAULT_PORT = 9443
@@ -135,8 +134,10 @@ def _secret_ref(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    # uvicorn and starlette only when serving
-    from webhook.server.serve import Admission, Lifecycle, serve
+    """The manager with the server alone, or beside a claim cache and the CA keeper."""
+    from webhook.runtime.manager import Manager
+    from webhook.runtime.programs import add_claim_cache, add_webhook_server
+    from webhook.server.serve import Admission
 
     if settings.deny_widening:
         # The widening check reads sandboxes and pods from the reconciler's caches; serve
@@ -149,22 +150,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_USAGE
 
     rest = cluster_rest(args) if args.watch_claims or args.ca_secret is not None else None
-    trust = cluster_trust(args, rest)
-    claims = claim_cache(rest, settings) if rest is not None and args.watch_claims else None
+    manager = Manager(drain_seconds=args.shutdown_drain)
+    claims = None
     if rest is not None and args.watch_claims:
         from webhook.kube.discovery import resolve_claim_label_injection
 
         settings = resolve_claim_label_injection(settings, rest)
-    return serve(
-        Admission(
-            settings=settings,
-            claims=claims,
-            ready=None if claims is None else (lambda: claims.synced),
-        ),
+        claims = add_claim_cache(manager, rest=rest, settings=settings)
+    add_webhook_server(
+        manager,
+        Admission(settings=settings, claims=claims),
         listen_on(args),
-        tls_of(args, trust),
-        Lifecycle(drain_seconds=args.shutdown_drain),
+        tls_of(args),
+        trust=cluster_trust(args, rest),
     )
+    return manager.run()
 
 
 def listen_on(args: argparse.Namespace) -> Listen:
@@ -173,7 +173,7 @@ def listen_on(args: argparse.Namespace) -> Listen:
     return Listen(host=args.host, port=args.port)
 
 
-def tls_of(args: argparse.Namespace, trust: ClusterTrust | None) -> Tls:
+def tls_of(args: argparse.Namespace) -> Tls:
     """The serving certificate ``--cert-dir`` and the Service names ask for."""
     from webhook.server.serve import Tls
 
@@ -183,7 +183,6 @@ def tls_of(args: argparse.Namespace, trust: ClusterTrust | None) -> Tls:
             args.dns_name, service=args.service_name, namespace=args.service_namespace
         ),
         check_interval_seconds=args.cert_check_interval,
-        trust=trust,
     )
 
 
@@ -214,14 +213,3 @@ def cluster_trust(args: argparse.Namespace, rest: Rest | None) -> ClusterTrust |
             validating=args.webhook_configuration, mutating=args.webhook_configuration
         ),
     )
-
-
-def claim_cache(rest: Rest, settings: Settings) -> Caches:
-    """SandboxClaims listed and watched into memory, started: the reconciler's caches (what
-    ``run`` shares with its server) keeping that one kind."""
-    from webhook.api import kinds
-    from webhook.reconciler.caches import Caches
-
-    claims = Caches(rest, settings, watched=(kinds.SANDBOX_CLAIM,))
-    claims.start()
-    return claims

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -66,14 +66,14 @@ def create_app(
     settings: Settings,
     claims: ClaimLookup,
     sandboxes: SandboxLookup | None = None,
-    ready: Callable[[], bool] = lambda: True,
+    not_ready: Callable[[], Sequence[str]] = lambda: (),
     metrics: AdmissionMetrics | None = None,
     live_settings: Callable[[], Settings] | None = None,
 ) -> Starlette:
     """The ASGI app: POST /validate and /mutate; GET /healthz, /readyz, /metrics.
 
-    ``ready`` answers /readyz: true once certificates are loaded (and, with the
-    reconciler, once its caches are synced). ``live_settings``, when given, is asked on
+    ``not_ready`` answers /readyz: the checks that fail (certificates not loaded,
+    caches not synced, shutting down), each named in the 503's body; none: 200. ``live_settings``, when given, is asked on
     each request instead of ``settings`` (``run`` flips claim label injection in place).
     """
     settings_now = live_settings or (lambda: settings)
@@ -98,9 +98,10 @@ def create_app(
         return PlainTextResponse("ok")
 
     async def readyz(request: HTTPRequest) -> Response:
-        if ready():
+        failing = not_ready()
+        if not failing:
             return PlainTextResponse("ok")
-        return PlainTextResponse("not ready", status_code=503)
+        return PlainTextResponse(f"not ready: {'; '.join(failing)}", status_code=503)
 
     async def metrics_endpoint(request: HTTPRequest) -> Response:
         return Response(admission_metrics.exposition(), media_type=METRICS_CONTENT_TYPE)

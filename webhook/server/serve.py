@@ -1,8 +1,9 @@
-"""``python -m webhook serve``: the admission app over HTTPS with uvicorn.
+"""The admission app over HTTPS with uvicorn, as a runnable of the manager.
 
 Certificates are made or checked first (``webhook.tls.certs``); the TLS context is
-reloaded in place when the files change, so a rotation needs no restart.
-SIGTERM or SIGINT stop accepting, let requests in flight finish, and exit 0.
+reloaded in place when the files change, so a rotation needs no restart. The manager
+(``webhook.runtime``) owns the signals and stops the server: it stops accepting and
+lets requests in flight finish.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import uvicorn
 
 from webhook.admission.decide import ClaimLookup, NoClaims
 from webhook.admission.widening import SandboxLookup
-from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK
+from webhook.api.lifecycle import StartError
 from webhook.api.settings import Settings
-from webhook.kube.cabundle import SYNC_INTERVAL_SECONDS, ClusterTrust
 from webhook.server.app import create_app
 from webhook.server.metrics import AdmissionMetrics
 from webhook.tls.certs import (
@@ -69,110 +69,128 @@ class Listen:
 @dataclass(frozen=True)
 class Tls:
     """The serving certificate: made or checked in ``cert_dir`` for ``dns_names``, looked
-    at again every ``check_interval_seconds``; ``trust`` (a cluster without cert-manager)
-    keeps the shared CA and the webhooks' caBundle, at start and every few minutes."""
+    at again every ``check_interval_seconds``. ``renew_ca``: false when the CA is the
+    cluster's (``--ca-secret``: only ``ClusterTrust`` replaces it)."""
 
     cert_dir: Path
     dns_names: Sequence[str]
     check_interval_seconds: float = CERT_CHECK_INTERVAL_SECONDS
-    trust: ClusterTrust | None = None
+    renew_ca: bool = True
 
 
 @dataclass(frozen=True)
 class Admission:
     """What the decisions read. ``claims``: the SandboxClaim lookup of the pod mutation;
-    ``sandboxes``: the widening check's (both the reconciler's caches in ``run``);
-    ``ready``: a readiness condition beside "certificates loaded"; ``live_settings``: the
-    settings read on each request when they change in place."""
+    ``sandboxes``: the widening check's (both the shared caches in ``run``);
+    ``not_ready``: why ``/readyz`` fails (the manager's checks), empty when ready;
+    ``live_settings``: the settings read on each request when they change in place."""
 
     settings: Settings
     claims: ClaimLookup | None = None
     sandboxes: SandboxLookup | None = None
-    ready: Callable[[], bool] | None = None
+    not_ready: Callable[[], Sequence[str]] | None = None
     metrics: AdmissionMetrics | None = None
     live_settings: Callable[[], Settings] | None = None
 
 
-@dataclass(frozen=True)
-class Lifecycle:
-    """How it stops. ``stop``: set by the caller to stop it (``run``'s restart);
-    on SIGTERM or SIGINT, ``/readyz`` fails at once and ``on_shutdown`` runs (``run``
-    releases its Lease there), the server keeps answering for ``drain_seconds`` (so the
-    endpoint leaves the Service before the port closes), then stops as uvicorn does:
-    requests in flight finish. A second signal stops it at once."""
-
-    stop: threading.Event | None = None
-    drain_seconds: float = 0.0
-    on_shutdown: Callable[[], None] | None = None
+STARTUP_TIMEOUT_SECONDS = 30.0
+STOP_JOIN_SECONDS = GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS + IDLE_CLOSE_GRACE_SECONDS + 5
 
 
-def serve(
-    admission: Admission, listen: Listen, tls: Tls, lifecycle: Lifecycle = Lifecycle()
-) -> int:
-    """Serve until a signal (or ``lifecycle.stop``); EXIT_OK after a clean shutdown,
-    EXIT_FAILED if it could not start."""
-    trust, ready = tls.trust, admission.ready
-    if trust is not None and not _first_sync(trust):
-        return EXIT_FAILED
-    # With ``trust``, the CA is the cluster's (a Secret): only ClusterTrust replaces it.
-    reloader = CertificateReloader(tls.cert_dir, dns_names=tls.dns_names, renew_ca=trust is None)
-    try:
-        reloader.check(at=datetime.now(UTC))
-    except CertificateError as exc:
-        logger.error("cannot serve: %s", exc)
-        return EXIT_FAILED
-    ca_file = serving_files(tls.cert_dir).ca_file
-    if ca_file is not None:
-        logger.info(
-            "clients trust the CA in %s, e.g. curl --cacert %s https://localhost:%d/healthz",
-            ca_file, ca_file, listen.port,
-        )  # fmt: skip
+class WebhookServer:
+    """The admission app over HTTPS, as a runnable of the manager: ``start`` checks (or
+    makes) the certificate and returns once the port is open; ``stop`` closes the port and
+    lets requests in flight finish. It runs its own event loop on a thread, and leaves
+    the signals to the manager. ``certificates`` is its readiness check."""
 
-    shutting_down = threading.Event()
+    name = "webhook server"
 
-    def is_ready() -> bool:
-        return not shutting_down.is_set() and reloader.loaded and (ready is None or ready())
-
-    app = create_app(
-        settings=admission.settings,
-        claims=admission.claims if admission.claims is not None else NoClaims(),
-        sandboxes=admission.sandboxes,
-        ready=is_ready,
-        metrics=admission.metrics,
-        live_settings=admission.live_settings,
-    )
-    config = uvicorn_config(
-        app,
-        host=listen.host,
-        port=listen.port,
-        ssl_context=reloader.context,
-        http=listen.http_implementation,
-    )
-    server = _Server(
-        config,
-        drain_seconds=lifecycle.drain_seconds,
-        on_shutdown=lifecycle.on_shutdown,
-        shutting_down=shutting_down,
-    )
-    try:
-        asyncio.run(
-            _serve_and_watch(
-                server,
-                reloader,
-                tls.check_interval_seconds,
-                trust,
-                listen.sock,
-                stop=lifecycle.stop,
-            )
+    def __init__(self, admission: Admission, listen: Listen, tls: Tls) -> None:
+        self._admission = admission
+        self._listen = listen
+        self._tls = tls
+        self._reloader = CertificateReloader(
+            tls.cert_dir, dns_names=tls.dns_names, renew_ca=tls.renew_ca
         )
-    except SystemExit:
-        # uvicorn exits (3 in current releases, 1 in older ones) when it cannot bind; it has
-        # logged why. serve exits EXIT_FAILED when it could not start, whatever uvicorn says.
-        return EXIT_FAILED
-    if not server.started:
-        return EXIT_FAILED
-    logger.info("stopped")
-    return EXIT_OK
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def certificates(self) -> str | None:
+        return None if self._reloader.loaded else "not loaded"
+
+    def start(self, on_failure: Callable[[str], None]) -> None:
+        try:
+            self._reloader.check(at=datetime.now(UTC))
+        except CertificateError as exc:
+            raise StartError(f"cannot serve: {exc}") from None
+        ca_file = serving_files(self._tls.cert_dir).ca_file
+        if ca_file is not None:
+            logger.info(
+                "clients trust the CA in %s, e.g. curl --cacert %s https://localhost:%d/healthz",
+                ca_file, ca_file, self._listen.port,
+            )  # fmt: skip
+        admission = self._admission
+        app = create_app(
+            settings=admission.settings,
+            claims=admission.claims if admission.claims is not None else NoClaims(),
+            sandboxes=admission.sandboxes,
+            not_ready=admission.not_ready or self._own_not_ready,
+            metrics=admission.metrics,
+            live_settings=admission.live_settings,
+        )
+        config = uvicorn_config(
+            app,
+            host=self._listen.host,
+            port=self._listen.port,
+            ssl_context=self._reloader.context,
+            http=self._listen.http_implementation,
+        )
+        server = self._server = _Server(config)
+        ended = threading.Event()
+
+        def serve() -> None:
+            try:
+                asyncio.run(
+                    _serve_and_watch(
+                        server, self._reloader, self._tls.check_interval_seconds, self._listen.sock
+                    )
+                )
+            except SystemExit:  # uvicorn could not bind; it has logged why
+                pass
+            except Exception as exc:
+                logger.exception("the webhook server failed")
+                if server.started:
+                    on_failure(str(exc))
+                    return
+            finally:
+                ended.set()
+            if server.started and not self._stopping.is_set():
+                on_failure("the server stopped on its own")
+
+        self._thread = threading.Thread(target=serve, name="webhook-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not server.started and not ended.wait(0.05):
+            if time.monotonic() > deadline:
+                raise StartError(
+                    f"the server did not open {self._listen.host}:{self._listen.port} "
+                    f"in {STARTUP_TIMEOUT_SECONDS:.0f}s"
+                )
+        if not server.started:
+            raise StartError(f"cannot listen on {self._listen.host}:{self._listen.port}")
+
+    def _own_not_ready(self) -> list[str]:
+        why = self.certificates()
+        return [] if why is None else [f"certificates: {why}"]
+
+    def stop(self) -> None:
+        """Close the port; requests in flight finish (at most the graceful timeout)."""
+        self._stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_JOIN_SECONDS)
 
 
 def uvicorn_config(
@@ -199,8 +217,8 @@ def uvicorn_config(
 
 
 def run_server(config: uvicorn.Config) -> bool:
-    """Run until SIGTERM/SIGINT; whether it started (uvicorn exits 1 when it cannot bind)."""
-    server = _Server(config)
+    """Run until SIGTERM/SIGINT; whether it started (the benchmark's bare endpoint)."""
+    server = _Server(config, own_signals=True)
     asyncio.run(server.serve())
     return bool(server.started)
 
@@ -209,67 +227,15 @@ async def _serve_and_watch(
     server: uvicorn.Server,
     reloader: CertificateReloader,
     interval_seconds: float,
-    trust: ClusterTrust | None,
     sock: socket.socket | None = None,
-    *,
-    stop: threading.Event | None = None,
 ) -> None:
-    watchers = [asyncio.create_task(watch_certificates(reloader, interval_seconds))]
-    if trust is not None:
-        watchers.append(asyncio.create_task(keep_trust(trust, SYNC_INTERVAL_SECONDS)))
-    if stop is not None:
-        watchers.append(asyncio.create_task(stop_when_set(server, stop)))
+    watcher = asyncio.create_task(watch_certificates(reloader, interval_seconds))
     try:
         await server.serve(sockets=None if sock is None else [sock])
     finally:
-        for watcher in watchers:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-
-
-STOP_POLL_SECONDS = 0.2
-
-
-async def stop_when_set(server: uvicorn.Server, stop: threading.Event) -> None:
-    """Shut ``server`` down as SIGTERM would (requests in flight finish) once ``stop`` is set."""
-    while not stop.is_set():
-        await asyncio.sleep(STOP_POLL_SECONDS)
-    server.should_exit = True
-
-
-# How long a starting server waits for the API server before it gives up (and
-# the kubelet restarts it with its own backoff).
-TRUST_START_ATTEMPTS = 6
-TRUST_START_BACKOFF_SECONDS = 1.0
-
-
-def _first_sync(trust: ClusterTrust) -> bool:
-    delay = TRUST_START_BACKOFF_SECONDS
-    for attempt in range(1, TRUST_START_ATTEMPTS + 1):
-        try:
-            trust.sync(at=datetime.now(UTC))
-            return True
-        except Exception as exc:  # API errors, network errors, a broken Secret
-            if attempt == TRUST_START_ATTEMPTS:
-                logger.error("cannot set up the shared CA and caBundle: %s", exc)
-                return False
-            logger.warning(
-                "shared CA and caBundle not set up yet (%s); retrying in %.0fs", exc, delay
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 16.0)
-    return False
-
-
-async def keep_trust(trust: ClusterTrust, interval_seconds: float) -> None:
-    """Repair the shared CA files and the caBundle every ``interval_seconds``."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            await asyncio.to_thread(trust.sync, at=datetime.now(UTC))
-        except Exception:  # the API server may be away; the next round tries again
-            logger.exception("shared CA / caBundle sync failed")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def watch_certificates(reloader: CertificateReloader, interval_seconds: float) -> None:
@@ -287,50 +253,19 @@ async def watch_certificates(reloader: CertificateReloader, interval_seconds: fl
 
 
 class _Server(uvicorn.Server):
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        *,
-        drain_seconds: float = 0.0,
-        on_shutdown: Callable[[], None] | None = None,
-        shutting_down: threading.Event | None = None,
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, *, own_signals: bool = False) -> None:
         super().__init__(config)
-        self.drain_seconds = drain_seconds
-        self.on_shutdown = on_shutdown
-        # Set by the first signal; /readyz reads it (serve's is_ready).
-        self.shutting_down = shutting_down or threading.Event()
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        """The first signal: not ready, ``on_shutdown`` (in a thread: this is the event
-        loop), and stop after the drain; a second signal, or no drain: stop now."""
-        first = not self.shutting_down.is_set()
-        self.shutting_down.set()
-        if first and self.on_shutdown is not None:
-            threading.Thread(target=self._run_on_shutdown, name="on-shutdown", daemon=True).start()
-        if first and self.drain_seconds > 0:
-            logger.info(
-                "%s: not ready now, stopping in %.1fs (a second signal stops at once)",
-                signal.Signals(sig).name, self.drain_seconds,
-            )  # fmt: skip
-            timer = threading.Timer(self.drain_seconds, super().handle_exit, args=(sig, None))
-            timer.daemon = True
-            timer.start()
-            return
-        super().handle_exit(sig, frame)
-
-    def _run_on_shutdown(self) -> None:
-        try:
-            if self.on_shutdown is not None:
-                self.on_shutdown()
-        except Exception:
-            logger.exception("shutdown step failed")
+        self._own_signals = own_signals
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # uvicorn's own version raises the signal again after the graceful
-        # shutdown, so the process dies of SIGTERM; a shutdown we asked for
-        # should exit 0, which is what Kubernetes and shells expect.
+        # Under the manager the signals are the manager's: it stops the server itself.
+        # Alone (the benchmark's bare endpoint), SIGTERM and SIGINT stop it; uvicorn's own
+        # version raises the signal again after the graceful shutdown, so the process would
+        # die of SIGTERM, where a shutdown we asked for should exit 0.
+        if not self._own_signals:
+            yield
+            return
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
         try:

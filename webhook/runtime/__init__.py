@@ -1,0 +1,1 @@
+"""The manager that owns a process's lifecycle, and the programs built from it."""
