@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 DEV_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages bench bench-reconciler clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ dataplane-packages:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables ipset; \
 	fi
 
+## image-packages: buildah, mmdebstrap, podman and runc (Debian packages), when missing: the image tier builds the Dockerfile and runs it
+image-packages:
+	@if ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah mmdebstrap podman runc uidmap fuse-overlayfs >/dev/null; \
+	fi
+
 ## lint: ruff, mypy, and the layering contracts of pyproject.toml [tool.importlinter]
 lint: install
 	$(VENV)/bin/ruff check .
@@ -57,8 +63,12 @@ wheel-check: controlplane
 	PYTHON=$(PYTHON) tests/wheel/check.sh
 
 ## test: lint, types, the installed wheel, and every tier, end-to-end against a real kube-apiserver included
-test: lint controlplane dataplane-packages wheel-check
+test: lint controlplane dataplane-packages image-packages wheel-check
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## image: build the image from the Dockerfile with buildah on a stand-in base (cached by its inputs); prints its size and what takes the space
+image: install image-packages
+	$(PY) -m agentcube_netpol_dev.image build
 
 bench: install
 	$(PY) bench/admission.py
