@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from agentcube_netpol_dev.image import Built, Storage, build, mounted, run_detached, storage
+from agentcube_netpol_dev.image import (
+    Built,
+    Container,
+    Storage,
+    build,
+    mounted,
+    run_detached,
+    storage,
+)
 
 from webhook.api.exitcodes import EXIT_FAILED
 from webhook.tls.certs import create_ca
@@ -92,13 +100,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def certs(tmp_path: Path) -> Path:
-    # As a kubelet makes an emptyDir for a pod with fsGroup 65532: a directory it can write.
-    directory = tmp_path / "certs"
+def emptydir(directory: Path) -> Path:
+    """As a kubelet makes an emptyDir for a pod with fsGroup 65532: a directory it can write."""
     directory.mkdir(mode=0o700)
     os.chown(directory, RUNTIME_UID, RUNTIME_UID)
     return directory
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    return emptydir(tmp_path / "certs")
 
 
 def test_the_default_command_serves_tls_read_only_as_65532_without_capabilities(
@@ -126,14 +137,14 @@ def test_the_default_command_serves_tls_read_only_as_65532_without_capabilities(
     assert "Traceback" not in logs, logs
 
 
-def test_deploys_command_without_a_reachable_api_server_fails_in_one_line(
-    store: Storage, image: Built, certs: Path, tmp_path: Path
-) -> None:
-    """deploy/'s command in a pod whose API server does not answer: the in-cluster
-    config is found (service-account token, CA, KUBERNETES_SERVICE_*), the shared CA
-    cannot be set up after its retries, and the container exits 5 with one error line
-    the kubelet's log shows, not a traceback (the kubelet restarts it with backoff)."""
-    account = tmp_path / "serviceaccount"
+@pytest.fixture(scope="module", autouse=True)
+def deploy_without_api_server(
+    store: Storage, image: Built, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Container, int]]:
+    """deploy/'s command in a pod whose API server does not answer, started before this
+    module's first test (it retries for half a minute while the others run)."""
+    work = tmp_path_factory.mktemp("unreachable")
+    account = work / "serviceaccount"
     account.mkdir()
     now = datetime.now(UTC)
     ca = create_ca(common_name="test cluster", not_before=now, not_after=now + timedelta(days=1))
@@ -147,17 +158,31 @@ def test_deploys_command_without_a_reachable_api_server_fails_in_one_line(
         store,
         image.tag,
         [*DEPLOY_ARGS, f"--port={free_port()}", "--host=127.0.0.1"],
-        mounts=[(certs, "/certs"), (account, "/var/run/secrets/kubernetes.io/serviceaccount:ro")],
+        mounts=[
+            (emptydir(work / "certs"), "/certs"),
+            (account, "/var/run/secrets/kubernetes.io/serviceaccount:ro"),
+        ],
         extra=[
             "--env=KUBERNETES_SERVICE_HOST=127.0.0.1",
             f"--env=KUBERNETES_SERVICE_PORT={closed}",
         ],
     )
     try:
-        code = container.wait(timeout=180)
-        logs = container.logs()
+        yield container, closed
     finally:
         container.remove()
+
+
+def test_deploys_command_without_a_reachable_api_server_fails_in_one_line(
+    deploy_without_api_server: tuple[Container, int],
+) -> None:
+    """The in-cluster config is found (service-account token, CA,
+    KUBERNETES_SERVICE_*), the shared CA cannot be set up after its retries, and the
+    container exits 5 with one error line the kubelet's log shows, not a traceback (the
+    kubelet restarts it with its backoff)."""
+    container, closed = deploy_without_api_server
+    code = container.wait(timeout=180)
+    logs = container.logs()
     assert code == EXIT_FAILED, logs
     assert "Traceback" not in logs, logs
     [line] = [line for line in logs.splitlines() if " ERROR " in line]
