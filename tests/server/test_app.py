@@ -527,3 +527,19 @@ def test_the_claim_mutation_reads_the_current_settings_on_each_request() -> None
         assert patched() is False
         current[0] = Settings(claim_label_injection="on")
         assert patched() is True
+
+
+def test_metrics_say_when_the_serving_certificate_expires(tmp_path: Any) -> None:
+    from datetime import UTC, datetime
+
+    from webhook.tls.certs import CertificateReloader
+
+    metrics = AdmissionMetrics()
+    reloader = CertificateReloader(tmp_path, dns_names=["localhost"])
+    metrics.track_certificate(lambda: reloader.not_after)
+    name = "agentcube_netpol_serving_certificate_expiry_timestamp_seconds"
+    assert metrics.registry.get_sample_value(name) == 0.0  # nothing served yet
+    reloader.check(at=datetime.now(UTC))
+    assert reloader.not_after is not None
+    assert metrics.registry.get_sample_value(name) == reloader.not_after.timestamp()
+    assert reloader.not_after.timestamp() > datetime.now(UTC).timestamp() + 86400

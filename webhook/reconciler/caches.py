@@ -129,8 +129,12 @@ def slim_claim(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def slim_pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = _slim_metadata(obj, annotations=(kinds.ANNOTATION_ISOLATION_CANARY,))
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    if created:  # how long a gated pod has been held (agentcube_netpol_gated_pod_oldest_seconds)
+        metadata["creationTimestamp"] = created
     return {
-        "metadata": _slim_metadata(obj, annotations=(kinds.ANNOTATION_ISOLATION_CANARY,)),
+        "metadata": metadata,
         **_pick(obj, ("spec", "schedulingGates"), ("spec", "nodeName"), ("status", "phase")),
     }
 

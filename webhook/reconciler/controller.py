@@ -87,6 +87,7 @@ class Reconciler:
         self._event_sender = threading.Thread(target=self._send_events, name="events", daemon=True)
         self._event_sender.start()
         metrics.track_queue(lambda: len(self.queue))
+        metrics.track_gated(lambda: caches.items(kinds.POD), lambda: datetime.now(UTC))
         caches.add_handler(self._on_change)
 
     # --- what a change bears on -------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from webhook.api.kinds import has_scheduling_gate
 
 Result = Literal["success", "error", "requeue"]
 RESULTS: tuple[Result, ...] = ("success", "error", "requeue")
@@ -49,6 +52,16 @@ class ReconcilerMetrics:
             "NetworkPolicies waiting to be reconciled.",
             registry=registry,
         )
+        self.gated_pods = Gauge(
+            "agentcube_netpol_gated_pods",
+            "Sandbox pods held by the scheduling gate until their NetworkPolicy exists.",
+            registry=registry,
+        )
+        self.gated_oldest = Gauge(
+            "agentcube_netpol_gated_pod_oldest_seconds",
+            "How long the oldest sandbox pod still held by the gate has existed (0: none).",
+            registry=registry,
+        )
         for result in RESULTS:
             self.reconciles.labels(result)
         for write in WRITES:
@@ -56,3 +69,28 @@ class ReconcilerMetrics:
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
+
+    def track_gated(
+        self, pods: Callable[[], Iterable[Mapping[str, Any]]], now: Callable[[], datetime]
+    ) -> None:
+        """The gauges of held pods, computed from ``pods`` (the cache) when scraped."""
+        self.gated_pods.set_function(lambda: float(held_at_gate(pods(), now())[0]))
+        self.gated_oldest.set_function(lambda: held_at_gate(pods(), now())[1])
+
+
+def held_at_gate(pods: Iterable[Mapping[str, Any]], now: datetime) -> tuple[int, float]:
+    """How many of ``pods`` carry our scheduling gate, and the age in seconds of the oldest
+    (by creationTimestamp; 0.0 when none)."""
+    count, oldest = 0, 0.0
+    for pod in pods:
+        if not has_scheduling_gate(pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        count += 1
+        created = (pod.get("metadata") or {}).get("creationTimestamp")
+        if isinstance(created, str):
+            try:
+                age = (now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+            except ValueError:
+                continue
+            oldest = max(oldest, age)
+    return count, oldest

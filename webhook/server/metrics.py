@@ -7,12 +7,15 @@ caller cannot grow the series without bound by sending made-up kinds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -84,6 +87,11 @@ class AdmissionMetrics:
             ("webhook", "code"),
             registry=self.registry,
         )
+        self._certificate_expiry = Gauge(
+            "agentcube_netpol_serving_certificate_expiry_timestamp_seconds",
+            "When the serving certificate expires (Unix time; 0 before one is loaded).",
+            registry=self.registry,
+        )
         # Children by label values: ``labels()`` is a lock and a dict lookup per
         # call; this keeps the hot path to one lookup.
         self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
@@ -98,6 +106,15 @@ class AdmissionMetrics:
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def track_certificate(self, not_after: Callable[[], datetime | None]) -> None:
+        """The expiry gauge reads ``not_after`` (the reloader's) when scraped."""
+
+        def timestamp() -> float:
+            expiry = not_after()
+            return expiry.timestamp() if expiry is not None else 0.0
+
+        self._certificate_expiry.set_function(timestamp)
 
     def bad_request(self, *, webhook: Webhook, code: int) -> None:
         self._bad_requests.labels(webhook, str(code)).inc()

@@ -131,12 +131,14 @@ class WebhookServer:
                 ca_file, ca_file, self._listen.port,
             )  # fmt: skip
         admission = self._admission
+        metrics = admission.metrics if admission.metrics is not None else AdmissionMetrics()
+        metrics.track_certificate(lambda: self._reloader.not_after)
         app = create_app(
             settings=admission.settings,
             claims=admission.claims if admission.claims is not None else NoClaims(),
             sandboxes=admission.sandboxes,
             not_ready=admission.not_ready or self._own_not_ready,
-            metrics=admission.metrics,
+            metrics=metrics,
             live_settings=admission.live_settings,
         )
         config = uvicorn_config(

@@ -429,6 +429,7 @@ class CertificateReloader:
         self.renew_ca = renew_ca
         self.context = context if context is not None else new_server_context()
         self._loaded: tuple[bytes, bytes] | None = None
+        self._not_after: datetime | None = None
         self._last_failure: str | None = None
 
     @property
@@ -438,6 +439,11 @@ class CertificateReloader:
     @property
     def loaded_cert_pem(self) -> bytes | None:
         return self._loaded[0] if self._loaded is not None else None
+
+    @property
+    def not_after(self) -> datetime | None:
+        """When the certificate being served expires (None before the first load)."""
+        return self._not_after
 
     def check(self, *, at: datetime) -> bool:
         """Renew or reload as needed; True when a new certificate was loaded."""
@@ -462,6 +468,7 @@ class CertificateReloader:
         first = self._loaded is None
         self._loaded, self._last_failure = pair, None
         cert = x509.load_pem_x509_certificate(pair[0])
+        self._not_after = cert.not_valid_after_utc
         logger.info(
             "%s serving certificate %s (serial %x, valid until %s)",
             "loaded" if first else "reloaded",
