@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
-from agentcube_netpol_dev.controlplane import KUBECTL, ControlPlaneError, find_binaries
+from agentcube_netpol_dev.controlplane import (
+    KUBECTL,
+    VERSIONS_FILE,
+    ControlPlaneError,
+    find_binaries,
+    read_versions,
+)
+from agentcube_netpol_dev.image import cache_root
 
 from tests import REPO_ROOT
 
@@ -86,6 +93,53 @@ def render_base() -> list[Doc]:
 @functools.cache
 def render_cert_manager() -> list[Doc]:
     return kustomize(CERT_MANAGER)
+
+
+CHART = REPO / "charts" / "agentcube-netpol"
+HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+               "app.kubernetes.io/managed-by")  # fmt: skip
+
+
+def helm() -> str:
+    """``$HELM``, else the one `make controlplane` built (tests/controlplane/build-helm.sh)."""
+    path = os.environ.get("HELM")
+    if not path:
+        version = read_versions(VERSIONS_FILE)["HELM_VERSION"]
+        built = cache_root(os.environ) / "bin" / f"helm-{version}" / "helm"
+        path = str(built) if built.is_file() else ""
+    if not path:
+        pytest.fail("helm not found: build it with `make controlplane`, or set HELM")
+    return path
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [helm(), *args], capture_output=True, text=True, timeout=KUSTOMIZE_TIMEOUT_SECONDS,
+        check=False,
+    )  # fmt: skip
+
+
+def helm_template(*values: str, namespace: str = NAMESPACE, tests: bool = False) -> list[Doc]:
+    """``helm template`` of the chart with ``--set`` ``values`` (``tests``: with the
+    ``helm test`` pod)."""
+    args = ["template", "agentcube-netpol", str(CHART), "--namespace", namespace]
+    if not tests:
+        args.append("--skip-tests")
+    for value in values:
+        args += ["--set", value]
+    result = run_helm(*args)
+    assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def render_helm() -> list[Doc]:
+    return helm_template()
+
+
+@functools.cache
+def render_helm_cert_manager() -> list[Doc]:
+    return helm_template("certificates.mode=cert-manager")
 
 
 @functools.cache
