@@ -366,14 +366,21 @@ def apiserver_args(*, etcd_url: str, port: int, pki: Path) -> list[str]:
     ]
 
 
-def controller_manager_args(*, kubeconfig: Path, port: int, cert_dir: Path, pki: Path) -> list[str]:
-    """kube-controller-manager with only ``CONTROLLERS``, no leader election."""
+def controller_manager_args(
+    *,
+    kubeconfig: Path,
+    port: int,
+    cert_dir: Path,
+    pki: Path,
+    controllers: Sequence[str] = CONTROLLERS,
+) -> list[str]:
+    """kube-controller-manager with only ``controllers``, no leader election."""
     return [
         f"--kubeconfig={kubeconfig}",
         f"--secure-port={port}",
         f"--bind-address={LOOPBACK}",
         f"--cert-dir={cert_dir}",
-        f"--controllers={','.join(CONTROLLERS)}",
+        f"--controllers={','.join(controllers)}",
         f"--service-account-private-key-file={pki / PKI_SERVICE_ACCOUNT_KEY}",
         f"--root-ca-file={pki / PKI_CA_CERT}",
         "--leader-elect=false",
@@ -526,9 +533,16 @@ class ControlPlane:
         with_controller_manager: bool = False,
         work_dir: Path | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        apiserver_extra_args: Sequence[str] = (),
+        extra_controllers: Sequence[str] = (),
     ) -> None:
+        """``apiserver_extra_args``: more kube-apiserver flags (the deployed tier's egress
+        proxy and endpoint routing); ``extra_controllers``: kube-controller-manager's
+        controllers beside ``CONTROLLERS`` (deployments, replica sets, endpoints)."""
         self.binaries = binaries
         self.with_controller_manager = with_controller_manager
+        self.apiserver_extra_args = tuple(apiserver_extra_args)
+        self.extra_controllers = tuple(extra_controllers)
         self.start_timeout_s = start_timeout_s
         self._owns_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="agentcube-netpol-cp-"))
@@ -614,7 +628,11 @@ class ControlPlane:
             ),
         )
         self._spawn(
-            KUBE_APISERVER, apiserver_args(etcd_url=etcd_url, port=self.api_port, pki=pki_dir)
+            KUBE_APISERVER,
+            [
+                *apiserver_args(etcd_url=etcd_url, port=self.api_port, pki=pki_dir),
+                *self.apiserver_extra_args,
+            ],
         )
         self._write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, pki.admin)
         self._wait_healthy(
@@ -632,6 +650,7 @@ class ControlPlane:
                     port=kcm_port,
                     cert_dir=self.work_dir / "kcm",
                     pki=pki_dir,
+                    controllers=(*CONTROLLERS, *self.extra_controllers),
                 ),
             )
             # Its serving certificate is self-signed in --cert-dir; /healthz is anonymous.

@@ -1,0 +1,213 @@
+"""deploy/ as an admin installs it: `kubectl apply -k deploy/`, the pods run from the image
+built from our Dockerfile, the API server calling the webhooks through deploy/'s Service.
+
+The control plane runs the Deployment, ReplicaSet and endpoints controllers; a kubelet
+(``agentcube_netpol_dev.ocikubelet``) runs deploy/'s pods with podman and runc, each in a
+network namespace of its own, honouring the pod spec (args, env from the downward API,
+security context, emptyDir volumes, the service-account token, probes); kube-apiserver
+reaches pod addresses through an HTTP CONNECT proxy (its "cluster" egress, as with
+Konnectivity) and resolves the webhook Service to a ready endpoint itself
+(--enable-aggregator-routing). Nothing of the host's network changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane
+from agentcube_netpol_dev.image import Built, build, storage
+from agentcube_netpol_dev.ocikubelet import OciKubelet, PodNetworks
+
+from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl
+from webhook.kube.rest import Rest
+
+NAMESPACE = "agentcube-netpol-system"
+SELECTOR = "app.kubernetes.io/name=agentcube-netpol"
+DEPLOY_IMAGE = "agentcube-netpol:0.1.0"  # what deploy/ names; the built image runs instead
+READY_TIMEOUT_S = 180.0
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Shipped:
+    control_plane: ControlPlane
+    kubectl: Kubectl
+    kubelet: OciKubelet
+    image: Built
+    ready_after_s: float
+
+
+def wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} after {timeout:.0f}s")
+
+
+def ready_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
+    pods = kubectl.get("-n", NAMESPACE, "pods", "-l", SELECTOR)["items"]
+    return [
+        pod
+        for pod in pods
+        if not pod["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pod.get("status", {}).get("conditions", [])
+        )
+    ]
+
+
+@pytest.fixture(scope="module")
+def shipped(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped]:
+    image = build(os.environ, root=REPO)
+    work = tmp_path_factory.mktemp("shipped")
+    networks = PodNetworks(
+        prefix=f"acn{os.getpid() % 10000}-", api_port=0, socket_path=work / "cluster-proxy.sock"
+    )
+    kubelet: OciKubelet | None = None
+    try:
+        with ControlPlane(
+            binaries=binaries,
+            with_controller_manager=True,
+            work_dir=work / "control-plane",
+            apiserver_extra_args=(
+                "--enable-aggregator-routing=true",
+                f"--egress-selector-config-file={networks.egress_selector_config(work / 'egress.json')}",
+            ),
+            extra_controllers=CONTROLLERS,
+        ) as control_plane:
+            networks.api_port = control_plane.api_port
+            kubectl = Kubectl(control_plane)
+            kubectl.ok("apply", "-k", str(CRD_DIR))
+            from kubernetes.client import CoreV1Api
+            from kubernetes.config import new_client_from_config
+
+            core_v1 = CoreV1Api(
+                new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+            )
+            kubelet = OciKubelet(
+                core_v1,
+                Rest.from_config(control_plane.admin_kubeconfig),
+                networks=networks,
+                store=storage(os.environ),
+                ca_pem=control_plane.ca_pem,
+                label_selector=SELECTOR,
+                work_dir=work / "pods",
+                images={DEPLOY_IMAGE: image.tag},
+            )
+            kubelet.start()
+            started = time.monotonic()
+            kubectl.ok("apply", "-k", str(DEPLOY_DIR))  # exactly what the README says
+            wait(lambda: len(ready_pods(kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
+            yield Shipped(
+                control_plane, kubectl, kubelet, image, ready_after_s=time.monotonic() - started
+            )
+            kubelet.stop()
+            kubelet = None
+    finally:
+        if kubelet is not None:
+            kubelet.stop()
+        networks.stop()
+
+
+def test_both_replicas_ready_one_leader_and_the_certificates_made_in_the_pods(
+    shipped: Shipped,
+) -> None:
+    kubectl = shipped.kubectl
+    print(f"install to two Ready replicas: {shipped.ready_after_s:.1f}s")
+    pods = ready_pods(kubectl)
+    assert len(pods) == 2
+    names = {pod["metadata"]["name"] for pod in pods}
+    lease = kubectl.get("-n", NAMESPACE, "lease", "agentcube-netpol")
+    holder = lease["spec"]["holderIdentity"]
+    assert any(holder.startswith(name) for name in names), (holder, names)
+    # The replicas' shared CA, made by the first, is the caBundle of both configurations.
+    secret = kubectl.get("-n", NAMESPACE, "secret", "agentcube-netpol-ca")
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        configuration = kubectl.get(kind, "agentcube-netpol")
+        for hook in configuration["webhooks"]:
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca, hook["name"]
+    # The endpoints the API server resolves the Service to are the pods' own addresses.
+    endpoints = kubectl.get("-n", NAMESPACE, "endpoints", "agentcube-netpol-webhook")
+    addresses = {a["ip"] for subset in endpoints["subsets"] for a in subset["addresses"]}
+    assert addresses == {pod["status"]["podIP"] for pod in pods}
+
+
+BAD_TEMPLATE = """
+apiVersion: runtime.agentcube.volcano.sh/v1alpha1
+kind: CodeInterpreter
+metadata: {name: shipped-bad, namespace: default}
+spec:
+  template:
+    image: python:3.12
+    networkPolicy:
+      mode: Restricted
+      egress: [{cidrs: ["10.0.0.1/8"]}]
+"""
+
+
+def test_a_bad_cidr_is_refused_through_the_service(shipped: Shipped) -> None:
+    result = shipped.kubectl("apply", "-f", "-", input=BAD_TEMPLATE)
+    assert result.returncode != 0
+    assert "10.0.0.1/8" in result.stderr and "host bits" in result.stderr, result.stderr
+
+
+def good_template(name: str) -> str:
+    return BAD_TEMPLATE.replace("shipped-bad", name).replace("10.0.0.1/8", "10.0.0.0/8")
+
+
+# A container killed outright refuses connections until the kubelet has seen it die and
+# the endpoint is withdrawn; kube-apiserver does not retry a refused webhook call, so with
+# failurePolicy Fail a request sent to that endpoint in that window is refused, in any
+# cluster. The window is bounded; after it the other replica answers everything.
+DEATH_WINDOW_S = 5.0
+
+
+def test_a_killed_replica_comes_back_while_the_service_keeps_answering(shipped: Shipped) -> None:
+    kubectl = shipped.kubectl
+    [victim, _] = sorted(ready_pods(kubectl), key=lambda pod: pod["metadata"]["name"])
+    name = victim["metadata"]["name"]
+    restarts = victim["status"]["containerStatuses"][0]["restartCount"]
+    run = shipped.kubelet.run_of(NAMESPACE, name)
+    assert run is not None
+    killed_at = time.monotonic()
+    run.kill()
+    answers: list[tuple[float, bool]] = []
+    deadline = killed_at + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        sent = time.monotonic() - killed_at
+        result = kubectl(
+            "apply", "--dry-run=server", "-f", "-", input=good_template(f"t{len(answers)}")
+        )
+        answers.append((sent, result.returncode == 0))
+        assert result.returncode == 0 or "failed calling webhook" in result.stderr, result.stderr
+        pod = kubectl.get("-n", NAMESPACE, "pod", name)
+        [status] = pod["status"]["containerStatuses"]
+        if status["restartCount"] > restarts and status["ready"]:
+            back_after = time.monotonic() - killed_at
+            break
+    else:
+        pytest.fail(f"{name} did not come back Ready")
+    refused = [sent for sent, ok in answers if not ok]
+    print(
+        f"killed replica back Ready after {back_after:.1f}s; {len(answers)} requests, "
+        f"{len(refused)} refused, the last sent {max(refused, default=0):.1f}s after the kill"
+    )
+    assert all(sent < DEATH_WINDOW_S for sent in refused), answers
+    assert sum(ok for sent, ok in answers if sent >= DEATH_WINDOW_S) >= 3, answers
