@@ -312,6 +312,7 @@ class _PodRun:
         self.ready = False
         self.started_at = ""
         self.last_state: dict[str, Any] = {}
+        self.final_logs = ""
         self.netns = ""
         self.ip = ""
         self.api_relay_port = 0
@@ -334,6 +335,10 @@ class _PodRun:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -506,7 +511,7 @@ class _PodRun:
 
     def logs(self) -> str:
         if not self.container_id:
-            return ""
+            return self.final_logs
         result = self.kubelet.store.run("podman", "logs", self.container_id, check=False)
         return result.stdout + result.stderr
 
@@ -532,6 +537,9 @@ class _PodRun:
         while not self.deleting.is_set() and not self.stopping.is_set():
             now = time.monotonic()
             if not self._running():
+                if self.container_id and self.spec.get("restartPolicy") == "Never":
+                    self._finish()  # a test or a job: it ran once
+                    return
                 if self.container_id:  # it ran and stopped: restart with backoff
                     self._remove_container()
                     self.ready = False
@@ -599,6 +607,16 @@ class _PodRun:
         if self.deleting.is_set() and not self.stopping.is_set():
             self._terminate()
 
+    def _finish(self) -> None:
+        """A restartPolicy Never pod whose container exited: Succeeded or Failed, and its
+        log kept (``logs``), as the kubelet keeps an exited container's."""
+        code = int(self.last_state.get("terminated", {}).get("exitCode", 1))
+        self.final_logs = self.logs()
+        self.ready = False
+        terminated = {**self.last_state["terminated"], "startedAt": self.started_at}
+        self.last_state = {}
+        self._report(phase="Succeeded" if code == 0 else "Failed", state={"terminated": terminated})
+
     def _terminate(self) -> None:
         """preStop, then SIGTERM and the rest of the grace period, then SIGKILL."""
         grace = float(
@@ -621,16 +639,17 @@ class _PodRun:
                 timeout=left + 30,
             )
 
-    def _report(self) -> None:
-        state: dict[str, Any] = (
-            {"running": {"startedAt": self.started_at}}
-            if self.container_id
-            else {"waiting": {"reason": "CrashLoopBackOff"}}
-        )
+    def _report(self, *, phase: str = "Running", state: dict[str, Any] | None = None) -> None:
+        if state is None:
+            state = (
+                {"running": {"startedAt": self.started_at}}
+                if self.container_id
+                else {"waiting": {"reason": "CrashLoopBackOff"}}
+            )
         ready = "True" if self.ready else "False"
         now = _rfc3339()
         status = {
-            "phase": "Running",
+            "phase": phase,
             "hostIP": NODE_IP,
             "hostIPs": [{"ip": NODE_IP}],
             "podIP": self.ip,
@@ -734,10 +753,11 @@ class OciKubelet:
         with self._lock:
             existing = self._runs.get(uid)
         if metadata.get("deletionTimestamp"):
-            if existing is not None:
+            if existing is not None and existing.alive:
                 existing.pod = pod
                 existing.deleting.set()
-            elif node in (None, "", self.node_name):
+            elif existing is not None or node in (None, "", self.node_name):
+                # It ran to its end (restartPolicy Never), or never ran here: just go.
                 self.delete_pod(metadata["namespace"], metadata["name"], uid)
             return
         if not node:

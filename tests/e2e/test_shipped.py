@@ -13,32 +13,22 @@ Konnectivity) and resolves the webhook Service to a ready endpoint itself
 from __future__ import annotations
 
 import base64
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 from agentcube_netpol_dev.controlplane import Binaries, ControlPlane
-from agentcube_netpol_dev.image import Built, build, storage
-from agentcube_netpol_dev.ocikubelet import OciKubelet, PodNetworks
+from agentcube_netpol_dev.ocikubelet import OciKubelet
 
-from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl
-from webhook.kube.rest import Rest
-
-NAMESPACE = "agentcube-netpol-system"
-SELECTOR = "app.kubernetes.io/name=agentcube-netpol"
-DEPLOY_IMAGE = "agentcube-netpol:0.1.0"  # what deploy/ names; the built image runs instead
-READY_TIMEOUT_S = 180.0
-CONTROLLERS = (
-    "deployment-controller",
-    "replicaset-controller",
-    "endpoints-controller",
-    "endpointslice-controller",
+from tests.e2e.harness import DEPLOY_DIR, Kubectl
+from tests.e2e.shipped import (
+    NAMESPACE,
+    READY_TIMEOUT_S,
+    cluster_running_images,
+    ready_pods,
+    wait,
 )
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -46,83 +36,21 @@ class Shipped:
     control_plane: ControlPlane
     kubectl: Kubectl
     kubelet: OciKubelet
-    image: Built
     ready_after_s: float
-
-
-def wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"{what} after {timeout:.0f}s")
-
-
-def ready_pods(kubectl: Kubectl) -> list[dict[str, Any]]:
-    pods = kubectl.get("-n", NAMESPACE, "pods", "-l", SELECTOR)["items"]
-    return [
-        pod
-        for pod in pods
-        if not pod["metadata"].get("deletionTimestamp")
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in pod.get("status", {}).get("conditions", [])
-        )
-    ]
 
 
 @pytest.fixture(scope="module")
 def shipped(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped]:
-    image = build(os.environ, root=REPO)
-    work = tmp_path_factory.mktemp("shipped")
-    networks = PodNetworks(
-        prefix=f"acn{os.getpid() % 10000}-", api_port=0, socket_path=work / "cluster-proxy.sock"
-    )
-    kubelet: OciKubelet | None = None
-    try:
-        with ControlPlane(
-            binaries=binaries,
-            with_controller_manager=True,
-            work_dir=work / "control-plane",
-            apiserver_extra_args=(
-                "--enable-aggregator-routing=true",
-                f"--egress-selector-config-file={networks.egress_selector_config(work / 'egress.json')}",
-            ),
-            extra_controllers=CONTROLLERS,
-        ) as control_plane:
-            networks.api_port = control_plane.api_port
-            kubectl = Kubectl(control_plane)
-            kubectl.ok("apply", "-k", str(CRD_DIR))
-            from kubernetes.client import CoreV1Api
-            from kubernetes.config import new_client_from_config
-
-            core_v1 = CoreV1Api(
-                new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-            )
-            kubelet = OciKubelet(
-                core_v1,
-                Rest.from_config(control_plane.admin_kubeconfig),
-                networks=networks,
-                store=storage(os.environ),
-                ca_pem=control_plane.ca_pem,
-                label_selector=SELECTOR,
-                work_dir=work / "pods",
-                images={DEPLOY_IMAGE: image.tag},
-            )
-            kubelet.start()
-            started = time.monotonic()
-            kubectl.ok("apply", "-k", str(DEPLOY_DIR))  # exactly what the README says
-            wait(lambda: len(ready_pods(kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
-            yield Shipped(
-                control_plane, kubectl, kubelet, image, ready_after_s=time.monotonic() - started
-            )
-            kubelet.stop()
-            kubelet = None
-    finally:
-        if kubelet is not None:
-            kubelet.stop()
-        networks.stop()
+    with cluster_running_images(binaries, tmp_path_factory.mktemp("shipped")) as cluster:
+        started = time.monotonic()
+        cluster.kubectl.ok("apply", "-k", str(DEPLOY_DIR))  # exactly what the README says
+        wait(lambda: len(ready_pods(cluster.kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
+        yield Shipped(
+            cluster.control_plane,
+            cluster.kubectl,
+            cluster.kubelet,
+            ready_after_s=time.monotonic() - started,
+        )
 
 
 def test_both_replicas_ready_one_leader_and_the_certificates_made_in_the_pods(

@@ -1,0 +1,161 @@
+"""The Helm chart as an admin uses it, on pods run from the built image: install, test,
+upgrade while claims are created, uninstall (tests/e2e/shipped.py has the cluster)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from agentcube_netpol_dev.controlplane import Binaries
+
+from tests.deploy.manifests import CHART, run_helm
+from tests.e2e.harness import Kubectl
+from tests.e2e.shipped import (
+    NAMESPACE,
+    READY_TIMEOUT_S,
+    Cluster,
+    cluster_running_images,
+    ready_pods,
+    wait,
+)
+
+RELEASE = "agentcube-netpol"
+
+
+@dataclass
+class Installed:
+    cluster: Cluster
+    ready_after_s: float
+    image_values: list[str] = field(default_factory=list)
+
+    def helm(self, *args: str) -> str:
+        kubeconfig = str(self.cluster.control_plane.admin_kubeconfig)
+        result = run_helm(*args, "--kubeconfig", kubeconfig, "-n", NAMESPACE)
+        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    with cluster_running_images(binaries, tmp_path_factory.mktemp("helm")) as cluster:
+        repository, tag = cluster.image.tag.rsplit(":", 1)
+        values = [
+            "--set", f"image.repository={repository}",
+            "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=Never",
+        ]  # fmt: skip
+        installed = Installed(cluster, 0.0, values)
+        started = time.monotonic()
+        installed.helm("install", RELEASE, str(CHART), "--create-namespace", *values)
+        wait(lambda: len(ready_pods(cluster.kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
+        installed.ready_after_s = time.monotonic() - started
+        yield installed
+
+
+def test_helm_install_gives_two_ready_replicas_and_webhooks_that_answer(
+    installed: Installed,
+) -> None:
+    print(f"helm install to two Ready replicas: {installed.ready_after_s:.1f}s")
+    result = installed.cluster.kubectl(
+        "apply", "-f", "-", input=claim("bad-override").replace("BAD", "{not json")
+    )
+    assert result.returncode != 0 and "network-policy" in result.stderr, result.stderr
+
+
+def test_helm_test_runs_audit_in_the_cluster_and_passes(installed: Installed) -> None:
+    output = installed.helm("test", RELEASE, "--timeout", "3m")
+    assert "Phase:          Succeeded" in output or "Succeeded" in output, output
+
+
+def claim(name: str) -> str:
+    return f"""
+apiVersion: extensions.agents.x-k8s.io/v1alpha1
+kind: SandboxClaim
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{runtime.agentcube.io/sandbox-name: {name}}}
+  annotations: {{runtime.agentcube.io/network-policy: 'BAD'}}
+spec:
+  sandboxTemplateRef: {{name: python-warm}}
+"""
+
+
+def good_claim(name: str) -> str:
+    return claim(name).replace("  annotations: {runtime.agentcube.io/network-policy: 'BAD'}\n", "")
+
+
+def create_claims(
+    kubectl: Kubectl, stop: threading.Event, results: list[tuple[str, bool, str]]
+) -> None:
+    index = 0
+    while not stop.is_set():
+        index += 1
+        name = f"rollout-{index}"
+        result = kubectl("create", "-f", "-", input=good_claim(name))
+        results.append((name, result.returncode == 0, result.stderr))
+
+
+def test_helm_upgrade_rolls_both_replicas_and_refuses_no_claim(installed: Installed) -> None:
+    kubectl = installed.cluster.kubectl
+    before = {pod["metadata"]["name"] for pod in ready_pods(kubectl)}
+    stop = threading.Event()
+    results: list[tuple[str, bool, str]] = []
+    creator = threading.Thread(target=create_claims, args=(kubectl, stop, results))
+    creator.start()
+    try:
+        started = time.monotonic()
+        installed.helm(
+            "upgrade", RELEASE, str(CHART), *installed.image_values,
+            "--set", "podAnnotations.rollout=two", "--set", "denyWidening=true",
+        )  # fmt: skip
+
+        def rolled() -> bool:
+            pods = ready_pods(kubectl)
+            all_pods = kubectl.get(
+                "-n", NAMESPACE, "pods", "-l", "app.kubernetes.io/component=webhook"
+            )
+            return (
+                len(pods) == 2
+                and not before & {pod["metadata"]["name"] for pod in pods}
+                and len(all_pods["items"]) == 2
+            )
+
+        wait(rolled, READY_TIMEOUT_S, "both replicas replaced")
+        rollout_s = time.monotonic() - started
+        time.sleep(2)  # a few claims more on the new replicas
+    finally:
+        stop.set()
+        creator.join()
+    refused = [(name, stderr) for name, ok, stderr in results if not ok]
+    print(
+        f"helm upgrade: rolled in {rollout_s:.1f}s; {len(results)} claims, {len(refused)} refused"
+    )
+    assert refused == [], refused[:3]
+    assert len(results) >= 10
+    # Every claim was mutated by the webhook on its way in (the label our policy selects on).
+    claims = kubectl.get("-n", "default", "sandboxclaims")["items"]
+    created = {
+        c["metadata"]["name"]: c for c in claims if c["metadata"]["name"].startswith("rollout-")
+    }
+    assert len(created) == len(results)
+    for item in created.values():
+        pod_labels = item["spec"].get("additionalPodMetadata", {}).get("labels", {})
+        assert pod_labels.get("runtime.agentcube.io/sandbox-name") == item["metadata"]["name"]
+    args = ready_pods(kubectl)[0]["spec"]["containers"][0]["args"]
+    assert "--deny-widening" in args
+
+
+def test_helm_uninstall_leaves_no_webhook_that_would_block_the_cluster(
+    installed: Installed,
+) -> None:
+    kubectl = installed.cluster.kubectl
+    installed.helm("uninstall", RELEASE, "--wait", "--timeout", "3m")
+    for kind in ("validatingwebhookconfigurations", "mutatingwebhookconfigurations"):
+        assert kubectl.get(kind)["items"] == [], kind
+    # Nothing calls a Service that is gone: a claim goes through at once, unchecked.
+    result = kubectl("create", "-f", "-", input=good_claim("after-uninstall"))
+    assert result.returncode == 0, result.stderr
