@@ -13,22 +13,42 @@ Konnectivity) and resolves the webhook Service to a ready endpoint itself
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild
 from agentcube_netpol_dev.controlplane import Binaries, ControlPlane
+from agentcube_netpol_dev.kubelet import FakeKubelet
 from agentcube_netpol_dev.ocikubelet import OciKubelet
+from kubernetes.client import CoreV1Api
+from kubernetes.config import new_client_from_config
 
-from tests.e2e.harness import DEPLOY_DIR, Kubectl
+from tests.e2e.harness import DEPLOY_DIR, Kubectl, agent_sandbox_running
 from tests.e2e.shipped import (
     NAMESPACE,
     READY_TIMEOUT_S,
+    SELECTOR,
     cluster_running_images,
     ready_pods,
     wait,
 )
+from tests.e2e.test_agent_sandbox import is_running_and_ready
+from tests.e2e.test_reconciler import RESTRICTED, grant_agentcube
+from tests.e2e.test_reconciler_warm_path import (
+    Warm,
+    adopted_pod,
+    check_invariant,
+    claim_session,
+    recorded,
+    warm_pool,
+)
+from webhook.api import kinds
+from webhook.kube.rest import Rest
+
+NOT_OURS = SELECTOR.replace("=", "!=")
 
 
 @dataclass
@@ -40,17 +60,31 @@ class Shipped:
 
 
 @pytest.fixture(scope="module")
-def shipped(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shipped]:
-    with cluster_running_images(binaries, tmp_path_factory.mktemp("shipped")) as cluster:
-        started = time.monotonic()
-        cluster.kubectl.ok("apply", "-k", str(DEPLOY_DIR))  # exactly what the README says
-        wait(lambda: len(ready_pods(cluster.kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
-        yield Shipped(
-            cluster.control_plane,
-            cluster.kubectl,
-            cluster.kubelet,
-            ready_after_s=time.monotonic() - started,
-        )
+def shipped(
+    binaries: Binaries,
+    agent_sandbox_build: AgentSandboxBuild,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Shipped]:
+    work = tmp_path_factory.mktemp("shipped")
+    with cluster_running_images(binaries, work) as cluster:
+        control_plane, kubectl = cluster.control_plane, cluster.kubectl
+        grant_agentcube(kubectl)
+        api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+        with (
+            agent_sandbox_running(control_plane, agent_sandbox_build, work / "as"),
+            # Sandbox pods on a stand-in kubelet; ours on the one that runs images.
+            FakeKubelet(CoreV1Api(api_client), label_selector=f"{NOT_OURS}"),
+        ):
+            started = time.monotonic()
+            kubectl.ok("apply", "-k", str(DEPLOY_DIR))  # exactly what the README says
+            wait(lambda: len(ready_pods(kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
+            yield Shipped(
+                control_plane,
+                kubectl,
+                cluster.kubelet,
+                ready_after_s=time.monotonic() - started,
+            )
+        api_client.close()
 
 
 def test_both_replicas_ready_one_leader_and_the_certificates_made_in_the_pods(
@@ -139,3 +173,62 @@ def test_a_killed_replica_comes_back_while_the_service_keeps_answering(shipped: 
     )
     assert all(sent < DEATH_WINDOW_S for sent in refused), answers
     assert sum(ok for sent, ok in answers if sent >= DEATH_WINDOW_S) >= 3, answers
+
+
+def as_warm(shipped: Shipped) -> Warm:
+    """The warm-path helpers' view of this cluster (they read its kubectl and client)."""
+    rest = Rest.from_config(shipped.control_plane.admin_kubeconfig)
+    return Warm(shipped.control_plane, shipped.kubectl, run=None, rest=rest)  # type: ignore[arg-type]
+
+
+def test_sessions_on_both_paths_are_isolated_with_no_breach(shipped: Shipped) -> None:
+    """A warm-pool session (a claim adopts a warm pod) and a direct one (a Sandbox's pod,
+    gated until its policy exists), with agent-sandbox's real controller, the pods'
+    NetworkPolicies written by the replica holding the Lease; no moment finds a running
+    sandbox pod selected by nothing or by something looser."""
+    from tests.builders import code_interpreter
+    from tests.e2e.harness import as_json
+    from tests.e2e.test_reconciler import desired, eventually, sandbox
+
+    warm = as_warm(shipped)
+    ns = "sessions"
+    shipped.kubectl.ok("create", "namespace", ns)
+    interpreter = warm_pool(warm, ns, "pywarm")
+    recorder = recorded(warm)
+    claim = claim_session(warm, ns, interpreter)
+    pod = adopted_pod(warm, ns, claim)
+    claim_name = claim["metadata"]["name"]
+
+    def labelled_and_isolated() -> bool:
+        current = shipped.kubectl.get("pod", pod["metadata"]["name"], "-n", ns)
+        labels = current["metadata"].get("labels") or {}
+        policy = shipped.kubectl("get", "networkpolicy", claim_name, "-n", ns)
+        return labels.get(kinds.LABEL_SANDBOX_NAME) == claim_name and policy.returncode == 0
+
+    eventually(labelled_and_isolated, "the claimed pod labelled and its policy written", 60)
+
+    shipped.kubectl.ok(
+        "apply", "-f", "-", input=as_json(code_interpreter("pydirect", ns, RESTRICTED))
+    )
+    created = json.loads(
+        shipped.kubectl.ok(
+            "create", "-o", "json", "-f", "-",
+            input=as_json(sandbox(ns, "pydirect-abcd1234", "pydirect")),
+        )
+    )  # fmt: skip
+    want = desired(ns, "pydirect-abcd1234", RESTRICTED, created)
+
+    def direct_running() -> bool:
+        result = shipped.kubectl("get", "pod", "pydirect-abcd1234", "-n", ns, "-o", "json")
+        return result.returncode == 0 and is_running_and_ready(json.loads(result.stdout))
+
+    eventually(direct_running, "the direct sandbox's pod running", 60)
+    events = recorder.stop()
+    claimed_spec = shipped.kubectl.get("networkpolicy", claim_name, "-n", ns)["spec"]
+    baseline = shipped.kubectl.get("networkpolicy", "netpol-baseline.pywarm", "-n", ns)
+    check_invariant(
+        ns,
+        events,
+        {claim_name: claimed_spec, "pydirect-abcd1234": want["spec"]},
+        [baseline["spec"]],
+    )
