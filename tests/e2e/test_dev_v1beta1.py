@@ -58,13 +58,46 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
             "SandboxClaim",
             claim["metadata"]["uid"],
         )
+        claimed = time.monotonic()
+        pod, policy = session_by_the_agent_sandbox_client(kubeconfig, kubectl)
+        print(f"agent-sandbox client's session isolated {time.monotonic() - claimed:.1f}s after")
+        assert policy["spec"]["podSelector"] == {
+            "matchLabels": {kinds.LABEL_SANDBOX_NAME: CLIENT_SESSION}
+        }
     finally:
         code = stop_dev(dev, log_path)
     assert code == 0, log_path.read_text(encoding="utf-8")
     assert not kubeconfig.exists()
 
 
-def session_isolated(kubectl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+CLIENT_SESSION = "python-warm-cl13nt01"
+
+
+def session_by_the_agent_sandbox_client(
+    kubeconfig: Path, kubectl: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A session as a user of agent-sandbox's own Python client makes one (the README shows
+    it): create_sandbox claims from the warm pool and returns once the claim is Ready; the
+    claim carries the sandbox-name label as AgentCube sets it."""
+    from k8s_agent_sandbox import SandboxClient
+    from kubernetes.config import new_client_from_config
+
+    api_client = new_client_from_config(config_file=str(kubeconfig))
+    try:
+        client: SandboxClient[Any] = SandboxClient(api_client=api_client)
+        client.create_sandbox(
+            warmpool="python-warm",
+            namespace="default",
+            claim_name=CLIENT_SESSION,
+            labels={kinds.LABEL_SANDBOX_NAME: CLIENT_SESSION},
+            sandbox_ready_timeout=int(SESSION_WAIT_S),
+        )
+    finally:
+        api_client.close()
+    return session_isolated(kubectl, CLIENT_SESSION)
+
+
+def session_isolated(kubectl: Any, session: str = SESSION) -> tuple[dict[str, Any], dict[str, Any]]:
     """The pod the real v1.0.1 controller adopted for the claim (labelled for the claim's
     policy) and that policy, once both are there."""
     deadline = time.monotonic() + SESSION_WAIT_S
@@ -73,12 +106,12 @@ def session_isolated(kubectl: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         policies = json.loads(kubectl("get", "networkpolicy", "-n", "default", "-o", "json"))
         by_name = {p["metadata"]["name"]: p for p in policies["items"]}
         pods = json.loads(
-            kubectl("get", "pods", "-n", "default", "-l", f"{kinds.LABEL_SANDBOX_NAME}={SESSION}",
+            kubectl("get", "pods", "-n", "default", "-l", f"{kinds.LABEL_SANDBOX_NAME}={session}",
                     "-o", "json")
         )["items"]  # fmt: skip
         adopted = [p for p in pods if kinds.LABEL_CLAIM_UID in p["metadata"]["labels"]]
         seen = (sorted(by_name), [p["metadata"]["name"] for p in pods])
-        if {"netpol-baseline.python-warm", SESSION} <= by_name.keys() and adopted:
-            return adopted[0], by_name[SESSION]
+        if {"netpol-baseline.python-warm", session} <= by_name.keys() and adopted:
+            return adopted[0], by_name[session]
         time.sleep(0.5)
-    raise AssertionError(f"no NetworkPolicy and labelled adopted pod for {SESSION}: {seen}")
+    raise AssertionError(f"no NetworkPolicy and labelled adopted pod for {session}: {seen}")
