@@ -8,9 +8,12 @@
 # package data (webhook/manifests) fails the build, and so does the dev kit
 # (agentcube-netpol-dev: control plane, fake kubelet, dataplane) if it got in; the second copies only
 # that virtualenv onto a fresh copy of the same base, so neither the source tree nor the
-# wheel build's tools ship, and the virtualenv has no pip. Pinned: the base to an exact Python patch release (override with
-# --build-arg PYTHON_IMAGE=...@sha256:... to pin a digest), the dependencies to
-# deploy/image/constraints.txt. The runtime needs no shell: ENTRYPOINT and CMD are
+# wheel build's tools ship, and the virtualenv has no pip. It leaves out what the product
+# never imports: the kubernetes package's asyncio copy of its client (kubernetes/aio, 68 MB)
+# and the aiohttp stack only that copy uses (an import-linter contract forbids aiohttp; the
+# image tier runs every command that talks to a cluster). Pinned: the base to an exact
+# Python patch release (override with --build-arg PYTHON_IMAGE=...@sha256:... to pin a
+# digest), the dependencies to deploy/image/constraints.txt. The runtime needs no shell: ENTRYPOINT and CMD are
 # exec form.
 
 ARG PYTHON_IMAGE=python:3.11.15-slim-trixie
@@ -26,12 +29,16 @@ COPY webhook ./webhook
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --constraint constraints.txt /wheels/*.whl \
+ && /opt/venv/bin/python -m pip uninstall --quiet --yes \
+      aiohttp aiohttp-retry aiohappyeyeballs aiosignal frozenlist multidict propcache yarl \
+ && rm -rf /opt/venv/lib/python3*/site-packages/kubernetes/aio \
  && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools \
  && /opt/venv/bin/python -m compileall -q /opt/venv/lib \
  && /opt/venv/bin/agentcube-netpol --version \
  && echo '{"apiVersion": "runtime.agentcube.volcano.sh/v1alpha1", "kind": "CodeInterpreter", "metadata": {"name": "smoke"}, "spec": {"template": {"networkPolicy": {"mode": "Restricted"}}}}' \
   | /opt/venv/bin/agentcube-netpol render - --sandbox smoke-0 >/dev/null \
- && /opt/venv/bin/python -I -c "import importlib.util as u; from webhook.manifests import CRDS_DIR, WEBHOOKS_DIR; assert CRDS_DIR.is_dir() and WEBHOOKS_DIR.is_dir(); assert u.find_spec('agentcube_netpol_dev') is None, 'the dev kit must not ship'"
+ && /opt/venv/bin/python -I -c "import importlib.util as u; from webhook.manifests import CRDS_DIR, WEBHOOKS_DIR; assert CRDS_DIR.is_dir() and WEBHOOKS_DIR.is_dir(); assert u.find_spec('agentcube_netpol_dev') is None, 'the dev kit must not ship'" \
+ && /opt/venv/bin/python -I -c "import webhook.cli.main, webhook.cli.reconcile, webhook.cli.serve, webhook.runtime.programs, webhook.kube.kubeconfig; from kubernetes.config import kube_config, incluster_config"
 
 FROM ${PYTHON_IMAGE}
 # Bytecode was compiled at build time: nothing is written next to the code, so the

@@ -75,6 +75,10 @@ def test_it_carries_the_product_but_not_the_dev_kit_nor_pip(rootfs: Path) -> Non
     assert not (rootfs / "opt/venv/bin/pip").exists()
     assert not list(site.glob("pip*")), "the virtualenv keeps pip"
     assert not (rootfs / "src").exists(), "the build stage's sources shipped"
+    # What the product never imports: kubernetes' asyncio client and its aiohttp stack.
+    assert not (site / "kubernetes/aio").exists()
+    assert not list(site.glob("aiohttp*"))
+    assert (site / "kubernetes/config/kube_config.py").is_file()
     # Compiled at build time: nothing needs writing next to the code at run time.
     assert list((site / "webhook/__pycache__").glob("*.pyc"))
 
