@@ -31,6 +31,7 @@ controlplane:
 	done
 	tests/controlplane/build-kube-router.sh >/dev/null
 	tests/controlplane/build-helm.sh >/dev/null
+	tests/controlplane/build-prometheus-crds.sh >/dev/null
 
 ## dataplane-packages: iptables and ipset (Debian packages) for kube-router in the dataplane tier, when missing
 dataplane-packages:
