@@ -108,9 +108,15 @@ def test_helm_upgrade_rolls_both_replicas_and_refuses_no_claim(installed: Instal
     creator.start()
     try:
         started = time.monotonic()
+        # A new image tag (the same image under a second tag, as a release would push one)
+        # and a changed value.
+        repository, tag = installed.cluster.image.tag.rsplit(":", 1)
+        upgraded = f"{tag}-upgrade"
+        installed.cluster.kubelet.store.run("podman", "tag", installed.cluster.image.tag,
+                                            f"{repository}:{upgraded}")  # fmt: skip
         installed.helm(
             "upgrade", RELEASE, str(CHART), *installed.image_values,
-            "--set", "podAnnotations.rollout=two", "--set", "denyWidening=true",
+            "--set", f"image.tag={upgraded}", "--set", "denyWidening=true",
         )  # fmt: skip
 
         def rolled() -> bool:
@@ -145,8 +151,9 @@ def test_helm_upgrade_rolls_both_replicas_and_refuses_no_claim(installed: Instal
     for item in created.values():
         pod_labels = item["spec"].get("additionalPodMetadata", {}).get("labels", {})
         assert pod_labels.get("runtime.agentcube.io/sandbox-name") == item["metadata"]["name"]
-    args = ready_pods(kubectl)[0]["spec"]["containers"][0]["args"]
-    assert "--deny-widening" in args
+    for pod in ready_pods(kubectl):
+        [container] = pod["spec"]["containers"]
+        assert container["image"].endswith("-upgrade") and "--deny-widening" in container["args"]
 
 
 def test_helm_uninstall_leaves_no_webhook_that_would_block_the_cluster(
