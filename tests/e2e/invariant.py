@@ -63,7 +63,7 @@ class Recorder:
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        """What exists (as ADDED at the list's version), then every change after it."""
+        """What exists (as ADDED at each object's own version), then every change after it."""
         for kind in self.watched:
             version, seen = self._list(kind, record=True)
             thread = threading.Thread(target=self._follow, args=(kind, version, seen), daemon=True)
@@ -77,8 +77,12 @@ class Recorder:
         for obj in listed.get("items") or []:
             seen[_key(obj)] = obj["metadata"]["resourceVersion"]
             if record:
+                # At the object's own version (its last change), not the list's: each kind
+                # is listed at its own moment, and a write anywhere in between (a Lease
+                # renewal) would otherwise put every listed pod before every listed policy.
                 with self._lock:
-                    self.recorded.append((int(version), kind.kind, "ADDED", obj))
+                    own = int(obj["metadata"]["resourceVersion"])
+                    self.recorded.append((own, kind.kind, "ADDED", obj))
         return version, seen
 
     def _follow(self, kind: kinds.Kind, version: str, seen: dict[str, str]) -> None:

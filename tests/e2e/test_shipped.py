@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild
@@ -85,6 +86,19 @@ def shipped(
                 ready_after_s=time.monotonic() - started,
             )
         api_client.close()
+
+
+@pytest.fixture(autouse=True)
+def steady(shipped: Shipped) -> None:
+    """Each test starts from a steady install: two Ready replicas, one of them leading (a
+    fault test leaves the Lease to be taken over; a warm pool made while nobody leads
+    would run its pods before their baseline exists, see README "Failure modes")."""
+
+    def steady_now() -> bool:
+        pods = {p["metadata"]["name"] for p in ready_pods(shipped.kubectl)}
+        return len(pods) == 2 and leader(shipped) in pods
+
+    wait(steady_now, READY_TIMEOUT_S, "two Ready replicas, one leading")
 
 
 def test_both_replicas_ready_one_leader_and_the_certificates_made_in_the_pods(
@@ -232,3 +246,150 @@ def test_sessions_on_both_paths_are_isolated_with_no_breach(shipped: Shipped) ->
         {claim_name: claimed_spec, "pydirect-abcd1234": want["spec"]},
         [baseline["spec"]],
     )
+
+
+# --- faults: the Lease holder dies, or freezes, in the middle of a burst -----------------
+
+LEASE_SECONDS = 15.0  # deploy/'s --lease-seconds (the default)
+BURST = 8
+
+
+def leader(shipped: Shipped) -> str:
+    """The pod whose replica holds the Lease (its identity is <hostname>_<random>)."""
+    holder = shipped.kubectl.get("-n", NAMESPACE, "lease", "agentcube-netpol")["spec"].get(
+        "holderIdentity", ""
+    )
+    return str(holder).rsplit("_", 1)[0]
+
+
+def writes_of(shipped: Shipped, pod_name: str) -> float:
+    """The replica's own count of NetworkPolicy creates (its /metrics, scraped in its pod's
+    network as Prometheus would)."""
+    import ssl
+
+    run = shipped.kubelet.run_of(NAMESPACE, pod_name)
+    assert run is not None
+    sock = shipped.kubelet.networks.connect(run.ip, 9443, timeout=5)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with context.wrap_socket(sock) as tls:
+        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = b""
+        while chunk := tls.recv(65536):
+            body += chunk
+    for line in body.decode().splitlines():
+        if line.startswith('agentcube_netpol_writes_total{write="create"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no writes counter in /metrics")
+
+
+def burst(shipped: Shipped, ns: str, names: list[str], *, then: Any = None, at: int = 0) -> None:
+    """Direct-path Sandboxes, one after another; ``then()`` after the ``at``-th."""
+    from tests.builders import code_interpreter
+    from tests.e2e.harness import as_json
+    from tests.e2e.test_reconciler import sandbox
+
+    shipped.kubectl.ok("create", "namespace", ns)
+    shipped.kubectl.ok("apply", "-f", "-", input=as_json(code_interpreter("py", ns, RESTRICTED)))
+    for index, name in enumerate(names):
+        if then is not None and index == at:
+            then()
+        shipped.kubectl.ok("create", "-f", "-", input=as_json(sandbox(ns, name, "py")))
+
+
+def all_isolated(shipped: Shipped, ns: str, names: list[str], timeout: float) -> float:
+    """Seconds until each Sandbox has its one NetworkPolicy, as desired, and its pod runs."""
+    from tests.e2e.test_reconciler import desired
+
+    started = time.monotonic()
+
+    def done() -> bool:
+        policies = {
+            p["metadata"]["name"]: p
+            for p in shipped.kubectl.get("networkpolicy", "-n", ns)["items"]
+        }
+        sandboxes = {
+            s["metadata"]["name"]: s for s in shipped.kubectl.get("sandboxes", "-n", ns)["items"]
+        }
+        for name in names:
+            if name not in policies or name not in sandboxes:
+                return False
+            if policies[name]["spec"] != desired(ns, name, RESTRICTED, sandboxes[name])["spec"]:
+                return False
+        pods = shipped.kubectl.get("pods", "-n", ns)["items"]
+        running = [p for p in pods if is_running_and_ready(p)]
+        return len(running) == len(names)
+
+    wait(done, timeout, f"every sandbox of {ns} isolated and running")
+    return time.monotonic() - started
+
+
+def desired_specs(shipped: Shipped, ns: str) -> dict[str, Any]:
+    """Each Sandbox's own policy, as it should be: the only one that may select its pod."""
+    from tests.e2e.test_reconciler import desired
+
+    return {
+        s["metadata"]["name"]: desired(ns, s["metadata"]["name"], RESTRICTED, s)["spec"]
+        for s in shipped.kubectl.get("sandboxes", "-n", ns)["items"]
+    }
+
+
+def test_the_lease_holder_killed_mid_burst_the_other_finishes_it(shipped: Shipped) -> None:
+    warm = as_warm(shipped)
+    ns = "burst-kill"
+    names = [f"py-k{index:07d}" for index in range(BURST)]
+    victim = leader(shipped)
+    recorder = recorded(warm)
+    killed: list[float] = []
+
+    def kill_leader() -> None:
+        run = shipped.kubelet.run_of(NAMESPACE, victim)
+        assert run is not None
+        killed.append(time.monotonic())
+        run.kill()  # SIGKILL: no Lease release, the standby waits out the Lease
+
+    burst(shipped, ns, names, then=kill_leader, at=BURST // 2)
+    took = all_isolated(shipped, ns, names, timeout=LEASE_SECONDS * 4)
+    successor = leader(shipped)
+    print(f"leader SIGKILLed mid-burst: every sandbox isolated {time.monotonic() - killed[0]:.1f}s "
+          f"after the kill ({took:.1f}s after the last create); {successor} leads")  # fmt: skip
+    events = recorder.stop()
+    check_invariant(ns, events, desired_specs(shipped, ns), [])
+    policies = shipped.kubectl.get("networkpolicy", "-n", ns)["items"]
+    assert sorted(p["metadata"]["name"] for p in policies) == sorted(names)  # none twice
+
+
+def test_a_frozen_lease_holder_writes_nothing_once_it_wakes(shipped: Shipped) -> None:
+    """SIGSTOP past its Lease: the other replica takes over; on SIGCONT the frozen one
+    finds its renewal deadline passed before any write, and its writes counter stays."""
+    import os
+    import signal
+
+    ns = "burst-freeze"
+    names = [f"py-f{index:07d}" for index in range(BURST)]
+    frozen = leader(shipped)
+    run = shipped.kubelet.run_of(NAMESPACE, frozen)
+    assert run is not None and run.container_id
+    pid = int(
+        shipped.kubelet.store.run(
+            "podman", "inspect", "--format", "{{.State.Pid}}", run.container_id
+        ).stdout.strip()
+    )
+    writes_before, restarts_before = writes_of(shipped, frozen), run.restarts
+    os.kill(pid, signal.SIGSTOP)  # the container's own process, by PID
+    try:
+        burst(shipped, ns, names[: BURST // 2])
+        wait(lambda: leader(shipped) not in ("", frozen), LEASE_SECONDS * 3, "a new Lease holder")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Woken well inside its liveness probe's budget (3 x 10 s): the same process, not a restart.
+    assert run.restarts == restarts_before
+    burst_rest = names[BURST // 2 :]
+    from tests.e2e.harness import as_json
+    from tests.e2e.test_reconciler import sandbox
+
+    for name in burst_rest:
+        shipped.kubectl.ok("create", "-f", "-", input=as_json(sandbox(ns, name, "py")))
+    all_isolated(shipped, ns, names, timeout=LEASE_SECONDS * 4)
+    assert leader(shipped) != frozen
+    assert writes_of(shipped, frozen) == writes_before, "the frozen replica wrote after waking"
