@@ -9,10 +9,16 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentcube_netpol_dev.controlplane import VERSIONS_FILE, ControlPlane, read_versions
+from agentcube_netpol_dev.controlplane import (
+    VERSIONS_FILE,
+    Binaries,
+    ControlPlane,
+    read_versions,
+)
 
 from tests.deploy.manifests import CERT_MANAGER, helm_template
 from tests.e2e.harness import Kubectl, as_json
@@ -36,7 +42,14 @@ def cert_manager_crds() -> Path:
 
 
 @pytest.fixture(scope="module")
-def with_cert_manager_crds(control_plane: ControlPlane, kubectl: Kubectl) -> Kubectl:
+def with_cert_manager_crds(binaries: Binaries) -> Iterator[Kubectl]:
+    """A control plane of its own: the session's holds webhook configurations of our name
+    that point elsewhere, which an apply would patch rather than create."""
+    with ControlPlane(binaries=binaries) as control_plane:
+        yield crds_installed(Kubectl(control_plane))
+
+
+def crds_installed(kubectl: Kubectl) -> Kubectl:
     kubectl.ok("apply", "--server-side", "-f", str(cert_manager_crds()))
     kubectl.ok("wait", "--for=condition=Established", "--timeout=60s",
                "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")  # fmt: skip
