@@ -576,11 +576,13 @@ class _PodRun:
                         https=readiness.https,
                     )
                     readiness.record(ok, now)
-                    ready = (self.ready or readiness.successes >= readiness.success_threshold) and (
-                        readiness.failures < readiness.failure_threshold
-                    )
-                    if ok and not self.ready:
+                    # As the kubelet: Ready after successThreshold successes in a row, not
+                    # Ready after failureThreshold failures in a row, else unchanged.
+                    ready = self.ready
+                    if readiness.successes >= readiness.success_threshold:
                         ready = True
+                    if readiness.failures >= readiness.failure_threshold:
+                        ready = False
                     changed, self.ready = ready != self.ready, ready
                 if liveness is not None and liveness.due(now):
                     ok = probe_https_get(

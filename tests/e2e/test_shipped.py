@@ -44,7 +44,6 @@ from tests.e2e.test_reconciler_warm_path import (
     check_invariant,
     claim_session,
     recorded,
-    warm_pool,
 )
 from webhook.api import kinds
 from webhook.kube.rest import Rest
@@ -195,6 +194,15 @@ def as_warm(shipped: Shipped) -> Warm:
     return Warm(shipped.control_plane, shipped.kubectl, run=None, rest=rest)  # type: ignore[arg-type]
 
 
+def warm_pods_running(shipped: Shipped, ns: str, name: str, size: int) -> bool:
+    from webhook.reconciler.agentsandbox import name_hash
+
+    pods = shipped.kubectl.get(
+        "pods", "-n", ns, "-l", f"agents.x-k8s.io/sandbox-template-ref-hash={name_hash(name)}"
+    )["items"]
+    return len([p for p in pods if is_running_and_ready(p)]) >= size
+
+
 def test_sessions_on_both_paths_are_isolated_with_no_breach(shipped: Shipped) -> None:
     """A warm-pool session (a claim adopts a warm pod) and a direct one (a Sandbox's pod,
     gated until its policy exists), with agent-sandbox's real controller, the pods'
@@ -202,12 +210,24 @@ def test_sessions_on_both_paths_are_isolated_with_no_breach(shipped: Shipped) ->
     sandbox pod selected by nothing or by something looser."""
     from tests.builders import code_interpreter
     from tests.e2e.harness import as_json
-    from tests.e2e.test_reconciler import desired, eventually, sandbox
+    from tests.e2e.test_agent_sandbox import warm_pool_for
+    from tests.e2e.test_reconciler import desired, eventually, policy_of, sandbox
 
     warm = as_warm(shipped)
     ns = "sessions"
     shipped.kubectl.ok("create", "namespace", ns)
-    interpreter = warm_pool(warm, ns, "pywarm")
+    # The baseline first, then the pool: warm-pool pods are not gated, so a pool whose pods
+    # start before its baseline is written runs them unselected for that moment (a known
+    # gap, README "Failure modes"; the claimed pod is held by the baseline as usual).
+    interpreter = json.loads(
+        shipped.kubectl.ok(
+            "create", "-o", "json", "-f", "-",
+            input=as_json(code_interpreter("pywarm", ns, RESTRICTED, warm_pool_size=2)),
+        )
+    )  # fmt: skip
+    eventually(lambda: policy_of(shipped.kubectl, ns, "netpol-baseline.pywarm"), "the baseline", 60)
+    shipped.kubectl.ok("create", "-f", "-", input=as_json(*warm_pool_for(interpreter)))
+    eventually(lambda: warm_pods_running(shipped, ns, "pywarm", 2), "the warm pool running", 60)
     recorder = recorded(warm)
     claim = claim_session(warm, ns, interpreter)
     pod = adopted_pod(warm, ns, claim)
@@ -283,14 +303,22 @@ def writes_of(shipped: Shipped, pod_name: str) -> float:
     raise AssertionError("no writes counter in /metrics")
 
 
-def burst(shipped: Shipped, ns: str, names: list[str], *, then: Any = None, at: int = 0) -> None:
-    """Direct-path Sandboxes, one after another; ``then()`` after the ``at``-th."""
+def template_in(shipped: Shipped, ns: str) -> None:
+    """A namespace with the Restricted template the burst's Sandboxes are made from."""
     from tests.builders import code_interpreter
     from tests.e2e.harness import as_json
-    from tests.e2e.test_reconciler import sandbox
 
     shipped.kubectl.ok("create", "namespace", ns)
     shipped.kubectl.ok("apply", "-f", "-", input=as_json(code_interpreter("py", ns, RESTRICTED)))
+
+
+def burst(shipped: Shipped, ns: str, names: list[str], *, then: Any = None, at: int = 0) -> None:
+    """Direct-path Sandboxes, one after another; ``then()`` after the ``at``-th. (A Sandbox
+    without the override annotation is not sent to any webhook; its pod is, and the
+    Sandbox controller retries a refused pod.)"""
+    from tests.e2e.harness import as_json
+    from tests.e2e.test_reconciler import sandbox
+
     for index, name in enumerate(names):
         if then is not None and index == at:
             then()
@@ -348,6 +376,7 @@ def test_the_lease_holder_killed_mid_burst_the_other_finishes_it(shipped: Shippe
         killed.append(time.monotonic())
         run.kill()  # SIGKILL: no Lease release, the standby waits out the Lease
 
+    template_in(shipped, ns)
     burst(shipped, ns, names, then=kill_leader, at=BURST // 2)
     took = all_isolated(shipped, ns, names, timeout=LEASE_SECONDS * 4)
     successor = leader(shipped)
@@ -375,6 +404,7 @@ def test_a_frozen_lease_holder_writes_nothing_once_it_wakes(shipped: Shipped) ->
             "podman", "inspect", "--format", "{{.State.Pid}}", run.container_id
         ).stdout.strip()
     )
+    template_in(shipped, ns)  # before the freeze: a template goes through our webhook
     writes_before, restarts_before = writes_of(shipped, frozen), run.restarts
     os.kill(pid, signal.SIGSTOP)  # the container's own process, by PID
     try:
@@ -393,3 +423,60 @@ def test_a_frozen_lease_holder_writes_nothing_once_it_wakes(shipped: Shipped) ->
     all_isolated(shipped, ns, names, timeout=LEASE_SECONDS * 4)
     assert leader(shipped) != frozen
     assert writes_of(shipped, frozen) == writes_before, "the frozen replica wrote after waking"
+
+
+def test_a_replica_that_hangs_is_taken_out_of_the_service_then_restarted(
+    shipped: Shipped,
+) -> None:
+    """SIGSTOP a replica: it accepts connections and never answers. A request the API
+    server sends it times out (the webhook's timeoutSeconds) and, the webhook failing
+    closed, is refused, until the readiness probe has failed three times and the endpoint
+    is withdrawn; from then on the other replica answers everything. The liveness probe
+    fails three times and the kubelet restarts the container: Ready again."""
+    import contextlib
+    import os
+    import signal
+
+    kubectl = shipped.kubectl
+    victim = next(
+        p["metadata"]["name"]
+        for p in ready_pods(kubectl)
+        if p["metadata"]["name"] != leader(shipped)
+    )
+    run = shipped.kubelet.run_of(NAMESPACE, victim)
+    assert run is not None and run.container_id
+    pid = int(
+        shipped.kubelet.store.run(
+            "podman", "inspect", "--format", "{{.State.Pid}}", run.container_id
+        ).stdout.strip()
+    )
+    restarts = run.restarts
+    hung_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    answers: list[tuple[float, bool]] = []
+    try:
+        while time.monotonic() - hung_at < READY_TIMEOUT_S:
+            sent = time.monotonic() - hung_at
+            result = kubectl(
+                "apply", "--dry-run=server", "-f", "-", input=good_template(f"h{len(answers)}")
+            )
+            answers.append((sent, result.returncode == 0))
+            pod = kubectl.get("-n", NAMESPACE, "pod", victim)
+            [status] = pod["status"]["containerStatuses"]
+            if status["restartCount"] > restarts and status["ready"]:
+                break
+        else:
+            pytest.fail(f"{victim} was not restarted and Ready again")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # the restart has killed it already
+    back_after = time.monotonic() - hung_at
+    refused = [sent for sent, ok in answers if not ok]
+    print(
+        f"hung replica: {len(answers)} requests, {len(refused)} refused, the last sent "
+        f"{max(refused, default=0):.1f}s after it hung; restarted and Ready after {back_after:.1f}s"
+    )
+    # Readiness: 3 failures 5 s apart (15 s), then the endpoint goes; a refused request took
+    # up to the webhook's 5 s timeout on top.
+    assert all(sent < 15 + 5 + 2 for sent in refused), answers
+    assert sum(ok for sent, ok in answers if sent >= 22) >= 3, answers
