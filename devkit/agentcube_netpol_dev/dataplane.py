@@ -252,17 +252,19 @@ class Relay:
             with self._lock:
                 self._sockets.update((inner, outer))
             for source, sink in ((inner, outer), (outer, inner)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pump, args=(source, sink), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(RELAY_BUFFER):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sink.shutdown(socket.SHUT_WR)
+
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy ``source`` into ``sink`` until it ends, then end ``sink``'s writing side."""
+    try:
+        while data := source.recv(RELAY_BUFFER):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 @dataclass

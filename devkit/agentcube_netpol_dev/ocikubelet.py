@@ -45,10 +45,10 @@ from typing import Any
 
 from agentcube_netpol_dev.dataplane import (
     NETNS_DIR,
-    RELAY_BUFFER,
     Relay,
     _setns,
     listener_in,
+    pump,
     run,
 )
 from agentcube_netpol_dev.image import RUNTIME, ULIMITS, Storage
@@ -89,17 +89,6 @@ def connect_in(namespace: str, address: str, port: int, timeout: float) -> socke
     if failed:
         raise failed[0] if isinstance(failed[0], OSError) else OSError(str(failed[0]))
     return made[0]
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(RELAY_BUFFER):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
 
 
 class PodNetworks:
@@ -224,9 +213,9 @@ class PodNetworks:
         rest = head.split(b"\r\n\r\n", 1)[1]
         if rest:
             upstream.sendall(rest)
-        back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         back.start()
-        _pump(client, upstream)
+        pump(client, upstream)
         back.join()
         upstream.close()
         client.close()
@@ -567,14 +556,7 @@ class _PodRun:
             else:
                 changed = False
                 if readiness is not None and readiness.due(now):
-                    ok = probe_https_get(
-                        self.kubelet.networks,
-                        self.ip,
-                        readiness.port,
-                        readiness.path,
-                        readiness.timeout,
-                        https=readiness.https,
-                    )
+                    ok = self._probe(readiness)
                     readiness.record(ok, now)
                     # As the kubelet: Ready after successThreshold successes in a row, not
                     # Ready after failureThreshold failures in a row, else unchanged.
@@ -585,14 +567,7 @@ class _PodRun:
                         ready = False
                     changed, self.ready = ready != self.ready, ready
                 if liveness is not None and liveness.due(now):
-                    ok = probe_https_get(
-                        self.kubelet.networks,
-                        self.ip,
-                        liveness.port,
-                        liveness.path,
-                        liveness.timeout,
-                        https=liveness.https,
-                    )
+                    ok = self._probe(liveness)
                     liveness.record(ok, now)
                     if liveness.failures >= liveness.failure_threshold:
                         logger.info(
@@ -618,6 +593,16 @@ class _PodRun:
         terminated = {**self.last_state["terminated"], "startedAt": self.started_at}
         self.last_state = {}
         self._report(phase="Succeeded" if code == 0 else "Failed", state={"terminated": terminated})
+
+    def _probe(self, prober: _Prober) -> bool:
+        return probe_https_get(
+            self.kubelet.networks,
+            self.ip,
+            prober.port,
+            prober.path,
+            prober.timeout,
+            https=prober.https,
+        )
 
     def _terminate(self) -> None:
         """preStop, then SIGTERM and the rest of the grace period, then SIGKILL."""

@@ -282,6 +282,14 @@ def leader(shipped: Shipped) -> str:
     return str(holder).rsplit("_", 1)[0]
 
 
+def container_pid(shipped: Shipped, container_id: str) -> int:
+    """The host PID of the container's own process (signals go to it by PID)."""
+    inspected = shipped.kubelet.store.run(
+        "podman", "inspect", "--format", "{{.State.Pid}}", container_id
+    )
+    return int(inspected.stdout.strip())
+
+
 def writes_of(shipped: Shipped, pod_name: str) -> float:
     """The replica's own count of NetworkPolicy creates (its /metrics, scraped in its pod's
     network as Prometheus would)."""
@@ -399,11 +407,7 @@ def test_a_frozen_lease_holder_writes_nothing_once_it_wakes(shipped: Shipped) ->
     frozen = leader(shipped)
     run = shipped.kubelet.run_of(NAMESPACE, frozen)
     assert run is not None and run.container_id
-    pid = int(
-        shipped.kubelet.store.run(
-            "podman", "inspect", "--format", "{{.State.Pid}}", run.container_id
-        ).stdout.strip()
-    )
+    pid = container_pid(shipped, run.container_id)
     template_in(shipped, ns)  # before the freeze: a template goes through our webhook
     writes_before, restarts_before = writes_of(shipped, frozen), run.restarts
     os.kill(pid, signal.SIGSTOP)  # the container's own process, by PID
@@ -445,11 +449,7 @@ def test_a_replica_that_hangs_is_taken_out_of_the_service_then_restarted(
     )
     run = shipped.kubelet.run_of(NAMESPACE, victim)
     assert run is not None and run.container_id
-    pid = int(
-        shipped.kubelet.store.run(
-            "podman", "inspect", "--format", "{{.State.Pid}}", run.container_id
-        ).stdout.strip()
-    )
+    pid = container_pid(shipped, run.container_id)
     restarts = run.restarts
     hung_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)

@@ -33,9 +33,12 @@ from webhook.cli.serve import (
 )
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from webhook.cli.options import Commands
     from webhook.kube.rest import Rest
-    from webhook.runtime.programs import Lease
+    from webhook.runtime.manager import Manager
+    from webhook.runtime.programs import Shared
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +126,39 @@ def _rest(args: argparse.Namespace) -> Rest:
     return cluster_rest(args, max_connections=getattr(args, "workers", 4) + 12)
 
 
-def _lease(args: argparse.Namespace) -> Lease:
-    from webhook.runtime.programs import Lease
+def _add_reconciler_parts(
+    manager: Manager,
+    args: argparse.Namespace,
+    *,
+    rest: Rest,
+    settings: Settings,
+    from_flags: Settings,
+    registry: CollectorRegistry,
+    serving: bool,
+) -> Shared:
+    """What ``run`` and ``reconcile`` share: the caches, the reconciler and its Lease, and
+    rediscovery (``serving``: a restart drains the webhook first)."""
+    from webhook.runtime.programs import Lease, add_reconciler, add_rediscovery
 
-    return Lease(namespace=args.lease_namespace, name=args.lease_name, seconds=args.lease_seconds)
+    shared = add_reconciler(
+        manager,
+        rest=rest,
+        settings=settings,
+        registry=registry,
+        lease=Lease(
+            namespace=args.lease_namespace, name=args.lease_name, seconds=args.lease_seconds
+        ),
+        workers=args.workers,
+    )
+    add_rediscovery(
+        manager,
+        rest=rest,
+        shared=shared,
+        from_flags=from_flags,
+        interval_seconds=args.rediscover_interval,
+        serving=serving,
+    )
+    return shared
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,7 +166,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.kube.identity import with_own_gate_lifter
     from webhook.runtime.manager import Manager
-    from webhook.runtime.programs import add_reconciler, add_rediscovery, add_webhook_server
+    from webhook.runtime.programs import add_webhook_server
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import Admission
 
@@ -145,20 +177,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # The reconciler beside the server lifts the gates the server guards, as whoever it is.
     settings = with_own_gate_lifter(settings, rest)
     manager = Manager(drain_seconds=args.shutdown_drain)
-    shared = add_reconciler(
+    shared = _add_reconciler_parts(
         manager,
+        args,
         rest=rest,
         settings=settings,
-        registry=metrics.registry,
-        lease=_lease(args),
-        workers=args.workers,
-    )
-    add_rediscovery(
-        manager,
-        rest=rest,
-        shared=shared,
         from_flags=from_flags,
-        interval_seconds=args.rediscover_interval,
+        registry=metrics.registry,
         serving=True,
     )
     add_webhook_server(
@@ -185,7 +210,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     from webhook.kube.discovery import resolve_claim_label_injection
     from webhook.runtime.manager import Manager
-    from webhook.runtime.programs import add_metrics_server, add_reconciler, add_rediscovery
+    from webhook.runtime.programs import add_metrics_server
 
     registry = CollectorRegistry()
     from_flags = settings
@@ -193,20 +218,13 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     # Resolved for the reconciler's ClaimLabelNotInjected Events (no claim mutation here).
     settings = resolve_claim_label_injection(settings, rest)
     manager = Manager()
-    shared = add_reconciler(
+    _add_reconciler_parts(
         manager,
+        args,
         rest=rest,
         settings=settings,
-        registry=registry,
-        lease=_lease(args),
-        workers=args.workers,
-    )
-    add_rediscovery(
-        manager,
-        rest=rest,
-        shared=shared,
         from_flags=from_flags,
-        interval_seconds=args.rediscover_interval,
+        registry=registry,
         serving=False,
     )
     add_metrics_server(manager, host=args.metrics_host, port=args.metrics_port, registry=registry)
