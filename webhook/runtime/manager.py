@@ -7,7 +7,7 @@ given its parts:
   shared caches first, the webhook server last, so the server never answers without the
   caches it reads and stops before them;
 - **leader runnables**, started when the Lease is won and stopped when it is lost or
-  released; the elector stands only once the ``elect_when`` condition holds (the caches
+  released; the elector stands only once its ``when`` condition holds (``elect``: the caches
   have listed everything, or a policy whose sandbox is not listed yet would look orphaned);
 - **readiness checks**, by name: ``/readyz`` fails while any fails, and says which.
 
