@@ -226,3 +226,21 @@ def agent_sandbox_running(
         yield controller
     finally:
         controller.stop()
+
+
+def wait_established(kubectl: Kubectl, *crds: str, timeout_s: float = 60.0) -> None:
+    """Until each CRD is Established (polled: `kubectl wait` fails on a CRD whose status the
+    API server has not written yet)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(crds)
+    while pending and time.monotonic() < deadline:
+        result = kubectl(
+            "get", "crd", pending[0], "-o",
+            'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+        )  # fmt: skip
+        if result.returncode == 0 and result.stdout.strip() == "True":
+            pending.pop(0)
+        else:
+            time.sleep(POLL_INTERVAL_S)
+    if pending:
+        pytest.fail(f"CRDs not Established after {timeout_s:.0f}s: {pending}")

@@ -21,7 +21,7 @@ from agentcube_netpol_dev.controlplane import (
 )
 
 from tests.deploy.manifests import CERT_MANAGER, helm_template
-from tests.e2e.harness import Kubectl, as_json
+from tests.e2e.harness import Kubectl, as_json, wait_established
 
 NAMESPACE = "agentcube-netpol-system"
 
@@ -51,8 +51,7 @@ def with_cert_manager_crds(binaries: Binaries) -> Iterator[Kubectl]:
 
 def crds_installed(kubectl: Kubectl) -> Kubectl:
     kubectl.ok("apply", "--server-side", "-f", str(cert_manager_crds()))
-    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io")  # fmt: skip
+    wait_established(kubectl, "certificates.cert-manager.io", "issuers.cert-manager.io")
     if kubectl("get", "namespace", NAMESPACE).returncode != 0:
         kubectl.ok("create", "namespace", NAMESPACE)
     return kubectl

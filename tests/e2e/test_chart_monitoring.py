@@ -12,7 +12,7 @@ from agentcube_netpol_dev.controlplane import VERSIONS_FILE, read_versions
 from agentcube_netpol_dev.image import cache_root
 
 from tests.deploy.manifests import helm_template
-from tests.e2e.harness import Kubectl, as_json
+from tests.e2e.harness import Kubectl, as_json, wait_established
 
 NAMESPACE = "agentcube-netpol-system"
 
@@ -30,9 +30,9 @@ def prometheus_operator_crds() -> Path:
 
 def test_the_api_server_accepts_the_service_monitor_and_the_alerts(kubectl: Kubectl) -> None:
     kubectl.ok("apply", "--server-side", "-f", str(prometheus_operator_crds()))
-    kubectl.ok("wait", "--for=condition=Established", "--timeout=60s",
-               "crd/servicemonitors.monitoring.coreos.com",
-               "crd/prometheusrules.monitoring.coreos.com")  # fmt: skip
+    wait_established(
+        kubectl, "servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"
+    )
     if kubectl("get", "namespace", NAMESPACE).returncode != 0:
         kubectl.ok("create", "namespace", NAMESPACE)
     docs = [

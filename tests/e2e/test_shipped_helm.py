@@ -3,26 +3,41 @@ upgrade while claims are created, uninstall (tests/e2e/shipped.py has the cluste
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild
 from agentcube_netpol_dev.controlplane import Binaries
+from agentcube_netpol_dev.kubelet import FakeKubelet
+from kubernetes.client import CoreV1Api
+from kubernetes.config import new_client_from_config
 
+from tests.builders import code_interpreter
 from tests.deploy.manifests import CHART, run_helm
-from tests.e2e.harness import Kubectl
+from tests.e2e.harness import Kubectl, agent_sandbox_running, as_json
+from tests.e2e.invariant import Recorder
 from tests.e2e.shipped import (
     NAMESPACE,
     READY_TIMEOUT_S,
+    SELECTOR,
     Cluster,
     cluster_running_images,
     ready_pods,
     wait,
 )
+from tests.e2e.test_agent_sandbox import is_running_and_ready
+from tests.e2e.test_reconciler import RESTRICTED, desired, grant_agentcube, sandbox
+from tests.e2e.test_reconciler_warm_path import check_invariant
+from webhook.kube.rest import Rest
 
 RELEASE = "agentcube-netpol"
+SESSIONS = "rollout-sessions"
+NOT_OURS = SELECTOR.replace("=", "!=")
 
 
 @dataclass
@@ -39,8 +54,22 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(binaries: Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    with cluster_running_images(binaries, tmp_path_factory.mktemp("helm")) as cluster:
+def installed(
+    binaries: Binaries,
+    agent_sandbox_build: AgentSandboxBuild,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Installed]:
+    work = tmp_path_factory.mktemp("helm")
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(cluster_running_images(binaries, work))
+        grant_agentcube(cluster.kubectl)
+        api_client = new_client_from_config(config_file=str(cluster.control_plane.admin_kubeconfig))
+        stack.callback(api_client.close)
+        stack.enter_context(
+            agent_sandbox_running(cluster.control_plane, agent_sandbox_build, work / "as")
+        )
+        # Sandbox pods on a stand-in kubelet; ours on the one that runs images.
+        stack.enter_context(FakeKubelet(CoreV1Api(api_client), label_selector=NOT_OURS))
         repository, tag = cluster.image.tag.rsplit(":", 1)
         values = [
             "--set", f"image.repository={repository}",
@@ -91,16 +120,27 @@ def good_claim(name: str) -> str:
 def create_claims(
     kubectl: Kubectl, stop: threading.Event, results: list[tuple[str, bool, str]]
 ) -> None:
+    """Claims, and every fifth turn a direct-path Sandbox in ``SESSIONS``."""
     index = 0
     while not stop.is_set():
         index += 1
         name = f"rollout-{index}"
         result = kubectl("create", "-f", "-", input=good_claim(name))
         results.append((name, result.returncode == 0, result.stderr))
+        if index % 5 == 0:
+            box = f"py-r{index:07d}"
+            made = kubectl("create", "-f", "-", input=as_json(sandbox(SESSIONS, box, "py")))
+            results.append((box, made.returncode == 0, made.stderr))
 
 
 def test_helm_upgrade_rolls_both_replicas_and_refuses_no_claim(installed: Installed) -> None:
+    """Claims and direct-path Sandboxes made throughout the rollout: none refused, each
+    claim mutated, each Sandbox isolated, and no moment a running sandbox pod unselected."""
     kubectl = installed.cluster.kubectl
+    kubectl.ok("create", "namespace", SESSIONS)
+    kubectl.ok("apply", "-f", "-", input=as_json(code_interpreter("py", SESSIONS, RESTRICTED)))
+    recorder = Recorder(Rest.from_config(installed.cluster.control_plane.admin_kubeconfig))
+    recorder.start()
     before = {pod["metadata"]["name"] for pod in ready_pods(kubectl)}
     stop = threading.Event()
     results: list[tuple[str, bool, str]] = []
@@ -137,23 +177,46 @@ def test_helm_upgrade_rolls_both_replicas_and_refuses_no_claim(installed: Instal
         stop.set()
         creator.join()
     refused = [(name, stderr) for name, ok, stderr in results if not ok]
+    boxes = [name for name, _, _ in results if name.startswith("py-r")]
     print(
-        f"helm upgrade: rolled in {rollout_s:.1f}s; {len(results)} claims, {len(refused)} refused"
+        f"helm upgrade: rolled in {rollout_s:.1f}s; {len(results) - len(boxes)} claims and "
+        f"{len(boxes)} Sandboxes, {len(refused)} refused"
     )
     assert refused == [], refused[:3]
-    assert len(results) >= 10
+    assert len(results) >= 10 and boxes
+    isolated_and_running(installed, boxes)
+    check_invariant(SESSIONS, recorder.stop(), desired_specs(installed, SESSIONS), [])
     # Every claim was mutated by the webhook on its way in (the label our policy selects on).
     claims = kubectl.get("-n", "default", "sandboxclaims")["items"]
     created = {
         c["metadata"]["name"]: c for c in claims if c["metadata"]["name"].startswith("rollout-")
     }
-    assert len(created) == len(results)
+    assert len(created) == len(results) - len(boxes)
     for item in created.values():
         pod_labels = item["spec"].get("additionalPodMetadata", {}).get("labels", {})
         assert pod_labels.get("runtime.agentcube.io/sandbox-name") == item["metadata"]["name"]
     for pod in ready_pods(kubectl):
         [container] = pod["spec"]["containers"]
         assert container["image"].endswith("-upgrade") and "--deny-widening" in container["args"]
+
+
+def desired_specs(installed: Installed, ns: str) -> dict[str, Any]:
+    return {
+        s["metadata"]["name"]: desired(ns, s["metadata"]["name"], RESTRICTED, s)["spec"]
+        for s in installed.cluster.kubectl.get("sandboxes", "-n", ns)["items"]
+    }
+
+
+def isolated_and_running(installed: Installed, names: list[str]) -> None:
+    kubectl = installed.cluster.kubectl
+
+    def done() -> bool:
+        policies = kubectl.get("networkpolicy", "-n", SESSIONS)["items"]
+        pods = kubectl.get("pods", "-n", SESSIONS)["items"]
+        running = {p["metadata"]["name"] for p in pods if is_running_and_ready(p)}
+        return set(names) <= {p["metadata"]["name"] for p in policies} and set(names) <= running
+
+    wait(done, READY_TIMEOUT_S, "every Sandbox made in the rollout isolated and running")
 
 
 def test_helm_uninstall_leaves_no_webhook_that_would_block_the_cluster(
