@@ -183,28 +183,41 @@ def _setns(name: str) -> None:
         os.close(fd)
 
 
-def listener_in(namespace: str) -> socket.socket:
-    """A TCP socket listening on 127.0.0.1 of network namespace ``namespace``, made by a
-    short-lived thread that moved there (a socket keeps the namespace it was made in)."""
+def socket_in(namespace: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """The socket ``make()`` returns, made by a short-lived thread that moved into network
+    namespace ``namespace`` (a socket keeps the namespace it was made in). ``make``'s
+    exception, if any, is raised here."""
     made: list[socket.socket] = []
     failed: list[BaseException] = []
 
-    def make() -> None:
+    def run_there() -> None:
         try:
             _setns(namespace)
-            listener = socket.socket()
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(16)
-            made.append(listener)
+            made.append(make())
         except BaseException as exc:  # reported to the caller
             failed.append(exc)
 
-    thread = threading.Thread(target=make, name=f"netns-{namespace}")
+    thread = threading.Thread(target=run_there, name=f"netns-{namespace}")
     thread.start()
     thread.join()
     if failed:
-        raise DataplaneError(f"no listener in {namespace}: {failed[0]!r}")
+        raise failed[0]
     return made[0]
+
+
+def listener_in(namespace: str) -> socket.socket:
+    """A TCP socket listening on 127.0.0.1 of network namespace ``namespace``."""
+
+    def listen() -> socket.socket:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        return listener
+
+    try:
+        return socket_in(namespace, listen)
+    except Exception as exc:
+        raise DataplaneError(f"no listener in {namespace}: {exc!r}") from exc
 
 
 class Relay:

@@ -46,10 +46,10 @@ from typing import Any
 from agentcube_netpol_dev.dataplane import (
     NETNS_DIR,
     Relay,
-    _setns,
     listener_in,
     pump,
     run,
+    socket_in,
 )
 from agentcube_netpol_dev.image import RUNTIME, ULIMITS, Storage
 
@@ -72,23 +72,13 @@ def _rfc3339(at: datetime | None = None) -> str:
 
 def connect_in(namespace: str, address: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection to ``address``:``port`` made from inside network namespace
-    ``namespace`` (a socket keeps the namespace it was made in)."""
-    made: list[socket.socket] = []
-    failed: list[BaseException] = []
-
-    def make() -> None:
-        try:
-            _setns(namespace)
-            made.append(socket.create_connection((address, port), timeout=timeout))
-        except BaseException as exc:  # reported to the caller
-            failed.append(exc)
-
-    thread = threading.Thread(target=make, name=f"connect-{namespace}")
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0] if isinstance(failed[0], OSError) else OSError(str(failed[0]))
-    return made[0]
+    ``namespace``."""
+    try:
+        return socket_in(namespace, lambda: socket.create_connection((address, port), timeout))
+    except OSError:
+        raise
+    except Exception as exc:  # setns failed: as unreachable as a refused connection
+        raise OSError(str(exc)) from exc
 
 
 class PodNetworks:
