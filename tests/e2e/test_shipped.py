@@ -477,6 +477,9 @@ def test_a_replica_that_hangs_is_taken_out_of_the_service_then_restarted(
         f"{max(refused, default=0):.1f}s after it hung; restarted and Ready after {back_after:.1f}s"
     )
     # Readiness: 3 failures 5 s apart (15 s), then the endpoint goes; a refused request took
-    # up to the webhook's 5 s timeout on top.
+    # up to the webhook's 5 s timeout on top. (The liveness probe may restart it sooner:
+    # failures count across probes until one succeeds, as the kubelet counts them.)
     assert all(sent < 15 + 5 + 2 for sent in refused), answers
-    assert sum(ok for sent, ok in answers if sent >= 22) >= 3, answers
+    # After the last refusal, every request went through (the other replica, then both).
+    after = [ok for sent, ok in answers if sent > max(refused, default=-1.0)]
+    assert all(after) and len(after) >= 3, answers
