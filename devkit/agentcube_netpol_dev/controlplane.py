@@ -120,6 +120,11 @@ def read_versions(versions_file: Path) -> dict[str, str]:
     return versions
 
 
+def cache_root(environ: Mapping[str, str]) -> Path:
+    """Where the builds are cached: ``$AGENTCUBE_NETPOL_CACHE``, else ~/.cache/agentcube-netpol."""
+    return Path(environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
+
+
 def cache_dir_for(cache_root: Path, versions: Mapping[str, str]) -> Path:
     return cache_root / "bin" / f"{versions['K8S_VERSION']}-{versions['ETCD_VERSION']}"
 
@@ -139,8 +144,7 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
                 f"no {ASSETS_ENV} set and no {versions_file} to find build.sh's cache: "
                 f"set {ASSETS_ENV} to a directory holding {', '.join(BINARY_NAMES)}"
             )
-        cache_root = Path(environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
-        directory = cache_dir_for(cache_root, read_versions(versions_file))
+        directory = cache_dir_for(cache_root(environ), read_versions(versions_file))
         origin = f"the build cache {directory}"
     missing = [
         name

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentcube_netpol_dev.controlplane import CACHE_ENV, DEFAULT_CACHE_ROOT
+from agentcube_netpol_dev.controlplane import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ STORAGE_DRIVER = os.environ.get("AGENTCUBE_NETPOL_STORAGE_DRIVER", "overlay")
 
 class ImageError(RuntimeError):
     """The image could not be built or run; the message says why, in a line or a few."""
-
-
-def cache_root(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT).expanduser()
 
 
 @dataclass(frozen=True)

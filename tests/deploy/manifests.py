@@ -21,10 +21,10 @@ from agentcube_netpol_dev.controlplane import (
     KUBECTL,
     VERSIONS_FILE,
     ControlPlaneError,
+    cache_root,
     find_binaries,
     read_versions,
 )
-from agentcube_netpol_dev.image import cache_root
 
 from tests import REPO_ROOT
 

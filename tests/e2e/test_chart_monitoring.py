@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from agentcube_netpol_dev.controlplane import VERSIONS_FILE, read_versions
-from agentcube_netpol_dev.image import cache_root
+from agentcube_netpol_dev.controlplane import VERSIONS_FILE, cache_root, read_versions
 
 from tests.deploy.manifests import helm_template
 from tests.e2e.harness import Kubectl, as_json, wait_established

@@ -9,7 +9,6 @@ The build is cached by what goes into it (``agentcube_netpol_dev.image``).
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from agentcube_netpol_dev.controlplane import free_loopback_ports
 from agentcube_netpol_dev.image import (
     Built,
     Container,
@@ -99,9 +99,8 @@ def wait_healthy(url: str, ca_file: Path, container_logs: object) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    [port] = free_loopback_ports(1)
+    return port
 
 
 def emptydir(directory: Path) -> Path:
