@@ -125,6 +125,30 @@ def test_values_become_flags_the_program_accepts() -> None:
     assert (parsed.command, parsed.log_level, parsed.deny_widening) == ("run", "DEBUG", True)
 
 
+def test_crd_patches_off_drops_the_flag_and_its_grants() -> None:
+    on = helm_template()
+    assert "--patch-crds" in container(on)["args"]
+    [role] = [
+        d
+        for d in on
+        if d["metadata"]["name"] == "agentcube-netpol-crd-patches" and d["kind"] == "ClusterRole"
+    ]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": [
+                "agentruntimes.runtime.agentcube.volcano.sh",
+                "codeinterpreters.runtime.agentcube.volcano.sh",
+            ],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    off = helm_template("crdPatches.enabled=false")
+    assert "--patch-crds" not in container(off)["args"]
+    assert not [d for d in off if "crd-patches" in d["metadata"]["name"]]
+
+
 def test_a_digest_wins_over_the_tag() -> None:
     docs = helm_template("image.repository=r/acn", "image.digest=sha256:" + "a" * 64)
     assert container(docs)["image"] == "r/acn@sha256:" + "a" * 64
@@ -169,6 +193,7 @@ def test_monitoring_is_off_by_default_and_renders_when_asked() -> None:
         "AgentcubeNetpolReconcileErrors",
         "AgentcubeNetpolSandboxHeldAtGate",
         "AgentcubeNetpolNoLeader",
+        "AgentcubeNetpolCRDSchemaMissing",
         "AgentcubeNetpolCertificateExpiresSoon",
     }
 
@@ -203,11 +228,31 @@ def test_every_metric_an_alert_names_is_exported() -> None:
     assert named <= exported, named - exported
 
 
-def test_helm_test_runs_audit_as_the_release_from_our_image() -> None:
-    docs = helm_template("image.tag=9.9.9", tests=True)
+def test_helm_test_audits_and_probes_the_webhooks_from_our_image() -> None:
+    docs = [
+        doc
+        for doc in helm_template("image.tag=9.9.9", "tests.probeNamespace=agents", tests=True)
+        if "helm.sh/hook" in doc["metadata"].get("annotations", {})
+    ]
     pod = only(docs, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert pod["spec"]["serviceAccountName"] == "agentcube-netpol"
+    assert pod["spec"]["serviceAccountName"] == "agentcube-netpol-test"
     [check] = pod["spec"]["containers"]
-    assert (check["image"], check["args"]) == ("agentcube-netpol:9.9.9", ["audit"])
-    assert build_parser().parse_args(check["args"]).command == "audit"
+    assert check["image"] == "agentcube-netpol:9.9.9"
+    parsed = build_parser().parse_args(check["args"])
+    assert (parsed.command, parsed.probe_webhooks) == ("audit", "agents")
+    # The test's account may create CodeInterpreters (a dry run) in that namespace only,
+    # and exists only for the test, made before its pod.
+    role = only(docs, "Role")
+    assert role["metadata"]["namespace"] == "agents"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["runtime.agentcube.volcano.sh"],
+            "resources": ["codeinterpreters"],
+            "verbs": ["create"],
+        }
+    ]
+    for doc in docs:
+        annotations = doc["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "test"
+        assert int(annotations.get("helm.sh/hook-weight", "0")) < 0 or doc["kind"] == "Pod"

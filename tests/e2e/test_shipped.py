@@ -147,6 +147,50 @@ def good_template(name: str) -> str:
     return BAD_TEMPLATE.replace("shipped-bad", name).replace("10.0.0.1/8", "10.0.0.0/8")
 
 
+CRD = "codeinterpreters.runtime.agentcube.volcano.sh"
+SCHEMA_PATH = ("spec", "template", "networkPolicy")
+
+
+def policy_schema(crd: dict[str, Any]) -> dict[str, Any] | None:
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for step in SCHEMA_PATH:
+        node = (node.get("properties") or {}).get(step)
+        if node is None:
+            return None
+    return node  # type: ignore[no-any-return]
+
+
+def test_an_agentcube_upgrade_that_drops_network_policy_is_repaired(shipped: Shipped) -> None:
+    """AgentCube re-installs its CRD without our property (as an upgrade does): the Lease
+    holder puts it back under deploy/'s RBAC (--patch-crds), and templates keep the field."""
+    kubectl = shipped.kubectl
+    crd = kubectl.get("crd", CRD)
+    ours = policy_schema(crd)
+    assert ours is not None
+    upstream = {key: crd[key] for key in ("apiVersion", "kind", "spec")}
+    upstream["metadata"] = {"name": CRD, "resourceVersion": crd["metadata"]["resourceVersion"]}
+    del upstream["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["template"]["properties"]["networkPolicy"]
+    kubectl.ok("replace", "-f", "-", input=json.dumps(upstream))
+    dropped = time.monotonic()
+    assert policy_schema(kubectl.get("crd", CRD)) is None
+
+    wait(lambda: policy_schema(kubectl.get("crd", CRD)) == ours, 60, "networkPolicy back")
+    print(f"networkPolicy back in the CRD {time.monotonic() - dropped:.1f}s after it was dropped")
+    managers = {
+        entry["manager"]: entry["operation"]
+        for entry in kubectl.get("crd", CRD)["metadata"]["managedFields"]
+    }
+    assert managers.get("agentcube-netpol") == "Update", managers
+    # A template written now keeps its policy (without the property it would be pruned).
+    name = "shipped-after-upgrade"
+    kubectl.ok("apply", "-f", "-", input=good_template(name))
+    stored = kubectl.get("-n", "default", "codeinterpreter", name)
+    assert stored["spec"]["template"]["networkPolicy"]["mode"] == "Restricted"
+    kubectl.ok("delete", "-n", "default", "codeinterpreter", name)
+
+
 # A container killed outright refuses connections until the kubelet has seen it die and
 # the endpoint is withdrawn; kube-apiserver does not retry a refused webhook call, so with
 # failurePolicy Fail a request sent to that endpoint in that window is refused, in any

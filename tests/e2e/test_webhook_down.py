@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.builders import code_interpreter, sandbox, sandbox_claim, sandbox_pod
+from tests.cli.test_exit_codes import agentcube_netpol
 from tests.e2e.harness import Kubectl, WebhookServer, as_json
 from webhook.api import kinds
 
@@ -103,6 +105,26 @@ def fail_open_count(kubectl: Kubectl, webhook_name: str) -> float:
     return total
 
 
+def probe(kubectl: Kubectl, namespace: str, home: Path) -> list[dict[str, Any]]:
+    """``audit --probe-webhooks``'s findings about the webhooks (the shared cluster may
+    hold others)."""
+    result = agentcube_netpol(
+        "audit", "--kubeconfig", str(kubectl.control_plane.admin_kubeconfig), "-o", "json",
+        "--probe-webhooks", namespace, home=home,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    findings = json.loads(result.stdout)["findings"]
+    return [f for f in findings if f["problem"].startswith("webhook-")]
+
+
+def test_audit_probe_finds_the_webhooks_answering(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    assert probe(kubectl, namespace, tmp_path) == []
+    # A dry run: nothing was stored.
+    assert kubectl.get("codeinterpreters", "-n", namespace)["items"] == []
+
+
 @pytest.fixture(scope="module")
 def server_down(webhook_server: WebhookServer) -> Iterator[None]:
     webhook_server.stop()
@@ -145,6 +167,15 @@ def test_webhook_down_follows_its_failure_policy(
     else:
         assert result.returncode == 0, result.stderr
         assert fail_open_count(kubectl, webhook_name) > opened_before
+
+
+@pytest.mark.usefixtures("server_down")
+def test_audit_probe_reports_webhooks_that_do_not_answer(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    [finding] = probe(kubectl, namespace, tmp_path)
+    assert finding["problem"] == "webhook-not-answering"
+    assert 'failed calling webhook "templates.netpol.agentcube.io"' in finding["detail"]
 
 
 @pytest.mark.usefixtures("server_down")

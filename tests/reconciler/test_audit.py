@@ -144,3 +144,23 @@ def test_auto_deciding_off_is_a_finding_with_the_one_line_fix() -> None:
     assert kinds.ALLOW_LIST_FIX in finding.detail
     assert claim_label_findings("auto", "on", "covered") == []
     assert claim_label_findings("off", "off", "--claim-label-injection=off") == []  # chosen
+
+
+def test_the_webhook_probe_tells_answering_from_unreachable_from_not_called() -> None:
+    from webhook.reconciler.audit import probe_findings, webhook_probe
+
+    probe = webhook_probe("agents")
+    assert probe["metadata"] == {"name": "agentcube-netpol-probe", "namespace": "agents"}
+    refused = (
+        'admission webhook "templates.netpol.agentcube.io" denied the request: '
+        'spec.template.networkPolicy.egress[0].cidrs[0]: Invalid value: "10.0.0.1/8": host bits set'
+    )
+    assert probe_findings("agents", refused) == []
+    [down] = probe_findings(
+        "agents",
+        'Internal error occurred: failed calling webhook "templates.netpol.agentcube.io": '
+        "connect: connection refused",
+    )
+    assert (down.problem, "connection refused" in down.detail) == ("webhook-not-answering", True)
+    [skipped] = probe_findings("agents", None)
+    assert skipped.problem == "webhook-not-called"

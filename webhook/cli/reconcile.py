@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART
 from webhook.api.settings import Settings
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
     from webhook.cli.options import Commands
     from webhook.kube.rest import Rest
+    from webhook.reconciler.audit import Finding
+    from webhook.reconciler.crdschema import SchemaPlan
     from webhook.runtime.manager import Manager
     from webhook.runtime.programs import Shared
 
@@ -87,6 +89,14 @@ def register(commands: Commands) -> None:
         help="read and report on this namespace only: namespace-scoped RBAC is enough "
         "(default: all)",
     )
+    audit_parser.add_argument(
+        "--probe-webhooks",
+        metavar="NAMESPACE",
+        default=None,
+        help="also check that the API server reaches the webhooks: a server-side dry run "
+        "of a CodeInterpreter they must refuse, in NAMESPACE (stores nothing; needs create "
+        "on codeinterpreters there)",
+    )
     add_policy_options(audit_parser)
 
 
@@ -119,6 +129,13 @@ def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
         f"{EXIT_RESTART} to be restarted) and, for --claim-label-injection=auto, its "
         "allow-list (a change: flipped in place); 0: never (default: %(default)s)",
     )
+    group.add_argument(
+        "--patch-crds",
+        action="store_true",
+        help="keep the networkPolicy property in AgentCube's AgentRuntime and CodeInterpreter "
+        "CRDs (added where missing, checked every 15 s: an AgentCube upgrade drops it); "
+        "needs get and patch on those two CRDs",
+    )
 
 
 def _rest(args: argparse.Namespace) -> Rest:
@@ -138,7 +155,12 @@ def _add_reconciler_parts(
 ) -> Shared:
     """What ``run`` and ``reconcile`` share: the caches, the reconciler and its Lease, and
     rediscovery (``serving``: a restart drains the webhook first)."""
-    from webhook.runtime.programs import Lease, add_reconciler, add_rediscovery
+    from webhook.runtime.programs import (
+        Lease,
+        add_crd_schema_keeper,
+        add_reconciler,
+        add_rediscovery,
+    )
 
     shared = add_reconciler(
         manager,
@@ -150,6 +172,8 @@ def _add_reconciler_parts(
         ),
         workers=args.workers,
     )
+    if args.patch_crds:
+        add_crd_schema_keeper(manager, rest=rest, shared=shared)
     add_rediscovery(
         manager,
         rest=rest,
@@ -231,10 +255,49 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return manager.run()
 
 
+def _crd_schema_plans(rest: Rest) -> list[SchemaPlan]:
+    """AgentCube's two CRDs as ``run --patch-crds`` would judge them; none where these
+    credentials may not read CRDs (a namespace admin: not theirs to fix)."""
+    from webhook.kube import errors
+    from webhook.reconciler.crdschema import CRD, TEMPLATE_KINDS, crd_name, plan_schema
+
+    plans = []
+    for kind in TEMPLATE_KINDS:
+        try:
+            crd: dict[str, Any] | None = rest.get(CRD, "", crd_name(kind))
+        except errors.NotFound:
+            crd = None
+        except errors.Forbidden:
+            continue
+        plans.append(plan_schema(crd, kind.kind))
+    return plans
+
+
+def _probe_webhooks(rest: Rest, namespace: str) -> list[Finding]:
+    from webhook.api import kinds
+    from webhook.kube import errors
+    from webhook.reconciler.audit import probe_findings, webhook_probe
+
+    try:
+        rest.create(kinds.CODE_INTERPRETER, namespace, webhook_probe(namespace), dry_run=True)
+    except errors.ApiError as exc:
+        # Not about the webhooks (RBAC, no such CRD, the API server away): one line, exit 4.
+        rbac = isinstance(exc, errors.Forbidden) and "cannot create resource" in exc.message
+        if rbac or isinstance(exc, errors.NotFound | errors.Unreachable):
+            raise
+        return probe_findings(namespace, exc.message)
+    return probe_findings(namespace, None)
+
+
 def audit(args: argparse.Namespace, settings: Settings) -> int:
     from webhook.kube.discovery import decide_claim_label_injection, discover_kinds
     from webhook.reconciler.audit import audit as find
-    from webhook.reconciler.audit import claim_label_findings, render_json, render_text
+    from webhook.reconciler.audit import (
+        claim_label_findings,
+        crd_schema_findings,
+        render_json,
+        render_text,
+    )
     from webhook.reconciler.caches import list_cluster
 
     rest = _rest(args)
@@ -247,6 +310,9 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
         snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
     )
     found += claim_label_findings(from_flags, decided, why)
+    found += crd_schema_findings(_crd_schema_plans(rest))
+    if args.probe_webhooks:
+        found += _probe_webhooks(rest, args.probe_webhooks)
     findings = [
         finding
         for finding in sorted(found)

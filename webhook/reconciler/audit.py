@@ -5,7 +5,8 @@ NetworkPolicy over a one-time listing (anything it would write is a finding),
 plus the NetworkPolicies of others that select a sandbox pod (policies add up,
 so each one can only loosen ours), agent-sandbox templates that manage a
 policy of their own for an isolated CodeInterpreter's warm pool, and claim label
-injection left off by agent-sandbox's allow-list.
+injection left off by agent-sandbox's allow-list, and AgentCube CRDs that would drop the
+networkPolicy field.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.policy.selectors import selector_matches
+from webhook.reconciler.crdschema import SchemaPlan
 from webhook.reconciler.plan import (
     LABEL_TEMPLATE_REF_HASH,
     SCHEDULING_GATE,
@@ -112,6 +114,55 @@ def claim_label_findings(configured: str, decided: str, why: str) -> list[Findin
             f"agent-sandbox at adoption; to allow our domain: {kinds.ALLOW_LIST_FIX}",
         )
     ]
+
+
+def crd_schema_findings(plans: Iterable[SchemaPlan]) -> list[Finding]:
+    """AgentCube's CRDs without our networkPolicy property (or with an older one, or one of
+    their own): the API server drops the field from every template. An absent CRD is no
+    finding (AgentCube is not installed, so there are no templates)."""
+    problems = {
+        "patch": "crd-schema-missing",
+        "conflict": "crd-schema-conflict",
+        "unsupported": "crd-schema-unsupported",
+    }
+    return [
+        Finding("", the_plan.crd, problems[the_plan.state], the_plan.detail)
+        for the_plan in plans
+        if the_plan.state in problems
+    ]
+
+
+PROBE_NAME = "agentcube-netpol-probe"
+PROBE_HOOK = "templates.netpol.agentcube.io"
+PROBE_CIDR = "10.0.0.1/8"  # host bits set: the webhook refuses it, naming the field
+
+
+def webhook_probe(namespace: str) -> dict[str, Any]:
+    """A CodeInterpreter our validating webhook must refuse, for a server-side dry run: the
+    API server calls the webhook through its Service as for a real create, and stores
+    nothing (our webhooks declare sideEffects: None)."""
+    return {
+        "apiVersion": kinds.CODE_INTERPRETER.api_version,
+        "kind": kinds.CODE_INTERPRETER.kind,
+        "metadata": {"name": PROBE_NAME, "namespace": namespace},
+        "spec": {
+            "template": {
+                "image": "probe",
+                "networkPolicy": {"mode": "Restricted", "egress": [{"cidrs": [PROBE_CIDR]}]},
+            }
+        },
+    }
+
+
+def probe_findings(namespace: str, refusal: str | None) -> list[Finding]:
+    """What the dry run of ``webhook_probe`` tells: ``refusal`` is the API server's message
+    (None: it was accepted). Refused by our webhook naming the field: it answers."""
+    if refusal is None:
+        detail = f"a CodeInterpreter with {PROBE_CIDR} was accepted: {PROBE_HOOK} was not called"
+        return [Finding(namespace, PROBE_NAME, "webhook-not-called", detail)]
+    if f'"{PROBE_HOOK}" denied the request' in refusal and PROBE_CIDR in refusal:
+        return []
+    return [Finding(namespace, PROBE_NAME, "webhook-not-answering", refusal)]
 
 
 def widening_policies(view: View, network_policies: Iterable[Mapping[str, Any]]) -> list[Finding]:

@@ -70,7 +70,7 @@ class Reconciler:
         self._rest = rest
         self._caches = caches
         self._settings = settings
-        self._metrics = metrics
+        self._metrics = self.metrics = metrics
         self._workers = workers
         self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         # Retries: per key exponential backoff, and 10 a second overall with bursts of 100

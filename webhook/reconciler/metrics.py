@@ -62,6 +62,13 @@ class ReconcilerMetrics:
             "How long the oldest sandbox pod still held by the gate has existed (0: none).",
             registry=registry,
         )
+        self.crd_schema_declared = Gauge(
+            "agentcube_netpol_crd_schema_declared",
+            "1 when AgentCube's CRD declares networkPolicy, 0 when not (the API server then"
+            " drops the field from every template); the Lease holder's, with --patch-crds.",
+            ("crd",),
+            registry=registry,
+        )
         for result in RESULTS:
             self.reconciles.labels(result)
         for write in WRITES:

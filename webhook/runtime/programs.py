@@ -7,6 +7,8 @@ order they stop):
 - ``add_reconciler``: the shared caches (every replica; ready once listed), the
   reconciler (its workers only on the Lease holder), and the elector, which stands once
   the caches have listed everything;
+- ``add_crd_schema_keeper`` (``--patch-crds``): keeps our networkPolicy property in
+  AgentCube's CRDs, on the Lease holder;
 - ``add_rediscovery``: asks which versions agent-sandbox serves, and restarts the
   process through the manager when they change;
 - ``add_metrics_server``: ``/metrics`` alone (``reconcile``; ``run`` serves it on the
@@ -34,6 +36,7 @@ from webhook.kube.leader import LeaderElector
 from webhook.kube.rest import Rest
 from webhook.reconciler.caches import Caches
 from webhook.reconciler.controller import WORKERS, Reconciler
+from webhook.reconciler.crdschema import CrdSchemaKeeper
 from webhook.reconciler.metrics import ReconcilerMetrics
 from webhook.runtime.manager import Manager, Periodic, Task
 from webhook.server.serve import Admission, Listen, Tls, WebhookServer
@@ -128,6 +131,20 @@ def add_reconciler(
 
     manager.elect(elector, when=synced)
     return Shared(caches=caches, reconciler=reconciler, identity=identity)
+
+
+def add_crd_schema_keeper(manager: Manager, *, rest: Rest, shared: Shared) -> CrdSchemaKeeper:
+    """``--patch-crds``: while this replica holds the Lease, keep the networkPolicy property
+    in AgentCube's CRDs (``webhook.reconciler.crdschema``), fenced like the reconciler's
+    writes."""
+    declared = shared.reconciler.metrics.crd_schema_declared
+    keeper = CrdSchemaKeeper(
+        rest,
+        may_write=shared.reconciler.lease_held,
+        on_state=lambda crd, ok: declared.labels(crd).set(1.0 if ok else 0.0),
+    )
+    manager.add(keeper, needs_lease=True)
+    return keeper
 
 
 def add_claim_cache(manager: Manager, *, rest: Rest, settings: Settings) -> Caches:
