@@ -748,6 +748,10 @@ class ControlPlane:
         argv = [
             str(self.binaries.path(KUBECTL)),
             f"--kubeconfig={kubeconfig or self.admin_kubeconfig}",
+            # Discovery cached per control plane: ~/.kube/cache is keyed by host:port, and a
+            # port reused by a later control plane serving other versions of agent-sandbox's
+            # CRDs would make kubectl ask for kinds this one does not serve.
+            f"--cache-dir={self.work_dir / 'kubectl-cache'}",
             *args,
         ]
         result = subprocess.run(

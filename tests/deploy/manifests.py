@@ -112,10 +112,13 @@ def helm() -> str:
     return path
 
 
-def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+def run_helm(*args: str, cache_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``cache_dir``: where helm caches the cluster's discovery (KUBECACHEDIR), one per
+    control plane: the default is keyed by host:port, which a later control plane reuses."""
+    env = {**os.environ, "KUBECACHEDIR": str(cache_dir)} if cache_dir else None
     return subprocess.run(
         [helm(), *args], capture_output=True, text=True, timeout=KUSTOMIZE_TIMEOUT_SECONDS,
-        check=False,
+        check=False, env=env,
     )  # fmt: skip
 
 

@@ -42,7 +42,7 @@ def a_session_gets_its_network_policy(binaries: Binaries, kubeconfig: Path) -> d
 
     def kubectl(*args: str) -> str:
         return subprocess.run(
-            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}", *args],
             capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
         ).stdout  # fmt: skip
 
@@ -77,7 +77,7 @@ def a_direct_sandbox_runs_once_its_policy_exists(
 
     def kubectl(*args: str, input: str | None = None) -> str:
         return subprocess.run(
-            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}", *args],
             input=input, capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
         ).stdout  # fmt: skip
 
@@ -109,7 +109,7 @@ def readme_session_does_what_it_shows(binaries: Binaries, kubeconfig: Path) -> N
     ]
     for command, shown in commands:
         result = subprocess.run(
-            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *command.split()],
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}", *command.split()],
             capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT,
         )  # fmt: skip
         output = result.stdout.splitlines() + result.stderr.splitlines()
@@ -182,7 +182,7 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
             "demo", "default", {"mode": "Restricted", "egress": [{"cidrs": ["10.0.0.1/8"]}]}
         )
         result = subprocess.run(
-            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", "apply", "-f", "-"],
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}", "apply", "-f", "-"],
             input=as_json(bad), capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert result.returncode != 0

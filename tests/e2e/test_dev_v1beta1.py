@@ -33,7 +33,7 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
 
     def kubectl(*args: str) -> str:
         return subprocess.run(
-            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", *args],
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}", f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}", *args],
             capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
         ).stdout  # fmt: skip
 

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from agentcube_netpol_dev.ocikubelet import OciKubelet
 from kubernetes.client import CoreV1Api
 from kubernetes.config import new_client_from_config
 
+from tests.deploy.manifests import CERT_MANAGER
 from tests.e2e.harness import DEPLOY_DIR, Kubectl, agent_sandbox_running
 from tests.e2e.shipped import (
     NAMESPACE,
@@ -37,6 +39,7 @@ from tests.e2e.shipped import (
     wait,
 )
 from tests.e2e.test_agent_sandbox import is_running_and_ready
+from tests.e2e.test_cert_manager_overlay import crds_installed
 from tests.e2e.test_reconciler import RESTRICTED, grant_agentcube
 from tests.e2e.test_reconciler_warm_path import (
     Warm,
@@ -47,6 +50,7 @@ from tests.e2e.test_reconciler_warm_path import (
 )
 from webhook.api import kinds
 from webhook.kube.rest import Rest
+from webhook.tls.certs import create_ca, create_serving_cert
 
 NOT_OURS = SELECTOR.replace("=", "!=")
 
@@ -178,9 +182,9 @@ def test_an_agentcube_upgrade_that_drops_network_policy_is_repaired(shipped: Shi
 
     wait(lambda: policy_schema(kubectl.get("crd", CRD)) == ours, 60, "networkPolicy back")
     print(f"networkPolicy back in the CRD {time.monotonic() - dropped:.1f}s after it was dropped")
+    shown = kubectl.get("crd", CRD, "--show-managed-fields")
     managers = {
-        entry["manager"]: entry["operation"]
-        for entry in kubectl.get("crd", CRD)["metadata"]["managedFields"]
+        entry["manager"]: entry["operation"] for entry in shown["metadata"]["managedFields"]
     }
     assert managers.get("agentcube-netpol") == "Update", managers
     # A template written now keeps its policy (without the property it would be pruned).
@@ -527,3 +531,63 @@ def test_a_replica_that_hangs_is_taken_out_of_the_service_then_restarted(
     # After the last refusal, every request went through (the other replica, then both).
     after = [ok for sent, ok in answers if sent > max(refused, default=-1.0)]
     assert all(after) and len(after) >= 3, answers
+
+
+def test_the_cert_manager_overlay_serves_the_certificate_from_its_secret(
+    shipped: Shipped,
+) -> None:
+    """deploy/overlays/cert-manager applied over the install, the test doing cert-manager's
+    part (the Secret its Certificate names) and cainjector's (the caBundle): the pods read
+    the serving certificate from the Secret volume (read-only, mode 0440, readable through
+    fsGroup) and the API server, trusting only that CA, calls them through the Service.
+    Last in this module: the install is the overlay's from here on."""
+    kubectl = shipped.kubectl
+    crds_installed(kubectl)
+    now = datetime.now(UTC)
+    ca = create_ca(
+        common_name="test cert-manager CA", not_before=now, not_after=now + timedelta(days=30)
+    )
+    service = f"agentcube-netpol-webhook.{NAMESPACE}.svc"
+    serving = create_serving_cert(
+        ca, dns_names=[service, f"{service}.cluster.local"], ip_addresses=[],
+        not_before=now, not_after=now + timedelta(days=10),
+    )  # fmt: skip
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "agentcube-netpol-webhook-tls", "namespace": NAMESPACE},
+        "data": {
+            key: base64.b64encode(pem).decode()
+            for key, pem in (
+                ("tls.crt", serving.cert_pem),
+                ("tls.key", serving.key_pem),
+                ("ca.crt", ca.cert_pem),
+            )
+        },
+    }
+    kubectl.ok("apply", "-f", "-", input=json.dumps(secret))
+    kubectl.ok("apply", "-k", str(CERT_MANAGER))
+    kubectl.ok("-n", NAMESPACE, "rollout", "status", "deploy/agentcube-netpol", "--timeout=180s")
+    wait(lambda: len(ready_pods(kubectl)) == 2, READY_TIMEOUT_S, "two Ready replicas")
+    for pod in ready_pods(kubectl):
+        assert "--ca-secret" not in " ".join(pod["spec"]["containers"][0]["args"])
+        assert pod["spec"]["volumes"][0]["secret"]["secretName"] == secret["metadata"]["name"]
+    bundle = base64.b64encode(ca.cert_pem).decode()
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        hooks = kubectl.get(kind, "agentcube-netpol")["webhooks"]
+        patch = [
+            {"op": "replace", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": bundle}
+            for i in range(len(hooks))
+        ]
+        kubectl.ok("patch", kind, "agentcube-netpol", "--type", "json", "-p", json.dumps(patch))
+
+    def refused_by_the_webhook() -> bool:
+        result = kubectl("apply", "-f", "-", input=BAD_TEMPLATE)
+        return result.returncode != 0 and "host bits" in result.stderr
+
+    # The new caBundle reaches the API server's webhook clients within a moment.
+    wait(refused_by_the_webhook, 30, "the bad template refused through the Service")
+    name = "shipped-cert-manager"
+    kubectl.ok("apply", "-f", "-", input=good_template(name))
+    kubectl.ok("delete", "-n", "default", "codeinterpreter", name)

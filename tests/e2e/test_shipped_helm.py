@@ -47,8 +47,12 @@ class Installed:
     image_values: list[str] = field(default_factory=list)
 
     def helm(self, *args: str) -> str:
-        kubeconfig = str(self.cluster.control_plane.admin_kubeconfig)
-        result = run_helm(*args, "--kubeconfig", kubeconfig, "-n", NAMESPACE)
+        control_plane = self.cluster.control_plane
+        kubeconfig = str(control_plane.admin_kubeconfig)
+        result = run_helm(
+            *args, "--kubeconfig", kubeconfig, "-n", NAMESPACE,
+            cache_dir=control_plane.work_dir / "helm-cache",
+        )  # fmt: skip
         assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}{result.stderr}"
         return result.stdout
 
