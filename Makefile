@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test files run on this many workers at once, each file whole on one worker (its module
+# fixtures, a control plane, set up once). 0: in this process, one after another.
+TEST_WORKERS ?= 2
 DEV_ARGS ?=
 
 .PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-reconciler clean
@@ -66,7 +69,7 @@ wheel-check: controlplane
 
 ## test: lint, types, the installed wheel, and every tier, end-to-end against a real kube-apiserver included
 test: lint controlplane dataplane-packages image-packages wheel-check
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## image: build the image from the Dockerfile with buildah on a stand-in base (cached by its inputs); prints its size and what takes the space
 image: install image-packages

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -162,6 +163,21 @@ def build(environ: Mapping[str, str], *, root: Path) -> Built:
             "(Debian: buildah mmdebstrap podman runc)"
         )
     store = storage(environ)
+    with _building(store):
+        return _build(store, root)
+
+
+@contextlib.contextmanager
+def _building(store: Storage) -> Iterator[None]:
+    """One build at a time per storage: test workers (and a `make image` beside them) that
+    all want the image wait for the first to build it, then find it cached."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    with (store.root.parent / f"{store.root.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(store: Storage, root: Path) -> Built:
     base, base_seconds = base_tag(), 0.0
     if not store.exists(base):
         base_seconds = _build_base(store, base)
