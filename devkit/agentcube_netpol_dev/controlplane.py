@@ -450,10 +450,13 @@ def die_with_parent() -> None:
 class _Process:
     """One binary in its own process group, its output in a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, *, append: bool = False
+    ) -> None:
         self.name = name
+        self.argv = list(argv)
         self.log_path = log_path
-        with log_path.open("wb") as log_file:
+        with log_path.open("ab" if append else "wb") as log_file:
             self.popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -553,6 +556,7 @@ class ControlPlane:
         self._processes: list[_Process] = []
         self._ca: certs.KeyPair | None = None
         self.api_port = 0
+        self.etcd_url = ""
         self.started_in_s = 0.0
         self._users_made = 0
 
@@ -622,7 +626,7 @@ class ControlPlane:
         self._ca = pki.ca
 
         etcd_client_port, etcd_peer_port, self.api_port, kcm_port = free_loopback_ports(4)
-        etcd_url = f"http://{LOOPBACK}:{etcd_client_port}"
+        etcd_url = self.etcd_url = f"http://{LOOPBACK}:{etcd_client_port}"
         self._spawn(
             ETCD,
             etcd_args(
@@ -631,21 +635,9 @@ class ControlPlane:
                 peer_url=f"http://{LOOPBACK}:{etcd_peer_port}",
             ),
         )
-        self._spawn(
-            KUBE_APISERVER,
-            [
-                *apiserver_args(etcd_url=etcd_url, port=self.api_port, pki=pki_dir),
-                *self.apiserver_extra_args,
-            ],
-        )
+        self._spawn(KUBE_APISERVER, self._apiserver_argv())
         self._write_kubeconfig(self.admin_kubeconfig, ADMIN_USER, pki.admin)
-        self._wait_healthy(
-            KUBE_APISERVER,
-            f"{self.url}/readyz",
-            tls_context(
-                ca_file=self.ca_file, client=(pki_dir / PKI_ADMIN_CERT, pki_dir / PKI_ADMIN_KEY)
-            ),
-        )
+        self._wait_apiserver()
         if self.with_controller_manager:
             self._spawn(
                 KUBE_CONTROLLER_MANAGER,
@@ -663,6 +655,55 @@ class ControlPlane:
                 f"https://{LOOPBACK}:{kcm_port}/healthz",
                 tls_context(ca_file=None, client=None),
             )
+
+    def _apiserver_argv(self) -> list[str]:
+        return [
+            *apiserver_args(etcd_url=self.etcd_url, port=self.api_port, pki=self.work_dir / "pki"),
+            *self.apiserver_extra_args,
+        ]
+
+    def _wait_apiserver(self) -> None:
+        pki_dir = self.work_dir / "pki"
+        self._wait_healthy(
+            KUBE_APISERVER,
+            f"{self.url}/readyz",
+            tls_context(
+                ca_file=self.ca_file, client=(pki_dir / PKI_ADMIN_CERT, pki_dir / PKI_ADMIN_KEY)
+            ),
+        )
+
+    def restart_apiserver(self, *, down_s: float = 0.0, grace_s: float = 3.0) -> None:
+        """Stop kube-apiserver (SIGTERM, as a rolling restart of the control plane does; its
+        watches would hold it for long: SIGKILL after ``grace_s``), leave it down ``down_s``,
+        and start it again on the same port over the same etcd: every client's connections
+        and watches break, nothing stored is lost."""
+        [apiserver] = [p for p in self._processes if p.name == KUBE_APISERVER]
+        apiserver.stop(grace_s)
+        time.sleep(down_s)
+        restarted = _Process(KUBE_APISERVER, apiserver.argv, apiserver.log_path, append=True)
+        self._processes[self._processes.index(apiserver)] = restarted
+        self._wait_apiserver()
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (the resourceVersion of the latest write)."""
+        header = self._etcd("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]
+        return int(header["revision"])
+
+    def compact_etcd(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to ``revision`` (default: the current one), through its
+        own API: a watch or list from an older resourceVersion then gets 410 Gone from the
+        API server. Returns the revision compacted to."""
+        revision = self.etcd_revision() if revision is None else revision
+        self._etcd("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def _etcd(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.etcd_url}{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer: dict[str, Any] = json.load(response)
+            return answer
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         argv = [str(self.binaries.path(name)), *args]

@@ -23,7 +23,7 @@ from typing import Any
 from webhook.api import kinds
 from webhook.api.kinds import Kind
 from webhook.api.settings import Settings
-from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound
+from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, Unreachable
 from webhook.kube.rest import PatchType, Rest
 from webhook.kube.workqueue import WorkQueue
 from webhook.reconciler.caches import Caches
@@ -54,6 +54,15 @@ COMPONENT = "agentcube-netpol"
 
 
 RETRY_QPS = 10.0
+# An API server that answers 429 or 503 with Retry-After asks every client to wait: all
+# workers hold their writes that long (at most this), not only the key that was refused.
+MAX_RETRY_AFTER_SECONDS = 60.0
+# An API server failing (5xx) or away without saying when to come back: all workers hold, from
+# half a second, doubling with each failure in a row, to at most 30 s; a success resets it.
+# (The per-key backoff alone would let every queued key try, 10 a second after a burst of
+# 100, against a server that is down.)
+SERVER_ERROR_HOLD_SECONDS = 0.5
+MAX_SERVER_ERROR_HOLD_SECONDS = 30.0
 
 
 class Reconciler:
@@ -77,6 +86,9 @@ class Reconciler:
         # (client-go's DefaultControllerRateLimiter), so a failing API cannot be spun on.
         self.queue: WorkQueue[ReconcileRequest] = WorkQueue(bucket_qps=RETRY_QPS)
         self._leading = threading.Event()
+        self._hold_until = 0.0  # monotonic: no reconcile starts before (Retry-After, 5xx)
+        self._server_errors = 0  # in a row
+        self._hold_lock = threading.Lock()
         # Set by the runtime to the elector's own check (renewed within the renew deadline),
         # so a worker stops writing the moment the lease may have passed to another replica.
         self.lease_held: Callable[[], bool] = lambda: True
@@ -164,11 +176,13 @@ class Reconciler:
                 if self.queue.shutting_down:
                     return
                 continue
+            self._wait_out_hold()
             started = time.perf_counter()
             try:
                 done = self.reconcile(request)
             except ApiError as exc:
                 self._metrics.api_errors.labels(str(exc.status)).inc()
+                self._hold(exc)
                 logger.warning("reconcile %s/%s: %s; retrying", *request, exc)
                 self._metrics.reconciles.labels("error").inc()
                 self.queue.add_rate_limited(request)
@@ -177,6 +191,7 @@ class Reconciler:
                 self._metrics.reconciles.labels("error").inc()
                 self.queue.add_rate_limited(request)
             else:
+                self._server_errors = 0
                 if done:
                     self._metrics.reconciles.labels("success").inc()
                     self.queue.forget(request)
@@ -186,6 +201,41 @@ class Reconciler:
             finally:
                 self._metrics.duration.observe(time.perf_counter() - started)
                 self.queue.done(request)
+
+    def _hold(self, exc: ApiError) -> None:
+        """The API server said when to come back (Retry-After on a 429 or 503), or is
+        failing (5xx): every worker waits, not only the one whose key was refused; that key
+        is retried after its own backoff, and not before the hold ends."""
+        now = time.monotonic()
+        with self._hold_lock:
+            if exc.retry_after_seconds and exc.retry_after_seconds > 0:
+                seconds = min(exc.retry_after_seconds, MAX_RETRY_AFTER_SECONDS)
+                why = "asks to wait"
+            elif exc.status >= 500 or isinstance(exc, Unreachable):
+                self._server_errors += 1
+                seconds = min(
+                    SERVER_ERROR_HOLD_SECONDS * 2 ** (self._server_errors - 1),
+                    MAX_SERVER_ERROR_HOLD_SECONDS,
+                )
+                why = "fails; waiting"
+            else:
+                return
+            if now + seconds <= self._hold_until:
+                return
+            if self._hold_until <= now:
+                logger.warning(
+                    "the API server %s %.0fs (%s %s): reconciles held",
+                    why, seconds, exc.status, exc.reason,
+                )  # fmt: skip
+            self._hold_until = now + seconds
+
+    def _wait_out_hold(self) -> None:
+        while self.leading:
+            with self._hold_lock:
+                remaining = self._hold_until - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(remaining, 0.5))
 
     # --- one reconcile ----------------------------------------------------------------------
 
