@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 DEV_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-reconciler clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-apiserver bench-soak bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,14 @@ image: install image-packages
 
 bench: install
 	$(PY) bench/admission.py
+
+## bench-apiserver: what our webhooks add to claim and pod requests through kube-apiserver, at 50 and 200 req/s (~7 min)
+bench-apiserver: install controlplane
+	$(PY) bench/apiserver.py $(BENCH_ARGS)
+
+## bench-soak: the soak of tests/e2e/test_soak.py for 10 minutes (60 s in make test), its figures printed
+bench-soak: install controlplane
+	AGENTCUBE_NETPOL_SOAK_SECONDS=$${AGENTCUBE_NETPOL_SOAK_SECONDS:-600} $(PY) -m pytest -p no:cacheprovider -s -q tests/e2e/test_soak.py
 
 ## bench-reconciler: burst, latency and memory of `run` against a real API server (~25 min)
 bench-reconciler: install controlplane

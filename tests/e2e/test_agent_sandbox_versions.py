@@ -257,7 +257,8 @@ def test_a_claimed_warm_pod_ends_up_selected_by_its_own_policy(cluster: Cluster,
         raise AssertionError(f"{exc}; claim {claim_now.get('status')}; pods {pods}") from None
     want = desired(ns, claim_name, RESTRICTED, created)
     policy = isolated_by_own_policy(kube, ns, claim_name, pod, want)
-    [owner] = policy["metadata"]["ownerReferences"]
+    # The sandbox is its controller; its pods are owners too (see plan.py).
+    [owner] = [o for o in policy["metadata"]["ownerReferences"] if o.get("controller")]
     assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
         "extensions.agents.x-k8s.io/v1beta1",
         "SandboxClaim",

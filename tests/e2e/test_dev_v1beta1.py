@@ -52,7 +52,8 @@ def test_the_v1beta1_examples_give_a_session_its_policy_on_v1_0_1(
         assert not (claim["spec"].get("additionalPodMetadata") or {}).get("labels")
         assert pod["metadata"]["labels"][kinds.LABEL_SESSION_ID] == "session-1"
         assert policy["spec"]["podSelector"] == {"matchLabels": {kinds.LABEL_SANDBOX_NAME: SESSION}}
-        [owner] = policy["metadata"]["ownerReferences"]
+        # The sandbox is its controller; its pods are owners too (see plan.py).
+        [owner] = [o for o in policy["metadata"]["ownerReferences"] if o.get("controller")]
         assert (owner["apiVersion"], owner["kind"], owner["uid"]) == (
             "extensions.agents.x-k8s.io/v1beta1",
             "SandboxClaim",

@@ -239,7 +239,11 @@ def test_a_direct_sandbox_gets_its_policy_and_its_pod_waits_for_it(
 
     want = desired(ns, "py-abcd1234", RESTRICTED, created)
     policy = wait_policy(kube, ns, "py-abcd1234", want["spec"])
-    assert policy["metadata"]["ownerReferences"] == want["metadata"]["ownerReferences"]
+    # Owned by its Sandbox, and by its pod: deleting the Sandbox leaves it in place until
+    # the pod is gone.
+    [sandbox_owner, pod_owner] = policy["metadata"]["ownerReferences"]
+    assert [sandbox_owner] == want["metadata"]["ownerReferences"]
+    assert (pod_owner["kind"], pod_owner["name"]) == ("Pod", "py-abcd1234")
     assert policy["metadata"]["labels"][kinds.MANAGED_BY_LABEL] == "agentcube-netpol"
 
     def ungated() -> bool:
@@ -319,6 +323,36 @@ def test_a_deleted_sandbox_takes_its_policy_with_it(kube: Kubectl, ns: str) -> N
     eventually(
         lambda: policy_of(kube, ns, "py-abcd1234") is None, "the policy to go with its sandbox"
     )
+
+
+def test_a_policy_outlives_its_sandbox_while_the_pod_is_still_there(
+    cluster: ControlPlane, kube: Kubectl, ns: str
+) -> None:
+    """A pod still stopping (here: a pod that stays) when its Sandbox is deleted keeps its
+    policy: the garbage collector deletes the policy once its last owner, the pod, is gone."""
+    kube.ok("apply", "-f", "-", input=as_json(interpreter(ns)))
+    name = "py-l1ng3r00"
+    created = json.loads(
+        kube.ok("create", "-o", "json", "-f", "-", input=as_json(sandbox(ns, name)))
+    )
+    pod = sandbox_pod(ns, created)
+    del pod["metadata"]["ownerReferences"]  # not collected with the Sandbox: it lingers
+    kube.ok("create", "-f", "-", input=as_json(pod))
+    spec = desired(ns, name, RESTRICTED, created)["spec"]
+    eventually(
+        lambda: (
+            (p := policy_of(kube, ns, name)) is not None
+            and p["spec"] == spec
+            and any(o["kind"] == "Pod" for o in p["metadata"]["ownerReferences"])
+        ),
+        "the policy, owned by the pod too",
+    )
+    kube.ok("delete", "sandbox", name, "-n", ns)
+    time.sleep(3.0)  # the garbage collector and the reconciler have both seen the delete
+    kept = policy_of(kube, ns, name)
+    assert kept is not None and kept["spec"] == spec
+    kube.ok("delete", "pod", name, "-n", ns)
+    eventually(lambda: policy_of(kube, ns, name) is None, "the policy to go with the pod")
 
 
 def test_an_isolated_warm_pool_gets_its_baseline(kube: Kubectl, ns: str) -> None:

@@ -87,8 +87,13 @@ def view(**objects: list[dict[str, Any]]) -> Snapshot:
 
 
 def expected_policy(
-    name: str, policy: Any, owner: dict[str, Any], kind: kinds.Kind
+    name: str,
+    policy: Any,
+    owner: dict[str, Any],
+    kind: kinds.Kind,
+    pods: list[dict[str, Any]] | tuple[()] = (),
 ) -> dict[str, Any]:
+    """The sandbox's NetworkPolicy, owned by the sandbox and by each of its ``pods``."""
     built = build_network_policy(
         policy,
         sandbox=name,
@@ -98,6 +103,11 @@ def expected_policy(
     )
     assert built is not None
     built["metadata"]["labels"][LABEL_ROLE] = "sandbox"
+    built["metadata"]["ownerReferences"] += [
+        {"apiVersion": "v1", "kind": "Pod", "name": p["metadata"]["name"],
+         "uid": p["metadata"]["uid"]}
+        for p in sorted(pods, key=lambda p: p["metadata"]["uid"])
+    ]  # fmt: skip
     return built
 
 

@@ -25,11 +25,14 @@ from webhook.reconciler.audit import Finding, audit, render_json, render_text
 
 def healthy() -> dict[str, list[dict[str, Any]]]:
     sandbox = direct_sandbox()
+    pods = [pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"})]
     return {
         "interpreters": [interpreter()],
         "sandboxes": [sandbox],
-        "pods": [pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"})],
-        "policies": [stored(expected_policy("py-abcd1234", RESTRICTED, sandbox, kinds.SANDBOX))],
+        "pods": pods,
+        "policies": [
+            stored(expected_policy("py-abcd1234", RESTRICTED, sandbox, kinds.SANDBOX, pods))
+        ],
     }
 
 
@@ -55,17 +58,22 @@ def test_missing_drifted_and_orphaned_policies_are_findings() -> None:
 
     orphaned = healthy()
     orphaned["sandboxes"] = []
+    # While its pod exists the policy stays (the pod may still run): no finding.
+    assert findings(orphaned) == []
     orphaned["pods"] = []
     assert [(f.name, f.problem) for f in findings(orphaned)] == [("py-abcd1234", "orphaned")]
 
 
 def test_a_claimed_pod_without_its_label_is_a_finding() -> None:
     the_claim = claim()
-    policy = stored(expected_policy("py-claim0001", RESTRICTED, the_claim, kinds.SANDBOX_CLAIM))
+    pods = [pod("py-pool-x1", {kinds.LABEL_CLAIM_UID: "uid-py-claim0001"})]
+    policy = stored(
+        expected_policy("py-claim0001", RESTRICTED, the_claim, kinds.SANDBOX_CLAIM, pods)
+    )
     objects = {
         "interpreters": [interpreter()],
         "claims": [the_claim],
-        "pods": [pod("py-pool-x1", {kinds.LABEL_CLAIM_UID: "uid-py-claim0001"})],
+        "pods": pods,
         "policies": [policy],
     }
     [finding] = findings(objects)

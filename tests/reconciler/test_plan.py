@@ -294,9 +294,15 @@ def test_a_claim_gets_a_policy_it_owns_and_its_unlabelled_claimed_pod_gets_label
     )
     assert result.write == "create"
     assert result.desired == expected_policy(
-        "py-claim0001", RESTRICTED, the_claim, kinds.SANDBOX_CLAIM
+        "py-claim0001", RESTRICTED, the_claim, kinds.SANDBOX_CLAIM, [claimed, labelled]
     )
-    assert result.desired["metadata"]["ownerReferences"][0]["kind"] == "SandboxClaim"
+    # Owned by the claim, and by each of its pods: it outlives them all.
+    owners = result.desired["metadata"]["ownerReferences"]
+    assert [(o["kind"], o.get("controller", False)) for o in owners] == [
+        ("SandboxClaim", True),
+        ("Pod", False),
+        ("Pod", False),
+    ]
     [patch] = result.label_pods
     assert patch.name == "py-pool-x1"
     assert dict(patch.labels) == {
@@ -544,3 +550,35 @@ def test_a_running_pod_whose_canary_no_longer_fits_its_policy_gets_the_new_one()
     running["metadata"]["annotations"][kinds.ANNOTATION_ISOLATION_CANARY] = ""
     assert canary_patches(RESTRICTED, running) == ["10.9.0.5:9443"]
     assert canary_patches(opens, running) == []
+
+
+def test_a_policy_outlives_its_deleted_sandbox_while_its_pod_exists() -> None:
+    """Deleting a Sandbox does not open its pod in the seconds it takes to stop: the pod
+    is an owner of the policy (the garbage collector waits for it), and the reconciler
+    does not delete the policy as an orphan while it exists."""
+    sandbox = direct_sandbox()
+    the_pod = pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"}, owner="py-abcd1234")
+    made = plan(
+        ReconcileRequest(NS, "py-abcd1234"),
+        view(interpreters=[interpreter()], sandboxes=[sandbox], pods=[the_pod]),
+        SETTINGS,
+    )
+    assert made.desired is not None
+    policy = stored(made.desired)
+    assert {"apiVersion": "v1", "kind": "Pod", "name": "py-abcd1234", "uid": "uid-py-abcd1234"} in (
+        policy["metadata"]["ownerReferences"]
+    )
+    after_delete = plan(
+        ReconcileRequest(NS, "py-abcd1234"),
+        view(interpreters=[interpreter()], pods=[the_pod], policies=[policy]),
+        SETTINGS,
+    )
+    assert after_delete.write == "none"
+    # A pod of the same name but another uid is another pod: the policy goes.
+    recreated = {**the_pod, "metadata": {**the_pod["metadata"], "uid": "uid-new"}}
+    gone = plan(
+        ReconcileRequest(NS, "py-abcd1234"),
+        view(interpreters=[interpreter()], pods=[recreated], policies=[policy]),
+        SETTINGS,
+    )
+    assert gone.write == "delete"

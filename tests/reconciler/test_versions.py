@@ -94,7 +94,8 @@ def test_a_v1beta1_claim_gets_its_policy_owned_in_the_version_it_was_read_in() -
         SETTINGS,
     )
     assert result.write == "create"
-    [owner] = result.desired["metadata"]["ownerReferences"]
+    [owner, pod_owner] = result.desired["metadata"]["ownerReferences"]
+    assert (pod_owner["kind"], pod_owner["name"]) == ("Pod", "py-pool-x1")
     assert (owner["apiVersion"], owner["kind"], owner["name"]) == (
         "extensions.agents.x-k8s.io/v1beta1",
         "SandboxClaim",

@@ -227,7 +227,10 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
     ref = find_sandbox(view, request.namespace, request.name)
     if ref is None:
         # No sandbox by that name: an orphan of ours is deleted (the garbage collector
-        # does this too, once the owner is gone; this covers a policy that lost it).
+        # does this too, once its owners are gone; this covers a policy that lost them),
+        # but not while a pod it was made for still exists: that pod may still run.
+        if current is not None and is_managed(current) and owning_pods_remain(current, view):
+            return Plan(request, "none", None, current)
         return Plan(request, choose_write(None, current), None, current)
 
     regarding = with_kind(ref.owner, ref.owner_kind)
@@ -254,6 +257,7 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
         )
     if desired is not None:
         desired["metadata"]["labels"][LABEL_ROLE] = ROLE_SANDBOX
+        desired["metadata"]["ownerReferences"] += pod_owner_references(ref, view)
     write = choose_write(desired, current)
     if write == "blocked":
         reports.append(
@@ -280,6 +284,31 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
         reports=tuple(reports),
         regarding=regarding,
     )
+
+
+def pod_owner_references(ref: SandboxRef, view: View) -> list[dict[str, Any]]:
+    """The sandbox's pods as owners of its NetworkPolicy, beside the sandbox itself.
+
+    The garbage collector deletes an object only once every owner is gone: deleting a
+    Sandbox (or a claim) leaves its policy in place for as long as one of its pods exists,
+    terminating ones included, so a pod never runs its last seconds unselected. Not
+    controllers, and blockOwnerDeletion unset: deleting a pod waits on nothing."""
+    return [
+        {"apiVersion": "v1", "kind": "Pod", "name": name_of(pod), "uid": uid_of(pod)}
+        for pod in pods_of(ref, view)
+    ]
+
+
+def owning_pods_remain(policy: Mapping[str, Any], view: View) -> bool:
+    """Whether a pod named among ``policy``'s owners still exists (same uid)."""
+    namespace = namespace_of(policy)
+    for owner in (policy.get("metadata") or {}).get("ownerReferences") or []:
+        if not isinstance(owner, Mapping) or owner.get("kind") != "Pod":
+            continue
+        pod = view.get(kinds.POD, namespace, str(owner.get("name", "")))
+        if pod is not None and uid_of(pod) == owner.get("uid"):
+            return True
+    return False
 
 
 def _label_patches(ref: SandboxRef, view: View) -> list[PodPatch]:
