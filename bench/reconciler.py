@@ -664,6 +664,8 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             done_per_ns = per_ns
             settle(runs[0], watch, namespaces, per_ns)
             record(per_ns * MEMORY_NAMESPACES, time.perf_counter() - started)
+        total = done_per_ns * MEMORY_NAMESPACES
+        resync = restart_and_resync(runs[0], service_account, Path(work), codes[0], total)
     print("\nmemory: VmRSS of run (caches synced, queue empty)")
     for label in dict.fromkeys(r["process"] for r in rows):
         mine = [r for r in rows if r["process"] == label]
@@ -678,7 +680,36 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
             slope = (r2 - r1) / (n2 - n1)
             print(f"    extrapolated to 10,000: {r2 + slope * (10_000 - n2):.1f} MB "
                   "(linear through the last two points)")  # fmt: skip
-    return {"rows": rows}
+    return {"rows": rows, "resync": resync}
+
+
+def restart_and_resync(
+    leader: RunProcess, kubeconfig: Path, work: Path, code: Path, total: int
+) -> dict[str, float]:
+    """The leader stopped (SIGTERM: it releases the Lease) and a fresh ``run`` started on the
+    same cluster, as after a rollout: seconds until /readyz (every informer listed), until
+    it leads, and until its first full pass is done (queue empty), with the writes of that
+    pass (everything already in sync: none expected) and its VmRSS."""
+    leader.stop()
+    started = time.monotonic()
+    fresh = RunProcess(kubeconfig, work, code=code)
+    try:
+        ready_s = time.monotonic() - started
+        wait_for(fresh.leading, "the fresh run to lead", 120.0)
+        leading_s = time.monotonic() - started
+        time.sleep(1.0)  # the full pass is queued the moment it leads
+        wait_for(lambda: fresh.metrics().get("agentcube_netpol_workqueue_depth", 1) == 0,
+                 "the first full pass", 600.0)  # fmt: skip
+        pass_s = time.monotonic() - started
+        wrote = sum(v for k, v in writes(fresh).items() if k != "event")
+        rss = mb(fresh.rss_bytes())
+    finally:
+        fresh.stop()
+    print(f"\nresync: a fresh run with {total} sandboxes in the cluster: Ready after "
+          f"{ready_s:.1f}s, leading after {leading_s:.1f}s, first full pass done after "
+          f"{pass_s:.1f}s with {wrote:.0f} writes; VmRSS {rss:.1f} MB", flush=True)  # fmt: skip
+    return {"sandboxes": total, "ready_s": ready_s, "leading_s": leading_s,
+            "pass_s": pass_s, "writes": wrote, "rss_mb": rss}  # fmt: skip
 
 
 # --- main ----------------------------------------------------------------------------------

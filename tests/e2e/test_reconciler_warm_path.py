@@ -10,10 +10,12 @@ moment may find a running sandbox pod selected by nothing or by something looser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,7 +57,18 @@ def warm(
     agent_sandbox_build: AgentSandboxBuild,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Warm]:
-    work = tmp_path_factory.mktemp("warm-reconciler")
+    with with_agent_sandbox(
+        binaries, agent_sandbox_build, tmp_path_factory.mktemp("warm-reconciler")
+    ) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def with_agent_sandbox(
+    binaries: Binaries, agent_sandbox_build: AgentSandboxBuild, work: Path
+) -> Iterator[Warm]:
+    """A control plane of its own with the CRDs, the real agent-sandbox controller, the fake
+    kubelet and ``run`` under deploy/'s RBAC with deploy/'s webhooks (``run_beside``)."""
     with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
         install_crds(control_plane, CRD_DIR)
         controller = AgentSandboxController(

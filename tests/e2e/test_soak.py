@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
-from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
+from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild
+from agentcube_netpol_dev.controlplane import Binaries, ControlPlane
 
 from tests.builders import code_interpreter, sandbox_claim
-from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer
+from tests.e2e.harness import Kubectl, WebhookServer
 from tests.e2e.invariant import Recorder, breaches
 from tests.e2e.test_agent_sandbox import owner_reference, warm_pool_for
-from tests.e2e.test_reconciler import desired, eventually, run_beside, sandbox
+from tests.e2e.test_reconciler import desired, eventually, sandbox
+from tests.e2e.test_reconciler_warm_path import with_agent_sandbox
 from webhook.api import kinds
 from webhook.kube import errors
 from webhook.kube.rest import Rest
@@ -74,28 +75,22 @@ def soak(
     agent_sandbox_build: AgentSandboxBuild,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Soak]:
-    work = tmp_path_factory.mktemp("soak")
-    with ControlPlane(binaries=binaries, with_controller_manager=True) as cluster:
-        install_crds(cluster, CRD_DIR)
-        controller = AgentSandboxController(
-            build=agent_sandbox_build, control_plane=cluster, work_dir=work / "as"
+    with with_agent_sandbox(binaries, agent_sandbox_build, tmp_path_factory.mktemp("soak")) as warm:
+        cluster, kube = warm.control_plane, warm.kube
+        ns = f"soak-{uuid.uuid4().hex[:6]}"
+        kube.ok("create", "namespace", ns)
+        kube.ok("create", "role", "pod-editor", "--verb=get,patch", "--resource=pods", "-n", ns)
+        kube.ok(
+            "create", "rolebinding", "tenants", "--role=pod-editor", "--group=tenants", "-n", ns
+        )  # fmt: skip
+        agentcube = cluster.mint_user(
+            "system:serviceaccount:agentcube:workloadmanager",
+            groups=["system:serviceaccounts", "system:serviceaccounts:agentcube"],
         )
-        with run_beside(cluster, controller, work) as (kube, run, admin):
-            ns = f"soak-{uuid.uuid4().hex[:6]}"
-            kube.ok("create", "namespace", ns)
-            kube.ok("create", "role", "pod-editor", "--verb=get,patch", "--resource=pods", "-n", ns)
-            kube.ok(
-                "create", "rolebinding", "tenants", "--role=pod-editor", "--group=tenants",
-                "-n", ns,
-            )  # fmt: skip
-            agentcube = cluster.mint_user(
-                "system:serviceaccount:agentcube:workloadmanager",
-                groups=["system:serviceaccounts", "system:serviceaccounts:agentcube"],
-            )
-            yield Soak(
-                cluster, kube, run, admin, Rest.from_config(agentcube),
-                cluster.mint_user("tenant-eve", groups=["tenants"]), ns,
-            )  # fmt: skip
+        yield Soak(
+            cluster, kube, warm.run, warm.rest, Rest.from_config(agentcube),
+            cluster.mint_user("tenant-eve", groups=["tenants"]), ns,
+        )  # fmt: skip
 
 
 def rss_mb(run: WebhookServer) -> float:
