@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 DEV_ARGS ?=
 
-.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-apiserver bench-soak bench-reconciler clean
+.PHONY: install serve dev lint fmt test test-fast wheel-check controlplane dataplane-packages image-packages image bench bench-apiserver bench-dataplane bench-soak bench-reconciler clean
 
 $(VENV)/.installed: pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench: install
 ## bench-apiserver: what our webhooks add to claim and pod requests through kube-apiserver, at 50 and 200 req/s (~7 min)
 bench-apiserver: install controlplane
 	$(PY) bench/apiserver.py $(BENCH_ARGS)
+
+## bench-dataplane: kube-router programming a new sandbox pod with 10, 100 and 1,000 sandbox policies in its namespace (root; ~6 min)
+bench-dataplane: install controlplane dataplane-packages
+	$(PY) bench/dataplane.py $(BENCH_ARGS)
 
 ## bench-soak: the soak of tests/e2e/test_soak.py for 10 minutes (60 s in make test), its figures printed
 bench-soak: install controlplane

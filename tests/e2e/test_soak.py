@@ -196,6 +196,7 @@ class Load:
         self.relabels_refused += 1
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 300)  # the soak itself, then settling and the checks
 def test_mixed_load_leaves_no_breach_no_error_no_growth_and_a_clean_audit(soak: Soak) -> None:
     ns = soak.ns
     interpreter = code_interpreter(TEMPLATE, ns, POLICY_A, warm_pool_size=2)
