@@ -65,6 +65,23 @@ SERVER_ERROR_HOLD_SECONDS = 0.5
 MAX_SERVER_ERROR_HOLD_SECONDS = 30.0
 
 
+def server_failing(exc: ApiError) -> bool:
+    return exc.status >= 500 or isinstance(exc, Unreachable)
+
+
+def hold_seconds(exc: ApiError, failures_in_a_row: int) -> float | None:
+    """How long every worker holds after ``exc``: its Retry-After (at most 60 s); for a
+    failing or unreachable API server without one, 0.5 s doubling with each failure in a
+    row up to 30 s; None (no hold, the key's own backoff) for anything else."""
+    if exc.retry_after_seconds and exc.retry_after_seconds > 0:
+        return min(exc.retry_after_seconds, MAX_RETRY_AFTER_SECONDS)
+    if server_failing(exc):
+        doublings = min(max(failures_in_a_row - 1, 0), 16)  # the cap is reached by then
+        hold: float = SERVER_ERROR_HOLD_SECONDS * 2**doublings
+        return min(hold, MAX_SERVER_ERROR_HOLD_SECONDS)
+    return None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -204,28 +221,20 @@ class Reconciler:
 
     def _hold(self, exc: ApiError) -> None:
         """The API server said when to come back (Retry-After on a 429 or 503), or is
-        failing (5xx): every worker waits, not only the one whose key was refused; that key
-        is retried after its own backoff, and not before the hold ends."""
+        failing (5xx, or away): every worker waits, not only the one whose key was refused;
+        that key is retried after its own backoff, and not before the hold ends."""
         now = time.monotonic()
         with self._hold_lock:
-            if exc.retry_after_seconds and exc.retry_after_seconds > 0:
-                seconds = min(exc.retry_after_seconds, MAX_RETRY_AFTER_SECONDS)
-                why = "asks to wait"
-            elif exc.status >= 500 or isinstance(exc, Unreachable):
+            if not exc.retry_after_seconds and server_failing(exc):
                 self._server_errors += 1
-                seconds = min(
-                    SERVER_ERROR_HOLD_SECONDS * 2 ** (self._server_errors - 1),
-                    MAX_SERVER_ERROR_HOLD_SECONDS,
-                )
-                why = "fails; waiting"
-            else:
-                return
-            if now + seconds <= self._hold_until:
+            seconds = hold_seconds(exc, self._server_errors)
+            if seconds is None or now + seconds <= self._hold_until:
                 return
             if self._hold_until <= now:
                 logger.warning(
                     "the API server %s %.0fs (%s %s): reconciles held",
-                    why, seconds, exc.status, exc.reason,
+                    "asks to wait" if exc.retry_after_seconds else "fails; waiting",
+                    seconds, exc.status, exc.reason,
                 )  # fmt: skip
             self._hold_until = now + seconds
 
