@@ -712,12 +712,109 @@ def restart_and_resync(
             "pass_s": pass_s, "writes": wrote, "rss_mb": rss}  # fmt: skip
 
 
+# --- 5. the warm path ------------------------------------------------------------------------
+
+
+def warm_objects(
+    interpreter_obj: Mapping[str, Any], pool: int
+) -> list[tuple[Kind, dict[str, Any]]]:
+    """The SandboxTemplate and SandboxWarmPool AgentCube makes beside a CodeInterpreter with
+    a warm pool: named after it, owned by it, agent-sandbox's own policy off."""
+    meta = interpreter_obj["metadata"]
+    owner = {"apiVersion": interpreter_obj["apiVersion"], "kind": "CodeInterpreter",
+             "name": meta["name"], "uid": meta["uid"], "controller": True,
+             "blockOwnerDeletion": True}  # fmt: skip
+    base = {"name": meta["name"], "namespace": meta["namespace"], "ownerReferences": [owner]}
+    template = {
+        "apiVersion": kinds.SANDBOX_TEMPLATE.api_version, "kind": "SandboxTemplate",
+        "metadata": base,
+        "spec": {"networkPolicyManagement": "Unmanaged", "podTemplate": {
+            "spec": {"containers": [{"name": "code-interpreter", "image": "python:3.12"}]}}},
+    }  # fmt: skip
+    warm_pool = {
+        "apiVersion": kinds.SANDBOX_WARM_POOL.api_version, "kind": "SandboxWarmPool",
+        "metadata": base, "spec": {"replicas": pool, "sandboxTemplateRef": {"name": meta["name"]}},
+    }  # fmt: skip
+    return [(kinds.SANDBOX_TEMPLATE, template), (kinds.SANDBOX_WARM_POOL, warm_pool)]
+
+
+def warm(args: argparse.Namespace) -> dict[str, Any]:
+    """Sessions claimed from a warm pool in a burst, with the real agent-sandbox controller
+    adopting warm pods and the fake kubelet running them: per claim, the lag from its
+    create's answer to its NetworkPolicy's ADDED, and the tail after the last claim."""
+    from agentcube_netpol_dev.agentsandbox import AgentSandboxController, find_agent_sandbox
+    from agentcube_netpol_dev.kubelet import FakeKubelet
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    ns, count = "warm-burst", args.claims
+    with cluster() as (control_plane, service_account), tempfile.TemporaryDirectory() as work:
+        rest = client(control_plane, args.threads)
+        api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+        controller = AgentSandboxController(
+            build=find_agent_sandbox(os.environ), control_plane=control_plane,
+            work_dir=Path(work) / "as",
+        )  # fmt: skip
+        with (
+            controller,
+            FakeKubelet(CoreV1Api(api_client)),
+            run_process(service_account, Path(work)) as run,
+        ):
+            create_namespace(rest, ns, with_interpreter=False)
+            body = interpreter(ns)
+            body["spec"]["warmPoolSize"] = count
+            made = rest.create(kinds.CODE_INTERPRETER, ns, body)
+            for kind, obj in warm_objects(made, count):
+                rest.create(kind, ns, obj)
+            selector = "agents.x-k8s.io/sandbox-template-ref-hash"
+
+            def pool_running() -> bool:
+                pods = rest.list(kinds.POD, namespace=ns, label_selector=selector)["items"]
+                return sum((p.get("status") or {}).get("phase") == "Running" for p in pods) >= count
+
+            wait_for(pool_running, f"{count} warm pods running", 300.0)
+            watch = PolicyWatch(rest, ns)
+            answered: dict[str, float] = {}
+            owner = {"apiVersion": made["apiVersion"], "kind": "CodeInterpreter",
+                     "name": WORKLOAD, "uid": made["metadata"]["uid"], "controller": True}  # fmt: skip
+
+            def claim(name: str) -> None:
+                rest.create(kinds.SANDBOX_CLAIM, ns, {
+                    "apiVersion": kinds.SANDBOX_CLAIM.api_version, "kind": "SandboxClaim",
+                    "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner],
+                                 "labels": {kinds.LABEL_SANDBOX_NAME: name,
+                                            kinds.LABEL_SESSION_ID: name}},
+                    "spec": {"sandboxTemplateRef": {"name": WORKLOAD}},
+                })  # fmt: skip
+                answered[name] = time.perf_counter()
+
+            claims = names(count, "py-c")
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(claim, claims))
+            # The baseline was written before the watch began: the count is the claims'.
+            if not watch.wait_count(ns, count, SYNC_TIMEOUT_S):
+                raise TimeoutError(f"{watch.count(ns)} of {count} policies")
+            lags = sorted(watch.added[(ns, name)] - answered[name] for name in claims)
+            tail = max(watch.added[(ns, n)] for n in claims) - max(answered.values())
+            watch.stop()
+            cpu = run.cpu_seconds()
+        api_client.close()
+    result = {"claims": count, "p50_s": percentile(lags, 0.5), "p99_s": percentile(lags, 0.99),
+              "max_s": lags[-1], "tail_s": tail, "run_cpu_s": cpu}  # fmt: skip
+    print(f"warm path: {count} claims from {args.threads} threads on a pool of {count}: claim "
+          f"answered -> its NetworkPolicy p50 {result['p50_s'] * 1000:.0f} ms, p99 "
+          f"{result['p99_s'] * 1000:.0f} ms, max {result['max_s'] * 1000:.0f} ms; last policy "
+          f"{tail:.2f} s after the last claim; run CPU {cpu:.1f} s", flush=True)  # fmt: skip
+    return result
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("benchmark", choices=["burst", "latency", "memory", "all"])
+    parser.add_argument("benchmark", choices=["burst", "latency", "memory", "warm", "all"])
+    parser.add_argument("--claims", type=int, default=100, help="warm: claims (and pool size)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=1000, help="burst: Sandboxes per round")
     parser.add_argument("--threads", type=int, default=16, help="client threads (creates)")
@@ -733,12 +830,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="memory: checkouts whose run to measure side by side (first leads)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    chosen = ["burst", "latency", "memory"] if args.benchmark == "all" else [args.benchmark]
+    chosen = ["burst", "latency", "memory", "warm"] if args.benchmark == "all" else [args.benchmark]
     report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                               "load": os.getloadavg()}  # fmt: skip
     for name in chosen:
         print(f"== {name}", flush=True)
-        report[name] = {"burst": burst, "latency": latency, "memory": memory}[name](args)
+        report[name] = {"burst": burst, "latency": latency, "memory": memory, "warm": warm}[name](
+            args
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
