@@ -23,7 +23,6 @@ started is stopped by its PID and every namespace removed, as in the dataplane t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -31,12 +30,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from agentcube_netpol_dev.controlplane import (
     WEBHOOK_CONFIGURATION_KINDS,
     ControlPlane,
@@ -45,8 +43,7 @@ from agentcube_netpol_dev.controlplane import (
     load_manifests,
     point_webhooks_at,
 )
-from agentcube_netpol_dev.dataplane import Dataplane, Host, socket_in
-from agentcube_netpol_dev.kubelet import FakeKubelet
+from agentcube_netpol_dev.dataplane import Dataplane, Host, running_node, socket_in
 from lib.load import process_cpu_seconds
 from reconciler import (
     DEPLOY_DIR,
@@ -68,26 +65,6 @@ FORBIDDEN_PORT = 443
 PODS_PER_NAMESPACE = 20
 POLL_S = 0.02
 ENFORCE_TIMEOUT_S = 120.0
-
-
-@contextlib.contextmanager
-def node(control_plane: ControlPlane, work: Path) -> Iterator[tuple[Dataplane, FakeKubelet]]:
-    from kubernetes.client import CoreV1Api
-    from kubernetes.config import new_client_from_config
-
-    kubeconfig = yaml.safe_load(control_plane.admin_kubeconfig.read_text(encoding="utf-8"))
-    plane = Dataplane(api_port=control_plane.api_port, kubeconfig=kubeconfig, work_dir=work)
-    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-    try:
-        plane.start()
-        with FakeKubelet(
-            CoreV1Api(api_client), node_name=plane.node_name, node_ip=plane.node_ip, network=plane
-        ) as kubelet:
-            plane.wait_kube_router()
-            yield plane, kubelet
-    finally:
-        plane.stop()
-        api_client.close()
 
 
 def refused(host: Host) -> bool:
@@ -158,8 +135,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         account = control_plane.mint_user(SERVICE_ACCOUNT_USER, groups=SERVICE_ACCOUNT_GROUPS)
         rest = Rest.from_config(control_plane.admin_kubeconfig, max_connections=8)
-        (work / "plane").mkdir()
-        with node(control_plane, work / "plane") as (plane, _kubelet):
+        with running_node(control_plane, work / "plane") as (plane, _kubelet):
             plane.serve(plane.add_host(FORBIDDEN_HOST), "forbidden", FORBIDDEN_PORT)
             run = RunProcess(account, work)
             try:

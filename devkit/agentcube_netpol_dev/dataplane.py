@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,10 +49,17 @@ import yaml
 from agentcube_netpol_dev.controlplane import (
     DEFAULT_CACHE_ROOT,
     VERSIONS_FILE,
+    ControlPlane,
     read_versions,
     stop_process_group,
 )
-from agentcube_netpol_dev.kubelet import DEFAULT_NODE_IP, DEFAULT_NODE_NAME, CidrPodNetwork, pod_key
+from agentcube_netpol_dev.kubelet import (
+    DEFAULT_NODE_IP,
+    DEFAULT_NODE_NAME,
+    CidrPodNetwork,
+    FakeKubelet,
+    pod_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -592,3 +599,29 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
     stop_process_group(process, name=f"process {process.pid}", grace_s=STOP_GRACE_S)
     if process.stdout is not None:
         process.stdout.close()
+
+
+@contextlib.contextmanager
+def running_node(
+    control_plane: ControlPlane, work_dir: Path
+) -> Iterator[tuple[Dataplane, FakeKubelet]]:
+    """The node namespace with kube-router enforcing, and the fake kubelet running pods on it
+    (the dataplane tier's and its benchmark's); everything stopped and removed on leaving.
+    ``DataplaneError`` says what this machine lacks."""
+    from kubernetes.client import CoreV1Api
+    from kubernetes.config import new_client_from_config
+
+    kubeconfig = yaml.safe_load(control_plane.admin_kubeconfig.read_text(encoding="utf-8"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    plane = Dataplane(api_port=control_plane.api_port, kubeconfig=kubeconfig, work_dir=work_dir)
+    api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
+    try:
+        plane.start()
+        with FakeKubelet(
+            CoreV1Api(api_client), node_name=plane.node_name, node_ip=plane.node_ip, network=plane
+        ) as kubelet:
+            plane.wait_kube_router()
+            yield plane, kubelet
+    finally:
+        plane.stop()
+        api_client.close()

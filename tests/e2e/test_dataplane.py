@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
 from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
-from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, Host, Probed
+from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, Host, Probed, running_node
 from agentcube_netpol_dev.kubelet import FakeKubelet
 
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
@@ -117,31 +116,11 @@ def node(
     cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Dataplane, FakeKubelet]]:
     """The node namespace with kube-router, and the fake kubelet running pods on it."""
-    from kubernetes.client import CoreV1Api
-    from kubernetes.config import new_client_from_config
-
-    kubeconfig = yaml.safe_load(cluster.admin_kubeconfig.read_text(encoding="utf-8"))
     try:
-        plane = Dataplane(
-            api_port=cluster.api_port,
-            kubeconfig=kubeconfig,
-            work_dir=tmp_path_factory.mktemp("dataplane"),
-        )
+        with running_node(cluster, tmp_path_factory.mktemp("dataplane")) as node_and_kubelet:
+            yield node_and_kubelet
     except DataplaneError as exc:
         pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
-    api_client = new_client_from_config(config_file=str(cluster.admin_kubeconfig))
-    try:
-        plane.start()
-        with FakeKubelet(
-            CoreV1Api(api_client), node_name=plane.node_name, node_ip=plane.node_ip, network=plane
-        ) as kubelet:
-            plane.wait_kube_router()
-            yield plane, kubelet
-    except DataplaneError as exc:
-        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
-    finally:
-        plane.stop()
-        api_client.close()
 
 
 @pytest.fixture(scope="module")
