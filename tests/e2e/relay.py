@@ -161,6 +161,15 @@ class Relay:
             request_line, headers = _parse_head(head)
             method, target = request_line.split(" ")[:2]
             resource = _resource(target)
+            # The whole request before any answer: a socket closed with unread data is
+            # reset, and the client would see a broken connection instead of our status.
+            length = int(headers.get("content-length", "0"))
+            body = body_start
+            while len(body) < length:
+                chunk = client.recv(min(65536, length - len(body)))
+                if not chunk:
+                    return
+                body += chunk
             with self._lock:
                 # Leader election has a priority level of its own in API Priority and
                 # Fairness: an API server shedding load still takes Lease renewals.
@@ -178,13 +187,6 @@ class Relay:
             upstream = self._upstream_tls.wrap_socket(upstream_raw, server_hostname=LOOPBACK)
             opened.append(upstream)
             self._track(upstream, True)
-            length = int(headers.get("content-length", "0"))
-            body = body_start
-            while len(body) < length:
-                chunk = client.recv(min(65536, length - len(body)))
-                if not chunk:
-                    return
-                body += chunk
             upstream.sendall(_rewrite_head(request_line, headers) + body)
             while chunk := upstream.recv(65536):
                 client.sendall(chunk)

@@ -252,26 +252,48 @@ RECONCILER_WRITES = frozenset({"networkpolicies", "pods"})
 TOO_MANY_S, RETRY_AFTER_S, FAILING_S = 6.0, 2, 4.0
 
 
+def refused_in_a_window(relay: Relay, seconds: float) -> int:
+    """The reconciler's writes refused in ``seconds`` from the first one refused from now on
+    (a busy machine may delay that first one: a Lease renewal missed under load costs the
+    leader its Lease for a few seconds)."""
+    since = time.monotonic()
+
+    def first() -> float | None:
+        times = [
+            t
+            for t, resource in list(relay.refusals)
+            if t >= since and resource in RECONCILER_WRITES
+        ]
+        return min(times) if times else None
+
+    start: float = eventually(first, "run to write again, and be refused", 60)
+    time.sleep(max(0.0, start + seconds - time.monotonic()))
+    return len(
+        [
+            t
+            for t, resource in list(relay.refusals)
+            if start <= t <= start + seconds and resource in RECONCILER_WRITES
+        ]
+    )
+
+
 def test_refused_writes_are_backed_off_as_asked_and_the_work_completes(
     faults: Faults, ns: str
 ) -> None:
-    """The API server refuses run's writes: 429 with Retry-After: 2 for 6 s, then 500 (no
-    Retry-After) for 4 s, then takes them again. Leases pass, as API Priority and Fairness
+    """The API server refuses run's writes: 429 with Retry-After: 2, then 500 (no
+    Retry-After), then takes them again; counted over 6 s and 4 s from the first refusal
+    of each. Leases pass, as API Priority and Fairness
     keeps leader election apart. Every worker waits out a Retry-After (one refused write
     holds them all), a 500 is retried on the work queue's backoff, and nothing spins."""
     recorder = Recorder(faults.rest)
     recorder.start()
     log_before = faults.run.log()
-    refused_before = faults.relay.count("refused", RECONCILER_WRITES)
     faults.relay.refuse_writes(429, RETRY_AFTER_S)
     try:
-        started = time.monotonic()
         specs, _ = make_sandboxes(faults.rest, ns, [f"py-429{i:05d}" for i in range(20)])
-        time.sleep(max(0.0, TOO_MANY_S - (time.monotonic() - started)))
-        too_many = faults.relay.count("refused", RECONCILER_WRITES) - refused_before
+        too_many = refused_in_a_window(faults.relay, TOO_MANY_S)
         faults.relay.refuse_writes(500, None)
-        time.sleep(FAILING_S)
-        failing = faults.relay.count("refused", RECONCILER_WRITES) - refused_before - too_many
+        failing = refused_in_a_window(faults.relay, FAILING_S)
     finally:
         faults.relay.restore()
     settled(faults, ns, specs, recorder)
@@ -280,7 +302,6 @@ def test_refused_writes_are_backed_off_as_asked_and_the_work_completes(
         f"refused writes: {too_many} in {TOO_MANY_S:.0f}s of 429 (Retry-After {RETRY_AFTER_S}s),"
         f" {failing} in {FAILING_S:.0f}s of 500"
     )
-    assert too_many > 0 and failing > 0  # run did try, and was refused
     assert "the API server asks to wait 2s (429 TooManyRequests): reconciles held" in log
     # At most one round of the workers per Retry-After (a round: each worker's write in
     # flight, and the first write of each reconcile it then starts).

@@ -232,7 +232,7 @@ class Reconciler:
                 return
             if self._hold_until <= now:
                 logger.warning(
-                    "the API server %s %.0fs (%s %s): reconciles held",
+                    "the API server %s %gs (%s %s): reconciles held",
                     "asks to wait" if exc.retry_after_seconds else "fails; waiting",
                     seconds, exc.status, exc.reason,
                 )  # fmt: skip
