@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from webhook.api.exitcodes import EXIT_FINDINGS, EXIT_OK, EXIT_RESTART
 from webhook.api.settings import Settings
@@ -257,19 +257,16 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _crd_schema_plans(rest: Rest) -> list[SchemaPlan]:
     """AgentCube's two CRDs as ``run --patch-crds`` would judge them; none where these
-    credentials may not read CRDs (a namespace admin: not theirs to fix)."""
+    credentials may not read CRDs."""
     from webhook.kube import errors
-    from webhook.reconciler.crdschema import CRD, TEMPLATE_KINDS, crd_name, plan_schema
+    from webhook.reconciler.crdschema import TEMPLATE_KINDS, fetch_crd, plan_schema
 
     plans = []
     for kind in TEMPLATE_KINDS:
         try:
-            crd: dict[str, Any] | None = rest.get(CRD, "", crd_name(kind))
-        except errors.NotFound:
-            crd = None
+            plans.append(plan_schema(fetch_crd(rest, kind), kind.kind))
         except errors.Forbidden:
             continue
-        plans.append(plan_schema(crd, kind.kind))
     return plans
 
 
@@ -310,7 +307,8 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
         snapshot, settings=settings, network_policies=policies, sandbox_templates=templates
     )
     found += claim_label_findings(from_flags, decided, why)
-    found += crd_schema_findings(_crd_schema_plans(rest))
+    if args.namespace is None:  # CRDs are cluster-wide: not a namespace admin's to fix
+        found += crd_schema_findings(_crd_schema_plans(rest))
     if args.probe_webhooks:
         found += _probe_webhooks(rest, args.probe_webhooks)
     findings = [

@@ -96,7 +96,7 @@ class Reconciler:
         self._rest = rest
         self._caches = caches
         self._settings = settings
-        self._metrics = self.metrics = metrics
+        self.metrics = metrics
         self._workers = workers
         self.identity = identity or f"{COMPONENT}-{uuid.uuid4().hex[:8]}"
         # Retries: per key exponential backoff, and 10 a second overall with bursts of 100
@@ -150,7 +150,7 @@ class Reconciler:
         """Called when the Lease is ours: a full pass, then workers until we lose it."""
         logger.info("%s leads: reconciling", self.identity)
         self._leading.set()
-        self._metrics.leader.set(1)
+        self.metrics.leader.set(1)
         for request in all_requests(self._caches):
             self.queue.add(request)
         self._threads = [
@@ -165,7 +165,7 @@ class Reconciler:
         if self._leading.is_set():
             logger.info("%s no longer leads: writes stop", self.identity)
         self._leading.clear()
-        self._metrics.leader.set(0)
+        self.metrics.leader.set(0)
 
     def shutdown(self) -> None:
         self.stop_leading()
@@ -198,25 +198,25 @@ class Reconciler:
             try:
                 done = self.reconcile(request)
             except ApiError as exc:
-                self._metrics.api_errors.labels(str(exc.status)).inc()
+                self.metrics.api_errors.labels(str(exc.status)).inc()
                 self._hold(exc)
                 logger.warning("reconcile %s/%s: %s; retrying", *request, exc)
-                self._metrics.reconciles.labels("error").inc()
+                self.metrics.reconciles.labels("error").inc()
                 self.queue.add_rate_limited(request)
             except Exception:
                 logger.exception("reconcile %s/%s failed; retrying", *request)
-                self._metrics.reconciles.labels("error").inc()
+                self.metrics.reconciles.labels("error").inc()
                 self.queue.add_rate_limited(request)
             else:
                 self._server_errors = 0
                 if done:
-                    self._metrics.reconciles.labels("success").inc()
+                    self.metrics.reconciles.labels("success").inc()
                     self.queue.forget(request)
                 else:
-                    self._metrics.reconciles.labels("requeue").inc()
+                    self.metrics.reconciles.labels("requeue").inc()
                     self.queue.add_rate_limited(request)
             finally:
-                self._metrics.duration.observe(time.perf_counter() - started)
+                self.metrics.duration.observe(time.perf_counter() - started)
                 self.queue.done(request)
 
     def _hold(self, exc: ApiError) -> None:
@@ -280,7 +280,7 @@ class Reconciler:
         if decided.write == "create":
             assert decided.desired is not None
             self._rest.create(kinds.NETWORK_POLICY, request.namespace, decided.desired)
-            self._metrics.writes.labels("create").inc()
+            self.metrics.writes.labels("create").inc()
             logger.info("created %s %s/%s", what, *request)
             self._report_write(decided, "NetworkPolicyCreated", f"created {what} {request.name}")
             return
@@ -292,7 +292,7 @@ class Reconciler:
                 decided.merge_patch,
                 patch_type="merge",
             )
-            self._metrics.writes.labels("update").inc()
+            self.metrics.writes.labels("update").inc()
             logger.info("updated %s %s/%s to the desired state", what, *request)
             self._report_write(
                 decided,
@@ -312,7 +312,7 @@ class Reconciler:
                 )
             except NotFound:
                 return
-            self._metrics.writes.labels("delete").inc()
+            self.metrics.writes.labels("delete").inc()
             logger.info("deleted %s %s/%s: no longer needed", what, *request)
             self._report_write(decided, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
             return
@@ -347,7 +347,7 @@ class Reconciler:
             if exc.status == 422 and patch_type == "json":  # the pod was replaced (uid test)
                 return
             raise
-        self._metrics.writes.labels(write).inc()
+        self.metrics.writes.labels(write).inc()
         done = {"ungate": "ungated", "canary": "wrote the isolation canary of", "label": "labelled"}
         logger.info("%s pod %s/%s", done[write], patch.namespace, patch.name)
 
@@ -360,7 +360,7 @@ class Reconciler:
                 return
             try:
                 self._rest.create(kinds.EVENT, body["metadata"]["namespace"], body)
-                self._metrics.writes.labels("event").inc()
+                self.metrics.writes.labels("event").inc()
             except ApiError as exc:  # an Event is best effort; the log line stays
                 logger.warning("could not record Event %s: %s", body.get("reason"), exc)
 

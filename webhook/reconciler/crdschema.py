@@ -148,6 +148,14 @@ def plan_schema(crd: Mapping[str, Any] | None, kind_name: str) -> SchemaPlan:
 # --- the keeper: I/O around plan_schema ------------------------------------------------
 
 
+def fetch_crd(rest: Rest, kind: kinds.Kind) -> dict[str, Any] | None:
+    """The live CRD of ``kind`` (None: not installed)."""
+    try:
+        return rest.get(CRD, "", crd_name(kind))
+    except errors.NotFound:
+        return None
+
+
 class CrdSchemaKeeper:
     """A leader runnable: checks AgentCube's two CRDs at start and every ``interval_seconds``
     and patches in our property where ``plan_schema`` says so. It never fails the process
@@ -193,11 +201,7 @@ class CrdSchemaKeeper:
         for kind in TEMPLATE_KINDS:
             name = crd_name(kind)
             try:
-                try:
-                    crd = self._rest.get(CRD, "", name)
-                except errors.NotFound:
-                    crd = None
-                plan = plan_schema(crd, kind.kind)
+                plan = plan_schema(fetch_crd(self._rest, kind), kind.kind)
                 plans.append(plan)
                 if plan.state == "patch" and self._may_write():
                     self._rest.patch(CRD, "", name, plan.ops, patch_type="json")
