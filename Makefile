@@ -26,7 +26,7 @@ serve: install
 dev: install controlplane
 	$(PY) -m webhook dev $(DEV_ARGS)
 
-## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, every pinned agent-sandbox controller, kube-router and helm (cached by version)
+## controlplane: build kube-apiserver, kube-controller-manager, kubectl, etcd, every pinned agent-sandbox controller, kube-router, helm and the pinned CRDs of prometheus-operator and network-policy-api (cached by version)
 controlplane:
 	tests/controlplane/build.sh >/dev/null
 	for version in $$(sed -n 's/^AGENT_SANDBOX_VERSIONS=//p' devkit/agentcube_netpol_dev/versions.env | tr ',' ' '); do \
@@ -35,6 +35,7 @@ controlplane:
 	tests/controlplane/build-kube-router.sh >/dev/null
 	tests/controlplane/build-helm.sh >/dev/null
 	tests/controlplane/build-prometheus-crds.sh >/dev/null
+	tests/controlplane/build-network-policy-api-crds.sh >/dev/null
 
 ## dataplane-packages: iptables and ipset (Debian packages) for kube-router in the dataplane tier, when missing
 dataplane-packages:

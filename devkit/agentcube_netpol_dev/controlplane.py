@@ -55,6 +55,8 @@ ASSETS_ENV = "KUBEBUILDER_ASSETS"
 CACHE_ENV = "AGENTCUBE_NETPOL_CACHE"
 DEFAULT_CACHE_ROOT = Path("~/.cache/agentcube-netpol")
 BUILD_SCRIPT = "tests/controlplane/build.sh"
+NETWORK_POLICY_API_CRDS_SCRIPT = "tests/controlplane/build-network-policy-api-crds.sh"
+NETWORK_POLICY_API_CRD = "policy.networking.k8s.io_clusternetworkpolicies.yaml"
 # The versions build.sh builds; the cache folder is named after them.
 VERSIONS_FILE = Path(__file__).resolve().parent / "versions.env"
 ETCD = "etcd"
@@ -159,6 +161,30 @@ def find_binaries(environ: Mapping[str, str], *, versions_file: Path = VERSIONS_
             f"holding {', '.join(BINARY_NAMES)}."
         )
     return Binaries(directory)
+
+
+def network_policy_api_crds(
+    environ: Mapping[str, str], *, versions_file: Path = VERSIONS_FILE
+) -> Path:
+    """The directory holding the ClusterNetworkPolicy CRD (sigs.k8s.io/network-policy-api at
+    ``NETWORK_POLICY_API_VERSION``, experimental channel: domainNames peers) as
+    ``tests/controlplane/build-network-policy-api-crds.sh`` caches it, for ``install_crds``.
+
+    Raises ``ControlPlaneError`` naming the script when it is not there.
+    """
+    version = read_versions(versions_file).get("NETWORK_POLICY_API_VERSION", "")
+    if not version:
+        raise ControlPlaneError(f"no NETWORK_POLICY_API_VERSION in {versions_file}")
+    directory = cache_root(environ) / "crds" / f"network-policy-api-{version}"
+    if (
+        not (directory / ".complete").is_file()
+        or not (directory / NETWORK_POLICY_API_CRD).is_file()
+    ):
+        raise ControlPlaneError(
+            f"network-policy-api {version} CRDs missing from {directory}: "
+            f"`make controlplane` copies them ({NETWORK_POLICY_API_CRDS_SCRIPT}, seconds)"
+        )
+    return directory
 
 
 # --- certificates (pure: the time is an argument) --------------------------------------------

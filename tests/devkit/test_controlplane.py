@@ -13,6 +13,8 @@ import pytest
 from agentcube_netpol_dev.controlplane import (
     BINARY_NAMES,
     BUILD_SCRIPT,
+    NETWORK_POLICY_API_CRD,
+    NETWORK_POLICY_API_CRDS_SCRIPT,
     Binaries,
     ControlPlane,
     ControlPlaneError,
@@ -22,6 +24,7 @@ from agentcube_netpol_dev.controlplane import (
     create_pki,
     find_binaries,
     issue_client_cert,
+    network_policy_api_crds,
     point_webhooks_at,
 )
 from cryptography import x509
@@ -72,6 +75,25 @@ def test_missing_binaries_say_how_to_build_them(tmp_path: Path) -> None:
     assert "kube-apiserver" in message
     assert BUILD_SCRIPT in message
     assert "etcd" not in message.split("missing from")[1].split(".", maxsplit=1)[0]
+
+
+def test_network_policy_api_crds_found_in_the_cache_folder_named_after_the_version(
+    tmp_path: Path,
+) -> None:
+    versions_file = tmp_path / "versions.env"
+    versions_file.write_text("NETWORK_POLICY_API_VERSION=v9.9.9\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    environ = {"AGENTCUBE_NETPOL_CACHE": str(cache)}
+    directory = cache / "crds" / "network-policy-api-v9.9.9"
+    directory.mkdir(parents=True)
+    (directory / NETWORK_POLICY_API_CRD).write_text("kind: CustomResourceDefinition\n")
+
+    with pytest.raises(ControlPlaneError) as caught:  # no .complete: a copy cut short
+        network_policy_api_crds(environ, versions_file=versions_file)
+    assert NETWORK_POLICY_API_CRDS_SCRIPT in str(caught.value)
+
+    (directory / ".complete").write_text("2026-01-01T00:00:00Z\n")
+    assert network_policy_api_crds(environ, versions_file=versions_file) == directory
 
 
 def test_webhooks_pointed_at_the_local_server_keep_their_path_and_trust_its_ca() -> None:

@@ -33,6 +33,7 @@ from agentcube_netpol_dev.controlplane import (
     install_crds,
     install_webhooks,
     load_manifests,
+    network_policy_api_crds,
 )
 from agentcube_netpol_dev.kubelet import FakeKubelet
 
@@ -79,6 +80,16 @@ def webhook_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook
 @pytest.fixture(scope="session")
 def crds(control_plane: ControlPlane) -> list[str]:
     return install_crds(control_plane, CRD_DIR)
+
+
+@pytest.fixture(scope="session")
+def network_policy_api_crd_dir() -> Path:
+    """The pinned ClusterNetworkPolicy CRD's directory (not installed: a test that needs the
+    kind passes it to ``install_crds``)."""
+    try:
+        return network_policy_api_crds(os.environ)
+    except ControlPlaneError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ def test_valid_policies_pass(kind: str, base: str, policy: Any) -> None:
                 '.egress[0].cidrs[1]: must be a canonical CIDR with no host bits set (did you mean "10.0.0.0/8"?): "10.0.0.1/8"'
             ],
         ),
-        ({"mode": "Restricted", "egress": [{}]}, [".egress[0].cidrs: required: at least one CIDR"]),
+        ({"mode": "Restricted", "egress": [{}]}, [".egress[0].cidrs: required: cidrs or domains"]),
         (
             {"mode": "Restricted", "egress": [{"cidrs": []}]},
             [".egress[0].cidrs: must have at least one CIDR: []"],

@@ -167,6 +167,16 @@ ISOLATION_CANARY_ENV = "NETPOL_ISOLATION_CANARY"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "agentcube-netpol"
 
+# Egress by domain name: a namespace's sandboxes whose policies hold the same ``domains``
+# entries share one NetworkPolicy, ``netpol-domains.<key>``, that allows what the names
+# resolve to; each sandbox's own NetworkPolicy carries the key as a label, and the shared
+# one selects them by sandbox name. Its annotations hold the entries and, per name, the
+# addresses it holds, those leaving (grace window) and the last lookup's error.
+DOMAIN_POLICY_PREFIX = "netpol-domains."
+LABEL_DOMAIN_SET = "netpol.agentcube.io/domain-set"
+ANNOTATION_DOMAINS = "netpol.agentcube.io/domains"
+ANNOTATION_DOMAIN_STATUS = "netpol.agentcube.io/domain-status"
+
 
 def kind_of(group: str, kind: str) -> Kind | None:
     """The known Kind for an admission request's ``kind`` group and name, if any."""

@@ -36,6 +36,12 @@ class Limits:
     max_peers_per_rule: int = 50  # custom rules: from/to entries
     max_label_selector_terms: int = 50
     max_annotation_bytes: int = 64 * 1024  # the override annotation's JSON
+    max_domains_per_rule: int = 20  # an egress entry's domains
+    max_domains: int = 50  # distinct names in one policy
+    max_allow_answers_in: int = 20  # an egress entry's allowAnswersIn CIDRs
+    # A leftmost "*." label in domains: only where the backend enforces names itself
+    # (--domain-backend=cluster-network-policy); a resolver cannot list a wildcard's names.
+    domain_wildcards: bool = False
 
 
 # Whether the claim mutation puts runtime.agentcube.io/sandbox-name into a SandboxClaim's
@@ -86,3 +92,9 @@ class Settings:
     isolation_canary: tuple[str, int] | None = None
     isolation_canary_image: str = ""
     limits: Limits = field(default_factory=Limits)
+    # Egress by domain name: where names are enforced ("resolve": into ipBlocks;
+    # "cluster-network-policy": ClusterNetworkPolicy domainNames), and ranges whose
+    # addresses a name's answer may never add (the cluster's pod and service ranges, the
+    # nodes'), beside the built-in private, loopback and link-local ones.
+    domain_backend: str = "resolve"
+    deny_answers: tuple[str, ...] = ()

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from webhook import __version__
-from webhook.api.settings import DEFAULT_DNS_PEERS, DEFAULT_GATE_LIFTERS, Settings
+from webhook.api.settings import DEFAULT_DNS_PEERS, DEFAULT_GATE_LIFTERS, Limits, Settings
 from webhook.policy.canary import Canary, parse_canary
+from webhook.policy.cidr import CidrProblem, parse_cidr
+from webhook.policy.domains import BACKEND_CLUSTER_NETWORK_POLICY, BACKEND_RESOLVE, BACKENDS
 
 if TYPE_CHECKING:
     from webhook.kube.rest import Rest
@@ -187,6 +189,24 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
         "webhook and the reconciler alike (default: off)",
     )
     group.add_argument(
+        "--domain-backend",
+        choices=BACKENDS,
+        default=BACKEND_RESOLVE,
+        help="how egress domains are enforced: resolve (default): the reconciler resolves "
+        "each name and allows its addresses, on any NetworkPolicy implementation; "
+        "cluster-network-policy: ClusterNetworkPolicy domainNames, where the network plugin "
+        "serves them (wildcards allowed). Give it to the webhook and the reconciler alike",
+    )
+    group.add_argument(
+        "--deny-answers",
+        type=cidr,
+        action="append",
+        metavar="CIDR",
+        help="a range a domain's answer may never add (repeatable): the cluster's pod and "
+        "service ranges and the nodes' addresses, beside the built-in private, loopback, "
+        "link-local and metadata ones",
+    )
+    group.add_argument(
         "--isolation-canary-image",
         default=f"agentcube-netpol:{__version__}",
         metavar="IMAGE",
@@ -194,8 +214,16 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cidr(text: str) -> str:
+    parsed = parse_cidr(text)
+    if isinstance(parsed, CidrProblem):
+        raise argparse.ArgumentTypeError(parsed.message())
+    return str(parsed)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     namespace: str = args.agentcube_namespace
+    backend: str = args.domain_backend
     return Settings(
         agentcube_namespace=namespace,
         router_labels=dict(args.router_label or [("app", "agentcube-router")]),
@@ -209,6 +237,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         claim_label_injection=args.claim_label_injection,
         isolation_canary=args.isolation_canary,
         isolation_canary_image=args.isolation_canary_image,
+        limits=Limits(domain_wildcards=backend == BACKEND_CLUSTER_NETWORK_POLICY),
+        domain_backend=backend,
+        deny_answers=tuple(args.deny_answers or ()),
     )
 
 

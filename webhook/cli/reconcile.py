@@ -130,6 +130,34 @@ def _add_reconciler_options(parser: argparse.ArgumentParser) -> None:
         "allow-list (a change: flipped in place); 0: never (default: %(default)s)",
     )
     group.add_argument(
+        "--dns-server",
+        metavar="HOST[:PORT]",
+        help="the resolver for egress domains (default: the one /etc/resolv.conf names: in a "
+        "pod, the cluster's DNS, which the sandboxes ask too)",
+    )
+    group.add_argument(
+        "--domain-ttl-floor",
+        type=positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="ask a name again no sooner than this, whatever its TTL (default: %(default)s)",
+    )
+    group.add_argument(
+        "--domain-ttl-ceiling",
+        type=positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="ask a name again no later than this, whatever its TTL (default: %(default)s)",
+    )
+    group.add_argument(
+        "--domain-grace",
+        type=seconds_or_zero,
+        default=300.0,
+        metavar="SECONDS",
+        help="keep allowing an address this long after the last answer that held it "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--patch-crds",
         action="store_true",
         help="keep the networkPolicy property in AgentCube's AgentRuntime and CodeInterpreter "
@@ -156,6 +184,7 @@ def _add_reconciler_parts(
     """What ``run`` and ``reconcile`` share: the caches, the reconciler and its Lease, and
     rediscovery (``serving``: a restart drains the webhook first)."""
     from webhook.runtime.programs import (
+        DomainOptions,
         Lease,
         add_crd_schema_keeper,
         add_reconciler,
@@ -171,6 +200,12 @@ def _add_reconciler_parts(
             namespace=args.lease_namespace, name=args.lease_name, seconds=args.lease_seconds
         ),
         workers=args.workers,
+        domains=DomainOptions(
+            server=args.dns_server,
+            ttl_floor=args.domain_ttl_floor,
+            ttl_ceiling=max(args.domain_ttl_ceiling, args.domain_ttl_floor),
+            grace=args.domain_grace,
+        ),
     )
     if args.patch_crds:
         add_crd_schema_keeper(manager, rest=rest, shared=shared)

@@ -27,6 +27,7 @@ from webhook.api.kinds import (
 from webhook.api.networking import DEFAULT_PROTOCOL, DNS_PORT, NAMESPACE_NAME_LABEL
 from webhook.api.settings import Limits, Settings
 from webhook.policy.cidr import CidrProblem, Network, parse_cidr, strictly_inside
+from webhook.policy.domains import is_domain_rule
 from webhook.policy.fielderrors import FieldError
 from webhook.policy.k8srules import (
     dns1123_label_problems,
@@ -132,7 +133,13 @@ def build_network_policy(
     if mode == MODE_RESTRICTED:
         ingress += [_simple_rule(rule, "from") for rule in _list(policy.get("ingress"))]
         egress = [dns_rule(settings)]
-        egress += [_simple_rule(rule, "to") for rule in _list(policy.get("egress"))]
+        # Entries with domains are not here: their addresses are in the namespace's shared
+        # domain policy (webhook.reconciler.domainplan), which adds them to this one.
+        egress += [
+            _simple_rule(rule, "to")
+            for rule in _list(policy.get("egress"))
+            if not is_domain_rule(rule)
+        ]
     else:
         custom = policy.get("custom") or {}
         if not isinstance(custom, Mapping):

@@ -22,6 +22,7 @@ from webhook.api.networking import (
 from webhook.api.settings import Limits
 from webhook.policy import k8srules
 from webhook.policy.cidr import CidrProblem, Network, except_errors, parse_cidr, reaches
+from webhook.policy.domains import METADATA, canonical_name, domain_problem
 from webhook.policy.fielderrors import (
     FieldError,
     did_you_mean,
@@ -40,6 +41,7 @@ METADATA_ADDRESSES = ("169.254.169.254", "fd00:ec2::254")
 
 _POLICY_FIELDS = ("mode", "ingress", "egress", "custom")
 _RULE_FIELDS = ("cidrs", "except", "ports")
+_DOMAIN_RULE_FIELDS = ("domains", "ports", "allowAnswersIn")
 _PORT_FIELDS = ("protocol", "port", "endPort")
 _CUSTOM_FIELDS = ("ingress", "egress")
 
@@ -108,6 +110,17 @@ def _validate_simple_rules(rules: object, path: str, direction: str, limits: Lim
         return found
     for index, rule in enumerate(rules):
         found.extend(_validate_simple_rule(rule, join(path, index), direction, limits))
+    if direction == "egress" and not found.errors:
+        names = {
+            canonical_name(n)
+            for rule in rules
+            for n in (rule.get("domains") or [])
+            if isinstance(rule, Mapping) and isinstance(rule.get("domains"), list)
+        }
+        if len(names) > limits.max_domains:
+            found.errors.append(
+                too_many(path, count=len(names), limit=limits.max_domains, noun="domain names")
+            )
     return found
 
 
@@ -116,9 +129,21 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
     if not isinstance(rule, Mapping):
         found.errors.append(FieldError(path, f"must be an object, not {type_name(rule)}", rule))
         return found
-    found.errors.extend(unknown_fields(rule, _RULE_FIELDS, path))
+    if "domains" in rule:
+        return _validate_domain_rule(rule, path, direction, limits)
+    known = _RULE_FIELDS + (("domains",) if direction == "egress" else ())
+    found.errors.extend(
+        e for e in unknown_fields(rule, known, path) if not e.path.endswith(".allowAnswersIn")
+    )
+    if "allowAnswersIn" in rule:
+        found.errors.append(
+            FieldError(join(path, "allowAnswersIn"), "only allowed in an entry with domains")
+        )
 
     cidrs = rule.get("cidrs")
+    if cidrs is None and direction == "egress":
+        found.errors.append(FieldError(join(path, "cidrs"), "required: cidrs or domains"))
+        return found
     networks = _simple_rule_networks(cidrs, join(path, "cidrs"), limits, found.errors)
 
     excepts = rule.get("except")
@@ -148,6 +173,99 @@ def _validate_simple_rule(rule: object, path: str, direction: str, limits: Limit
             if not isinstance(n, CidrProblem)
         ]
         found.warnings.extend(_egress_warnings(networks, excluded, path))
+    return found
+
+
+def _validate_domain_rule(
+    rule: Mapping[str, Any], path: str, direction: str, limits: Limits
+) -> Findings:
+    """An egress entry that names its destinations by DNS: ``domains``, ``ports`` and
+    ``allowAnswersIn`` (CIDRs in which answers normally dropped as private are accepted)."""
+    found = Findings()
+    domains_path = join(path, "domains")
+    if direction != "egress":
+        found.errors.append(
+            FieldError(domains_path, "only allowed in egress entries (a source has no name)")
+        )
+        return found
+    for key in ("cidrs", "except"):
+        if key in rule:
+            found.errors.append(
+                FieldError(
+                    join(path, key),
+                    "not allowed with domains: an entry takes cidrs or domains, not both",
+                )
+            )
+    found.errors.extend(
+        e
+        for e in unknown_fields(rule, _DOMAIN_RULE_FIELDS, path)
+        if not e.path.endswith((".cidrs", ".except"))
+    )
+    domains = rule["domains"]
+    if not isinstance(domains, list):
+        found.errors.append(
+            FieldError(
+                domains_path, f"must be a list of domain names, not {type_name(domains)}", domains
+            )
+        )
+    elif not domains:
+        found.errors.append(FieldError(domains_path, "must have at least one name", domains))
+    elif len(domains) > limits.max_domains_per_rule:
+        found.errors.append(
+            too_many(
+                domains_path, count=len(domains), limit=limits.max_domains_per_rule, noun="names"
+            )
+        )
+    else:
+        seen: dict[str, int] = {}
+        for index, name in enumerate(domains):
+            problem = domain_problem(name, wildcards=limits.domain_wildcards)
+            if problem is not None:
+                found.errors.append(FieldError(join(domains_path, index), problem.message(), name))
+                continue
+            key = canonical_name(name)
+            if key in seen:
+                found.errors.append(
+                    FieldError(
+                        join(domains_path, index),
+                        f"duplicate of domains[{seen[key]}]",
+                        name,
+                    )
+                )
+            seen.setdefault(key, index)
+    if "ports" in rule:
+        found.errors.extend(_validate_simple_ports(rule["ports"], join(path, "ports"), limits))
+    if not rule.get("ports"):
+        found.warnings.append(
+            f"{path}: no ports: every port of these names' addresses is allowed "
+            "(add ports, such as TCP 443)"
+        )
+    if "allowAnswersIn" in rule:
+        found.extend(_validate_allow_answers_in(rule["allowAnswersIn"], path, limits))
+    return found
+
+
+def _validate_allow_answers_in(value: object, path: str, limits: Limits) -> Findings:
+    found = Findings()
+    allow_path = join(path, "allowAnswersIn")
+    if not isinstance(value, list):
+        found.errors.append(
+            FieldError(allow_path, f"must be a list of CIDRs, not {type_name(value)}", value)
+        )
+        return found
+    if len(value) > limits.max_allow_answers_in:
+        found.errors.append(
+            too_many(allow_path, count=len(value), limit=limits.max_allow_answers_in, noun="CIDRs")
+        )
+        return found
+    for index, parsed in enumerate(map(parse_cidr, value)):
+        if isinstance(parsed, CidrProblem):
+            found.errors.append(FieldError(join(allow_path, index), parsed.message(), value[index]))
+        elif any(parsed.version == ip.version and ip in parsed for ip in METADATA):
+            found.warnings.append(
+                f"{join(allow_path, index)}: holds a cloud metadata address; "
+                "an answer with it is dropped all the same"
+            )
     return found
 
 

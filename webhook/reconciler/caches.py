@@ -174,7 +174,11 @@ _shared_rules = SharedValues(SHARED_RULES_KEPT)
 
 
 def slim_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
-    slim = {"metadata": _slim_metadata(obj)}
+    slim = {
+        "metadata": _slim_metadata(
+            obj, annotations=(kinds.ANNOTATION_DOMAINS, kinds.ANNOTATION_DOMAIN_STATUS)
+        )
+    }
     spec = obj.get("spec")
     if isinstance(spec, Mapping):
         slim["spec"] = {

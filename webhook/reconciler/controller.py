@@ -27,6 +27,8 @@ from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, Unr
 from webhook.kube.rest import PatchType, Rest
 from webhook.kube.workqueue import WorkQueue
 from webhook.reconciler.caches import Caches
+from webhook.reconciler.domainplan import is_domains_request, status_of
+from webhook.reconciler.domains import DomainRefresher
 from webhook.reconciler.metrics import ReconcilerMetrics
 from webhook.reconciler.plan import (
     BASELINE_PREFIX,
@@ -92,8 +94,12 @@ class Reconciler:
         metrics: ReconcilerMetrics,
         workers: int = WORKERS,
         identity: str = "",
+        domains: DomainRefresher | None = None,
     ) -> None:
         self._rest = rest
+        # Egress by domain name: the names' addresses (None: shared domain policies are
+        # planned from what they hold, resolving nothing).
+        self._domains = domains
         self._caches = caches
         self._settings = settings
         self.metrics = metrics
@@ -254,7 +260,7 @@ class Reconciler:
         True when done; False to retry after backoff (the cache was behind the API
         server: a create found it existing, an update found a newer version).
         """
-        decided = plan(request, self._caches, self._settings)
+        decided = self._plan(request)
         for report in decided.reports:
             self._record(report)
         if not self.leading:
@@ -274,9 +280,36 @@ class Reconciler:
             self._patch_pod(patch)
         return True
 
+    def _plan(self, request: ReconcileRequest) -> Plan:
+        if self._domains is None:
+            return plan(request, self._caches, self._settings)
+        tracker = self._domains.tracker
+        decided = plan(request, self._caches, self._settings, tracker.state)
+        if decided.domain_names is None and not is_domains_request(request):
+            return decided
+        # A shared domain policy: the tracker keeps its names resolved from now on (and
+        # forgets them when no sandbox needs them). Names new to it start from what the
+        # policy holds (a new leader drops no address), and are asked at once.
+        now = time.time()
+        added = tracker.want(request, decided.domain_names or (), now)
+        if not added:
+            return decided
+        status = status_of(decided.current)
+        for name in added:
+            if isinstance(status.get(name), Mapping):
+                tracker.seed(name, status[name], now)
+        self._domains.wake()
+        return plan(request, self._caches, self._settings, tracker.state)
+
     def _write(self, decided: Plan) -> None:
         request = decided.request
-        what = "baseline" if request.name.startswith(BASELINE_PREFIX) else "NetworkPolicy"
+        what = (
+            "baseline"
+            if request.name.startswith(BASELINE_PREFIX)
+            else "domain policy"
+            if is_domains_request(request)
+            else "NetworkPolicy"
+        )
         if decided.write == "create":
             assert decided.desired is not None
             self._rest.create(kinds.NETWORK_POLICY, request.namespace, decided.desired)

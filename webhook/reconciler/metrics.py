@@ -69,6 +69,19 @@ class ReconcilerMetrics:
             ("crd",),
             registry=registry,
         )
+        self.domain_lookups = Counter(
+            "agentcube_netpol_domain_lookups",
+            "DNS lookups of the domain names in Restricted egress entries, by result (ok, or"
+            " the error: nxdomain, no-address, timeout, servfail, bad-answer).",
+            ("result",),
+            registry=registry,
+        )
+        self.domain_names = Gauge(
+            "agentcube_netpol_domain_names",
+            "Domain names the reconciler keeps resolved (each once, however many sandboxes"
+            " name it).",
+            registry=registry,
+        )
         for result in RESULTS:
             self.reconciles.labels(result)
         for write in WRITES:

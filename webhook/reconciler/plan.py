@@ -22,7 +22,7 @@ How isolation never has a gap (README "Isolation without a gap"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -39,16 +39,21 @@ from webhook.policy.builder import (
     template_policy,
 )
 from webhook.policy.canary import format_canary, lets_through
+from webhook.policy.domains import domain_entries, domain_set_key
 from webhook.policy.validation import MODE_NONE
 from webhook.reconciler.agentsandbox import name_hash
+from webhook.reconciler.domaincache import NameState
 from webhook.reconciler.sandboxes import (
+    BY_SANDBOX_NAME,
     SandboxRef,
     View,
+    annotations_of,
     find_sandbox,
     is_direct_sandbox,
     labels_of,
     name_of,
     namespace_of,
+    ns_key,
     pods_of,
     sandbox_names_for,
     uid_of,
@@ -117,6 +122,9 @@ class Plan:
     canary_pods: tuple[PodPatch, ...] = ()
     reports: tuple[Report, ...] = ()
     regarding: Mapping[str, Any] | None = None  # where write Events go
+    # A shared domain policy's plan: the names it needs resolved (the controller tells the
+    # resolver's tracker); None for every other plan.
+    domain_names: frozenset[str] | None = None
 
     @property
     def merge_patch(self) -> dict[str, Any]:
@@ -126,7 +134,7 @@ class Plan:
         for key in self.current.get("spec") or {}:
             spec.setdefault(key, None)  # fields we no longer want are removed
         metadata = self.desired["metadata"]
-        return {
+        patch: dict[str, Any] = {
             "metadata": {
                 "resourceVersion": (self.current.get("metadata") or {}).get("resourceVersion"),
                 "labels": dict(metadata.get("labels") or {}),
@@ -134,6 +142,9 @@ class Plan:
             },
             "spec": spec,
         }
+        if metadata.get("annotations"):
+            patch["metadata"]["annotations"] = dict(metadata["annotations"])
+        return patch
 
 
 def is_managed(network_policy: Mapping[str, Any]) -> bool:
@@ -148,9 +159,12 @@ def in_sync(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     """
     current_labels = labels_of(current)
     ours = (desired.get("metadata") or {}).get("labels") or {}
+    current_annotations = annotations_of(current)
+    our_annotations = (desired.get("metadata") or {}).get("annotations") or {}
     return (
         current.get("spec") == desired.get("spec")
         and all(current_labels.get(k) == v for k, v in ours.items())
+        and all(current_annotations.get(k) == v for k, v in our_annotations.items())
         and (current.get("metadata") or {}).get("ownerReferences")
         == (desired.get("metadata") or {}).get("ownerReferences")
     )
@@ -177,9 +191,20 @@ def with_kind(obj: Mapping[str, Any], kind: kinds.Kind) -> dict[str, Any]:
     return {**obj, "apiVersion": api_version, "kind": kind.kind}
 
 
-def plan(request: ReconcileRequest, view: View, settings: Settings) -> Plan:
+def plan(
+    request: ReconcileRequest,
+    view: View,
+    settings: Settings,
+    states: Callable[[str], NameState | None] | None = None,
+) -> Plan:
+    """``states``: each domain name's addresses (the reconciler's tracker); without it, a
+    shared domain policy is planned from what it holds (``audit``)."""
     if request.is_baseline:
         return plan_baseline(request, view, settings)
+    if request.name.startswith(kinds.DOMAIN_POLICY_PREFIX):
+        from webhook.reconciler.domainplan import plan_domains  # it builds on this module
+
+        return plan_domains(request, view, settings, states)
     return plan_sandbox(request, view, settings)
 
 
@@ -255,9 +280,21 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
             settings=settings,
             owner=regarding,
         )
+    domains_ready = True
     if desired is not None:
         desired["metadata"]["labels"][LABEL_ROLE] = ROLE_SANDBOX
         desired["metadata"]["ownerReferences"] += pod_owner_references(ref, view)
+        key = _domain_key(ref.namespace, policy)
+        if key is not None:
+            from webhook.reconciler.domainplan import (
+                domain_reports,
+                sandbox_domains_ready,
+                status_of,
+            )
+
+            desired["metadata"]["labels"][kinds.LABEL_DOMAIN_SET] = key
+            domains_ready, shared = sandbox_domains_ready(view, ref.namespace, ref.name, key)
+            reports += domain_reports(regarding, status_of(shared))
     write = choose_write(desired, current)
     if write == "blocked":
         reports.append(
@@ -269,10 +306,13 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
                 warning=True,
             )
         )
-    # A blocked write leaves the pods as they are: their policy is not in place.
+    # A blocked write leaves the pods as they are: their policy is not in place. Nor is it
+    # while the shared domain policy does not yet hold this sandbox and its names' answers.
     ungate, recanary = (
         ([], []) if write == "blocked" else _pod_patches(ref, view, _canary_for(desired, settings))
     )
+    if not domains_ready:
+        ungate = []
     return Plan(
         request,
         write,
@@ -284,6 +324,11 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
         reports=tuple(reports),
         regarding=regarding,
     )
+
+
+def _domain_key(namespace: str, policy: Mapping[str, Any] | None) -> str | None:
+    entries = domain_entries(policy)
+    return domain_set_key(namespace, entries) if entries else None
 
 
 def pod_owner_references(ref: SandboxRef, view: View) -> list[dict[str, Any]]:
@@ -457,11 +502,31 @@ def requests_for(
         return set()
     namespace = namespace_of(obj)
     if kind == kinds.NETWORK_POLICY:
-        return {ReconcileRequest(namespace, name_of(obj))}
+        requests = {ReconcileRequest(namespace, name_of(obj))}
+        key = labels_of(obj).get(kinds.LABEL_DOMAIN_SET)
+        if key and is_managed(obj):  # a sandbox's own: its domain set's shared policy
+            requests.add(ReconcileRequest(namespace, kinds.DOMAIN_POLICY_PREFIX + key))
+        if name_of(obj).startswith(kinds.DOMAIN_POLICY_PREFIX) and is_managed(obj):
+            requests |= _gated_members(namespace, obj, view)
+        return requests
     requests = {ReconcileRequest(namespace, n) for n in sandbox_names_for(kind, obj, view)}
     if kind == kinds.CODE_INTERPRETER:
         requests.add(baseline_request(namespace, name_of(obj)))
     return requests
+
+
+def _gated_members(namespace: str, shared: Mapping[str, Any], view: View) -> set[ReconcileRequest]:
+    """The sandboxes a shared domain policy selects whose pods still wait on it."""
+    from webhook.reconciler.domainplan import selected_names
+
+    return {
+        ReconcileRequest(namespace, name)
+        for name in selected_names(shared)
+        if any(
+            kinds.has_scheduling_gate(pod)
+            for pod in view.by_index(kinds.POD, BY_SANDBOX_NAME, ns_key(namespace, name))
+        )
+    }
 
 
 def all_requests(view: View) -> set[ReconcileRequest]:
@@ -469,7 +534,7 @@ def all_requests(view: View) -> set[ReconcileRequest]:
     requests: set[ReconcileRequest] = set()
     for obj in view.items(kinds.NETWORK_POLICY):
         if is_managed(obj):
-            requests.add(ReconcileRequest(namespace_of(obj), name_of(obj)))
+            requests |= requests_for(kinds.NETWORK_POLICY, obj, view)
     for obj in view.items(kinds.SANDBOX):
         if is_direct_sandbox(obj):
             requests.add(ReconcileRequest(namespace_of(obj), name_of(obj)))

@@ -35,6 +35,7 @@ BY_UID = "uid"  # SandboxClaim: its uid
 BY_CLAIM_UID = "claim-uid"  # Pod: agents.x-k8s.io/claim-uid
 BY_OWNER = "owner"  # Pod and Sandbox: the controller owner's name
 BY_NAMESPACE = "namespace"  # Pod: its namespace alone (admission's widening check)
+BY_DOMAIN_SET = "domain-set"  # NetworkPolicy: a sandbox's, by its netpol.agentcube.io/domain-set
 
 
 def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -167,6 +168,9 @@ INDEXES: dict[Kind, dict[str, IndexFunction]] = {
         BY_TEMPLATE: lambda o: _one(o, claim_template_name(o)),
         BY_SANDBOX_NAME: lambda o: _one(o, claim_sandbox_name(o)),
         BY_UID: lambda o: _one(o, uid_of(o)),
+    },
+    kinds.NETWORK_POLICY: {
+        BY_DOMAIN_SET: lambda o: _one(o, labels_of(o).get(kinds.LABEL_DOMAIN_SET)),
     },
     kinds.POD: {
         BY_SANDBOX_NAME: lambda o: _one(o, labels_of(o).get(kinds.LABEL_SANDBOX_NAME)),

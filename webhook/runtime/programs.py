@@ -5,7 +5,8 @@ In the order a program adds them, which is the order they start (and the reverse
 order they stop):
 
 - ``add_reconciler``: the shared caches (every replica; ready once listed), the
-  reconciler (its workers only on the Lease holder), and the elector, which stands once
+  reconciler (its workers only on the Lease holder) with the refresher that keeps egress
+  domain names resolved (on the Lease holder too), and the elector, which stands once
   the caches have listed everything;
 - ``add_crd_schema_keeper`` (``--patch-crds``): keeps our networkPolicy property in
   AgentCube's CRDs, on the Lease holder;
@@ -20,6 +21,7 @@ order they stop):
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import uuid
 from collections.abc import Callable
@@ -37,7 +39,10 @@ from webhook.kube.rest import Rest
 from webhook.reconciler.caches import Caches
 from webhook.reconciler.controller import WORKERS, Reconciler
 from webhook.reconciler.crdschema import CrdSchemaKeeper
+from webhook.reconciler.domaincache import DomainTracker, Timing
+from webhook.reconciler.domains import DomainRefresher
 from webhook.reconciler.metrics import ReconcilerMetrics
+from webhook.reconciler.resolver import DnsResolver
 from webhook.runtime.manager import Manager, Periodic, Task
 from webhook.server.serve import Admission, Listen, Tls, WebhookServer
 
@@ -89,6 +94,16 @@ class Shared:
     identity: str
 
 
+@dataclass(frozen=True)
+class DomainOptions:
+    """Egress by domain name: the resolver (None: /etc/resolv.conf's) and its timing."""
+
+    server: str | None = None
+    ttl_floor: float = 30.0
+    ttl_ceiling: float = 300.0
+    grace: float = 300.0
+
+
 def add_reconciler(
     manager: Manager,
     *,
@@ -97,17 +112,37 @@ def add_reconciler(
     registry: CollectorRegistry,
     lease: Lease,
     workers: int = WORKERS,
+    domains: DomainOptions | None = None,
 ) -> Shared:
     identity = lease.identity or default_identity()
     caches = Caches(rest, settings)
+    metrics = ReconcilerMetrics(registry)
+    domains = domains or DomainOptions()
+    # Names are resolved while this replica leads; the addresses it has seen are kept
+    # across a lost and won Lease (the tracker outlives the refresher's thread).
+    refresher = DomainRefresher(
+        DomainTracker(
+            Timing(
+                ttl_floor=domains.ttl_floor,
+                ttl_ceiling=domains.ttl_ceiling,
+                grace=domains.grace,
+            ),
+            random=random.random,
+        ),
+        DnsResolver(domains.server),
+        metrics=metrics,
+    )
     reconciler = Reconciler(
         rest=rest,
         caches=caches,
         settings=settings,
-        metrics=ReconcilerMetrics(registry),
+        metrics=metrics,
         workers=workers,
         identity=identity,
+        domains=refresher,
     )
+    refresher.enqueue = reconciler.queue.add
+    manager.add(refresher, needs_lease=True)
     elector = lease.elector(rest, identity)
     # A worker stops writing the moment the Lease may have passed to another replica.
     reconciler.lease_held = lambda: elector.is_leader

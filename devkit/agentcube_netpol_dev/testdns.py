@@ -1,0 +1,213 @@
+"""A small DNS server whose answers a test sets: names, CNAMEs, TTLs, and failures.
+
+It answers UDP and TCP on one address (loopback, or one inside a test's network
+namespace) from a zone held in memory, as a recursive resolver would: a CNAME chain with
+the records at its end in one answer. A test changes the zone while it runs
+(``set``/``cname``/``fail``); ``python -m agentcube_netpol_dev.testdns`` runs it as a
+process that reloads a JSON zone file when it changes, for a server inside a network
+namespace (``ip netns exec NS python -m ...``).
+
+Zone: ``{"name": {"a": [...], "aaaa": [...], "cname": "target", "ttl": 30,
+"fail": "servfail" | "refused" | "drop" | "garbage"}}``; a name not in it is NXDOMAIN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socketserver
+import struct
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+Zone = dict[str, dict[str, Any]]
+
+
+def _key(name: dns.name.Name) -> str:
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def answer(query: bytes, zone: Mapping[str, Mapping[str, Any]]) -> bytes | None:
+    """The response to ``query`` from ``zone``; None to send nothing (a timeout)."""
+    try:
+        request = dns.message.from_wire(query)
+    except Exception:
+        return None
+    response = dns.message.make_response(request)
+    response.flags |= dns.flags.RA | dns.flags.AA
+    if not request.question:
+        response.set_rcode(dns.rcode.FORMERR)
+        return response.to_wire()
+    question = request.question[0]
+    name = question.name
+    for _hop in range(8):
+        record = zone.get(_key(name))
+        if record is None:
+            if not response.answer:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            break
+        fail = record.get("fail")
+        if fail == "drop":
+            return None
+        if fail == "garbage":
+            return b"\x00" * 5
+        if fail in ("servfail", "refused"):
+            response.answer = []
+            response.set_rcode(dns.rcode.SERVFAIL if fail == "servfail" else dns.rcode.REFUSED)
+            break
+        ttl = int(record.get("ttl", 30))
+        target = record.get("cname")
+        if target:
+            target_name = dns.name.from_text(target)
+            response.answer.append(
+                dns.rrset.from_text(name, ttl, "IN", "CNAME", target_name.to_text())
+            )
+            name = target_name
+            continue
+        field = {dns.rdatatype.A: "a", dns.rdatatype.AAAA: "aaaa"}.get(question.rdtype)
+        addresses = record.get(field, []) if field else []
+        if field and addresses:
+            response.answer.append(dns.rrset.from_text(name, ttl, "IN", field.upper(), *addresses))
+        break
+    return response.to_wire()
+
+
+class DnsServer:
+    """In-process: ``with DnsServer() as server: server.set("pypi.test", a=["203.0.113.7"])``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.zone: Zone = {}
+        self.queries: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        zone_of = self._zone_copy
+        record = self._record
+
+        class Udp(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data, sock = self.request
+                record(data)
+                reply = answer(data, zone_of())
+                if reply is not None:
+                    sock.sendto(reply, self.client_address)
+
+        class Tcp(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                header = self.rfile.read(2)
+                if len(header) < 2:
+                    return
+                data = self.rfile.read(struct.unpack("!H", header)[0])
+                record(data)
+                reply = answer(data, zone_of())
+                if reply is not None:
+                    self.wfile.write(struct.pack("!H", len(reply)) + reply)
+
+        socketserver.UDPServer.allow_reuse_address = True
+        self._udp = socketserver.ThreadingUDPServer((host, port), Udp)
+        self.host, self.port = str(self._udp.server_address[0]), int(self._udp.server_address[1])
+        socketserver.TCPServer.allow_reuse_address = True
+        self._tcp = socketserver.ThreadingTCPServer((host, self.port), Tcp)
+        self._threads = [
+            threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
+            for s in (self._udp, self._tcp)
+        ]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host!s}:{self.port}"
+
+    def _zone_copy(self) -> Zone:
+        with self._lock:
+            copied: Zone = json.loads(json.dumps(self.zone))
+            return copied
+
+    def _record(self, data: bytes) -> None:
+        with contextlib.suppress(Exception):
+            question = dns.message.from_wire(data).question[0]
+            with self._lock:
+                self.queries.append((_key(question.name), dns.rdatatype.to_text(question.rdtype)))
+
+    def set(
+        self, name: str, *, a: Sequence[str] = (), aaaa: Sequence[str] = (), ttl: int = 30
+    ) -> None:
+        with self._lock:
+            self.zone[name] = {"a": list(a), "aaaa": list(aaaa), "ttl": ttl}
+
+    def cname(self, name: str, target: str, *, ttl: int = 30) -> None:
+        with self._lock:
+            self.zone[name] = {"cname": target, "ttl": ttl}
+
+    def fail(self, name: str, how: str) -> None:
+        with self._lock:
+            self.zone.setdefault(name, {})["fail"] = how
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self.zone.pop(name, None)
+
+    def asked(self, name: str) -> int:
+        with self._lock:
+            return sum(1 for n, _ in self.queries if n == name)
+
+    def __enter__(self) -> DnsServer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for server in (self._udp, self._tcp):
+            server.shutdown()
+            server.server_close()
+
+
+def write_zone(path: Path, zone: Mapping[str, Any]) -> None:
+    """Replace a served zone file whole (the server never reads half of one)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(zone))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:53")
+    parser.add_argument("--zone", type=Path, required=True, help="JSON zone file, reloaded")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    server = DnsServer(host, int(port))
+    loaded = [0.0]
+
+    def reload() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            mtime = args.zone.stat().st_mtime_ns
+            if mtime != loaded[0]:
+                zone = json.loads(args.zone.read_text())
+                with server._lock:
+                    server.zone = zone
+                loaded[0] = mtime
+
+    reload()
+    with server:
+        print(f"serving {server.address}", flush=True)
+        try:
+            while True:
+                time.sleep(0.1)
+                reload()
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
