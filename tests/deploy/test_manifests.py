@@ -577,13 +577,18 @@ def test_crd_declares_network_policy_structurally(crds: dict[str, Doc], kind: st
     # The webhook, not the schema, judges the values: its messages name the fix.
     assert fields["mode"] == {**fields["mode"], "type": "string"}
     assert "enum" not in fields["mode"]
-    for direction in ("ingress", "egress"):
+    for direction, extra in (("ingress", set()), ("egress", {"domains", "allowAnswersIn"})):
         rule = fields[direction]["items"]
-        assert set(rule["properties"]) == {"cidrs", "except", "ports"}
+        # Without domains and allowAnswersIn declared, strict decoding refuses an entry
+        # naming hosts before the webhook sees it (unknown field "...egress[0].domains").
+        assert set(rule["properties"]) == {"cidrs", "except", "ports"} | extra
         port = rule["properties"]["ports"]["items"]["properties"]
         assert set(port) == {"protocol", "port", "endPort"}
         assert port["port"].get("x-kubernetes-int-or-string") is True
-    assert fields["ingress"]["items"] == fields["egress"]["items"]
+        for name in extra:
+            assert rule["properties"][name]["items"] == {"type": "string"}
+    ingress, egress = fields["ingress"]["items"], fields["egress"]["items"]
+    assert ingress["properties"]["ports"] == egress["properties"]["ports"]
     for direction in ("ingress", "egress"):
         raw = fields["custom"]["properties"][direction]["items"]
         assert raw == {**raw, "type": "object", "x-kubernetes-preserve-unknown-fields": True}

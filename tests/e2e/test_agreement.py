@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from agentcube_netpol_dev.testdns import DnsServer
 
 from tests.builders import agent_runtime, code_interpreter
 from tests.e2e.harness import REPO_ROOT, Kubectl, as_json
@@ -194,3 +195,52 @@ def test_every_cidr_the_api_server_refuses_we_refuse_too(kubectl: Kubectl, names
     # The corpus has teeth: the server refuses a good part of it and accepts the rest.
     assert len(refused_by_server) >= len(CIDRS) // 3
     assert len(refused_by_server) < len(CIDRS)
+
+
+def test_a_shared_domain_policy_is_stored_exactly_as_built(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """With egress domains, render prints the sandbox's own policy and the namespace's
+    shared domain policy, holding what a DNS server answers now. The API server stores both
+    as built: the reconciler compares them by ==, so anything else would rewrite them at
+    every pass."""
+    policy = {
+        "mode": "Restricted",
+        "egress": [
+            {"domains": ["pypi.test", "files.pypi.test"], "ports": [{"port": 443}]},
+            {"domains": ["mirror.corp.test"], "allowAnswersIn": ["10.40.0.0/16"]},
+            {"domains": ["gone.test"], "ports": [{"protocol": "UDP", "port": 9000}]},
+        ],
+    }
+    template = code_interpreter("tpl", namespace, policy)
+    with DnsServer() as dns:
+        dns.set("pypi.test", a=["203.0.113.7", "203.0.113.8"], aaaa=["2001:db8::7"])
+        dns.cname("files.pypi.test", "cdn.pypi.test")
+        dns.set("cdn.pypi.test", a=["198.51.100.9"])
+        dns.set("mirror.corp.test", a=["10.40.0.5", "10.41.0.5", "169.254.169.254"])
+        rendered = render(
+            template, sandbox="tpl-x7k2p9qa", namespace=namespace,
+            options=("--dns-server", dns.address),
+        )  # fmt: skip
+    own, shared = yaml.safe_load_all(rendered)
+    assert shared["spec"]["egress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": 443}],
+            "to": [
+                {"ipBlock": {"cidr": "198.51.100.9/32"}},
+                {"ipBlock": {"cidr": "203.0.113.7/32"}},
+                {"ipBlock": {"cidr": "203.0.113.8/32"}},
+                {"ipBlock": {"cidr": "2001:db8::7/128"}},
+            ],
+        },
+        {"to": [{"ipBlock": {"cidr": "10.40.0.5/32"}}]},
+    ]  # gone.test: no address, no rule (never a rule with no peers)
+    for built in (own, shared):
+        result = kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(built)
+        )
+        assert result.returncode == 0, f"kube-apiserver refused:\n{built}\n{result.stderr}"
+        accepted = json.loads(result.stdout)
+        assert accepted["spec"] == built["spec"]
+        annotations = accepted["metadata"].get("annotations") or {}
+        assert annotations == (built["metadata"].get("annotations") or {})

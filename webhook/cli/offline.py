@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -24,7 +24,14 @@ import yaml
 
 from webhook.admission.decide import Verdict, validate_object
 from webhook.api.exitcodes import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from webhook.api.kinds import AGENT_RUNTIME, CODE_INTERPRETER, SANDBOX, SANDBOX_CLAIM, Kind
+from webhook.api.kinds import (
+    AGENT_RUNTIME,
+    CODE_INTERPRETER,
+    LABEL_DOMAIN_SET,
+    SANDBOX,
+    SANDBOX_CLAIM,
+    Kind,
+)
 from webhook.api.settings import Settings
 from webhook.cli.options import add_policy_options
 from webhook.policy.builder import (
@@ -34,6 +41,7 @@ from webhook.policy.builder import (
     settings_errors,
     template_policy,
 )
+from webhook.policy.domains import DomainEntry, domain_entries, domain_set_key, names_of
 from webhook.policy.k8srules import (
     dns1123_label_problems,
     dns1123_subdomain_problems,
@@ -42,6 +50,7 @@ from webhook.policy.k8srules import (
 
 if TYPE_CHECKING:
     from webhook.cli.options import Commands
+    from webhook.reconciler.domaincache import Resolution
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,16 @@ def register(commands: Commands) -> None:
     render_parser.add_argument(
         "--namespace", default=None, help="namespace (default: the template's)"
     )
+    render_parser.add_argument(
+        "--dns-server",
+        metavar="HOST[:PORT]",
+        help="with egress domains: the resolver to ask (default: /etc/resolv.conf's)",
+    )
+    render_parser.add_argument(
+        "--no-resolve",
+        action="store_true",
+        help="with egress domains: ask no resolver; the names show as pending",
+    )
     add_policy_options(render_parser)
 
 
@@ -79,6 +98,15 @@ def _run_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_render(args: argparse.Namespace, settings: Settings) -> int:
+    resolve: Callable[[str], Resolution] | None = None
+    if not args.no_resolve:
+        from webhook.reconciler.resolver import DnsResolver
+
+        try:
+            resolve = DnsResolver(args.dns_server).resolve
+        except (ValueError, OSError) as exc:
+            print(f"error: --dns-server: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     return render(
         args.file,
         sandbox=args.sandbox,
@@ -86,6 +114,7 @@ def _run_render(args: argparse.Namespace, settings: Settings) -> int:
         settings=settings,
         stdout=sys.stdout,
         stderr=sys.stderr,
+        resolve=resolve,
     )
 
 
@@ -180,8 +209,11 @@ def render(
     stdout: TextIO,
     stderr: TextIO,
     stdin: TextIO | None = None,
+    resolve: Callable[[str], Resolution] | None = None,
 ) -> int:
-    """Print the NetworkPolicy YAML a sandbox of the template in ``path`` would get."""
+    """Print the NetworkPolicy YAML a sandbox of the template in ``path`` would get; with
+    egress domains, the namespace's shared domain policy after it, holding what ``resolve``
+    answers now (None: the names are pending)."""
     usage_problems = render_usage_problems(sandbox=sandbox, namespace=namespace, settings=settings)
     if usage_problems:
         for problem in usage_problems:
@@ -225,8 +257,49 @@ def render(
             file=stderr,
         )
         return EXIT_OK
-    stdout.write(dump_yaml(network_policy))
+    namespace = namespace or template_namespace(template.obj)
+    entries = domain_entries(policy)
+    if not entries:
+        stdout.write(dump_yaml(network_policy))
+        return EXIT_OK
+    shared = render_domain_policy(
+        entries, sandbox=sandbox, namespace=namespace, settings=settings, resolve=resolve
+    )
+    network_policy["metadata"]["labels"][LABEL_DOMAIN_SET] = domain_set_key(namespace, entries)
+    stdout.write(dump_yaml(network_policy) + "---\n" + dump_yaml(shared))
+    from webhook.reconciler.domainplan import domain_reports, status_of
+
+    for report in domain_reports(shared, status_of(shared)):
+        print(f"Warning: {report.message}", file=stderr)
+    print(
+        f"note: {shared['metadata']['name']} holds what {', '.join(sorted(names_of(entries)))} "
+        f"{'resolve to now' if resolve else 'resolve to (not asked: --no-resolve)'}; in a "
+        "cluster the reconciler keeps it following DNS, shared by every sandbox of the "
+        "namespace with these entries",
+        file=stderr,
+    )
     return EXIT_OK
+
+
+def render_domain_policy(
+    entries: Sequence[DomainEntry],
+    *,
+    sandbox: str,
+    namespace: str,
+    settings: Settings,
+    resolve: Callable[[str], Resolution] | None,
+) -> dict[str, Any]:
+    """The shared domain policy as the reconciler would write it for one sandbox."""
+    from webhook.reconciler.domaincache import NameState
+    from webhook.reconciler.domainplan import desired_domain_policy, domains_request
+
+    states: dict[str, NameState] = {}
+    if resolve is not None:
+        for name in sorted(names_of(entries)):
+            answer = resolve(name)
+            states[name] = NameState(answer.addresses, {}, answer.error, answer.cnames)
+    request = domains_request(namespace, domain_set_key(namespace, entries))
+    return desired_domain_policy(request, [sandbox], entries, states.get, settings)
 
 
 def render_usage_problems(*, sandbox: str, namespace: str | None, settings: Settings) -> list[str]:

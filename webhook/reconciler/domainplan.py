@@ -181,10 +181,35 @@ def plan_domains(
     if states is None:
         states = states_from_status(current)
 
+    desired = desired_domain_policy(request, members, entries, states, settings)
+    status = status_of(desired)
+    reports: list[Report] = []
+    regarding = with_kind(current, kinds.NETWORK_POLICY) if current is not None else None
+    if regarding is not None:
+        reports = domain_reports(regarding, status)
+    return Plan(
+        request,
+        choose_write(desired, current),
+        desired,
+        current,
+        reports=tuple(reports),
+        regarding=regarding,
+        domain_names=frozenset(names_of(entries)),
+    )
+
+
+def desired_domain_policy(
+    request: ReconcileRequest,
+    members: Sequence[str],
+    entries: Sequence[DomainEntry],
+    states: NameStates,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The shared policy for ``members`` and ``entries`` with the names' ``states``: each
+    answer judged by ``answer_problem`` for its entry, the status of every name."""
     denied = _denied(settings)
     status: dict[str, dict[str, object]] = {}
     allowed: dict[int, dict[str, list[str]]] = {}
-    reports: list[Report] = []
     for index, entry in enumerate(entries):
         allowed[index] = {}
         for name in entry.names:
@@ -207,19 +232,7 @@ def plan_domains(
     for index, entry in enumerate(entries):
         rules += build_domain_rules([entry], allowed[index])
 
-    desired = build_domain_policy(request, members, entries, rules, status)
-    regarding = with_kind(current, kinds.NETWORK_POLICY) if current is not None else None
-    if regarding is not None:
-        reports = domain_reports(regarding, status)
-    return Plan(
-        request,
-        choose_write(desired, current),
-        desired,
-        current,
-        reports=tuple(reports),
-        regarding=regarding,
-        domain_names=frozenset(names_of(entries)),
-    )
+    return build_domain_policy(request, members, entries, rules, status)
 
 
 def build_domain_policy(
