@@ -195,11 +195,14 @@ def breaches(
     events: Iterable[Event],
     *,
     allowed_specs: Callable[[Mapping[str, Any]], list[Mapping[str, Any]]],
+    also_allowed: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
 ) -> list[Breach]:
     """Every moment a runnable sandbox pod is selected by no policy, or by a looser one.
 
     ``allowed_specs(pod)`` lists the NetworkPolicy specs that may select that pod (its
-    sandbox's policy, and its warm pool's baseline, which allows a subset of it).
+    sandbox's policy, and its warm pool's baseline, which allows a subset of it);
+    ``also_allowed(pod, policy)`` judges a policy whose spec changes by itself (a shared
+    domain policy, which follows DNS).
     """
     pods: dict[tuple[str, str], Mapping[str, Any]] = {}
     policies: dict[tuple[str, str], Mapping[str, Any]] = {}
@@ -227,6 +230,8 @@ def breaches(
                 continue
             allowed = [*allowed_specs(pod), *fail_closed_spec(namespace, labels)]
             for policy in selecting:
+                if also_allowed is not None and also_allowed(pod, policy):
+                    continue
                 if policy.get("spec") not in allowed:
                     policy_name = (policy.get("metadata") or {}).get("name")
                     found.append(

@@ -113,7 +113,7 @@ def start_run(
 
 @contextlib.contextmanager
 def run_beside(
-    control_plane: ControlPlane, controller: Any, work: Path
+    control_plane: ControlPlane, controller: Any, work: Path, *run_args: str
 ) -> Iterator[tuple[Kubectl, WebhookServer, Rest]]:
     """deploy/'s RBAC, AgentCube's grant, ``run`` as deploy/'s service account with deploy/'s
     webhooks calling it, the agent-sandbox ``controller`` (an AgentSandboxController) and the
@@ -128,7 +128,7 @@ def run_beside(
     grant_agentcube(kube)
     api_client = new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
     with controller:
-        server = start_run(control_plane, service_account, work)
+        server = start_run(control_plane, service_account, work, *run_args)
         try:
             install_webhooks(control_plane, manifests, base_url=server.url, ca_pem=server.ca_pem)
             with FakeKubelet(CoreV1Api(api_client)):

@@ -65,16 +65,17 @@ def warm(
 
 @contextlib.contextmanager
 def with_agent_sandbox(
-    binaries: Binaries, agent_sandbox_build: AgentSandboxBuild, work: Path
+    binaries: Binaries, agent_sandbox_build: AgentSandboxBuild, work: Path, *run_args: str
 ) -> Iterator[Warm]:
     """A control plane of its own with the CRDs, the real agent-sandbox controller, the fake
-    kubelet and ``run`` under deploy/'s RBAC with deploy/'s webhooks (``run_beside``)."""
+    kubelet and ``run`` (with ``run_args``) under deploy/'s RBAC with deploy/'s webhooks
+    (``run_beside``)."""
     with ControlPlane(binaries=binaries, with_controller_manager=True) as control_plane:
         install_crds(control_plane, CRD_DIR)
         controller = AgentSandboxController(
             build=agent_sandbox_build, control_plane=control_plane, work_dir=work / "as"
         )
-        with run_beside(control_plane, controller, work) as (kube, run, rest):
+        with run_beside(control_plane, controller, work, *run_args) as (kube, run, rest):
             yield Warm(control_plane, kube, run, rest)
 
 

@@ -255,3 +255,31 @@ def test_changes_queue_the_shared_policy_and_the_sandboxes_waiting_on_it() -> No
         SHARED,
         ReconcileRequest(NS, "py-1"),
     }
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+def test_audit_reads_a_shared_policy_by_what_it_holds_and_reports_its_names() -> None:
+    from webhook.reconciler.audit import Finding, audit
+
+    world = sandbox_world("py-1")
+    world["pods"][0]["spec"] = {}  # released
+    world["policies"] = own_policies(world)
+    failing = {**ANSWERS, "pypi.org": NameState((), {}, "nxdomain")}
+    shared = plan(SHARED, view(**world), SETTINGS, states(failing)).desired
+    assert shared is not None
+    world["policies"].append(stored(shared))
+    snapshot = view(**world)
+    found = audit(snapshot, settings=SETTINGS, network_policies=world["policies"])
+    assert [(f.name, f.problem) for f in found] == [
+        (SHARED.name, "domain-answer-dropped"),  # mirror.corp.example's 10.41.0.5
+        (SHARED.name, "domain-unresolved"),
+    ]
+    # A shared policy that lost a member is drift, like any other.
+    world["policies"][-1]["spec"]["podSelector"]["matchExpressions"][0]["values"] = []
+    found = audit(view(**world), settings=SETTINGS, network_policies=world["policies"])
+    assert (
+        Finding(NS, SHARED.name, "drifted", "its NetworkPolicy differs from the sandbox's policy")
+        in found
+    )

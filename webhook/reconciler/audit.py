@@ -6,7 +6,8 @@ plus the NetworkPolicies of others that select a sandbox pod (policies add up,
 so each one can only loosen ours), agent-sandbox templates that manage a
 policy of their own for an isolated CodeInterpreter's warm pool, and claim label
 injection left off by agent-sandbox's allow-list, and AgentCube CRDs that would drop the
-networkPolicy field.
+networkPolicy field. A shared domain policy is judged by what it holds (audit resolves
+nothing): a name that did not resolve and an answer that was dropped are findings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from webhook.api import kinds
 from webhook.api.settings import Settings
 from webhook.policy.selectors import selector_matches
 from webhook.reconciler.crdschema import SchemaPlan
+from webhook.reconciler.domainplan import DOMAIN_ANSWER_DROPPED, DOMAIN_UNRESOLVED
 from webhook.reconciler.plan import (
     LABEL_TEMPLATE_REF_HASH,
     SCHEDULING_GATE,
@@ -37,6 +39,12 @@ PROBLEMS = {
     "update": ("drifted", "its NetworkPolicy differs from the sandbox's policy"),
     "delete": ("orphaned", "a managed NetworkPolicy that no sandbox needs"),
     "blocked": ("name-taken", "a NetworkPolicy not managed by agentcube-netpol has its name"),
+}
+
+
+DOMAIN_PROBLEMS = {
+    DOMAIN_UNRESOLVED: "domain-unresolved",
+    DOMAIN_ANSWER_DROPPED: "domain-answer-dropped",
 }
 
 
@@ -75,6 +83,10 @@ def audit(
                 findings.append(
                     Finding(request.namespace, request.name, "fails-closed", report.message)
                 )
+            elif report.reason in DOMAIN_PROBLEMS and the_plan.domain_names is not None:
+                # Once, on the shared policy (each sandbox of it hears the same as an Event).
+                problem = DOMAIN_PROBLEMS[report.reason]
+                findings.append(Finding(request.namespace, request.name, problem, report.message))
         for patch in the_plan.label_pods:
             findings.append(
                 Finding(
