@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import socketserver
 import struct
 import sys
@@ -115,15 +116,34 @@ class DnsServer:
                 if reply is not None:
                     self.wfile.write(struct.pack("!H", len(reply)) + reply)
 
+        self._handlers = (Udp, Tcp)
         socketserver.UDPServer.allow_reuse_address = True
         self._udp = socketserver.ThreadingUDPServer((host, port), Udp)
         self.host, self.port = str(self._udp.server_address[0]), int(self._udp.server_address[1])
         socketserver.TCPServer.allow_reuse_address = True
         self._tcp = socketserver.ThreadingTCPServer((host, self.port), Tcp)
-        self._threads = [
-            threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
-            for s in (self._udp, self._tcp)
-        ]
+        self._servers: list[socketserver.BaseServer] = [self._udp, self._tcp]
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    def add_listeners(self, udp: socket.socket, tcp: socket.socket) -> None:
+        """Answer on two more sockets, bound elsewhere (a UDP one, and a TCP one listening):
+        made inside a network namespace, they serve the same zone there."""
+        for sock, server_class, handler in (
+            (udp, socketserver.ThreadingUDPServer, self._handlers[0]),
+            (tcp, socketserver.ThreadingTCPServer, self._handlers[1]),
+        ):
+            server = server_class(sock.getsockname()[:2], handler, bind_and_activate=False)
+            server.socket.close()
+            server.socket = sock
+            self._servers.append(server)
+            if self._started:
+                self._serve(server)
+
+    def _serve(self, server: socketserver.BaseServer) -> None:
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     @property
     def address(self) -> str:
@@ -163,12 +183,13 @@ class DnsServer:
             return sum(1 for n, _ in self.queries if n == name)
 
     def __enter__(self) -> DnsServer:
-        for thread in self._threads:
-            thread.start()
+        self._started = True
+        for server in self._servers:
+            self._serve(server)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for server in (self._udp, self._tcp):
+        for server in self._servers:
             server.shutdown()
             server.server_close()
 

@@ -249,3 +249,29 @@ def fail_closed_spec(namespace: str, labels: Mapping[str, Any]) -> list[Mapping[
         FAIL_CLOSED_POLICY, sandbox=sandbox, namespace=namespace, settings=Settings()
     )
     return [built["spec"]] if built is not None else []
+
+
+def domain_policy_within(
+    policy: Mapping[str, Any], addresses: set[str], ports: list[Mapping[str, Any]]
+) -> bool:
+    """Whether a shared domain policy (``netpol-domains.*``) adds no more than a sandbox's
+    policy allows: egress only, each rule on ``ports``, to single addresses among
+    ``addresses`` (what the test's DNS server answered for the names the policy lists).
+    Its spec follows DNS, so it is judged by this, not compared whole."""
+    import ipaddress
+
+    if not str((policy.get("metadata") or {}).get("name", "")).startswith("netpol-domains."):
+        return False
+    spec = policy.get("spec") or {}
+    if spec.get("policyTypes") != ["Egress"] or spec.get("ingress"):
+        return False
+    for rule in spec.get("egress") or []:
+        if rule.get("ports") != ports or not rule.get("to"):
+            return False
+        for peer in rule["to"]:
+            if set(peer) != {"ipBlock"} or set(peer["ipBlock"]) != {"cidr"}:
+                return False
+            network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+            if network.num_addresses != 1 or str(network.network_address) not in addresses:
+                return False
+    return True

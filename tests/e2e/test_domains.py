@@ -15,7 +15,6 @@ runnable sandbox pod selected by nothing or by something looser than its policy.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 import uuid
@@ -31,7 +30,13 @@ from agentcube_netpol_dev.testdns import DnsServer
 from tests.builders import code_interpreter
 from tests.cli.test_exit_codes import agentcube_netpol
 from tests.e2e.harness import as_json
-from tests.e2e.invariant import Recorder, breaches, is_runnable, is_sandbox_pod
+from tests.e2e.invariant import (
+    Recorder,
+    breaches,
+    domain_policy_within,
+    is_runnable,
+    is_sandbox_pod,
+)
 from tests.e2e.test_reconciler import eventually, policy_of, sandbox
 from tests.e2e.test_reconciler_warm_path import (
     Warm,
@@ -110,25 +115,6 @@ def host_blocks(policy: dict[str, Any]) -> set[str]:
     }
 
 
-def domain_policy_ok(policy: dict[str, Any]) -> bool:
-    """A shared domain policy may select a sandbox pod when it adds egress only, on 443,
-    to host addresses the DNS server answered publicly: a subset of the pod's own policy."""
-    spec = policy.get("spec") or {}
-    if spec.get("policyTypes") != ["Egress"] or spec.get("ingress"):
-        return False
-    for rule in spec.get("egress") or []:
-        if rule.get("ports") != [{"protocol": "TCP", "port": 443}] or not rule.get("to"):
-            return False
-        for peer in rule["to"]:
-            cidr = (peer.get("ipBlock") or {}).get("cidr", "")
-            network = ipaddress.ip_network(cidr)
-            if set(peer) != {"ipBlock"} or network.num_addresses != 1:
-                return False
-            if str(network.network_address) not in PUBLIC:
-                return False
-    return True
-
-
 def check_no_breach(warm: Warm, ns: str, events: list[Any]) -> None:
     mine = [e for e in events if (e[3].get("metadata") or {}).get("namespace") == ns]
     own: dict[str, Any] = {}
@@ -147,8 +133,8 @@ def check_no_breach(warm: Warm, ns: str, events: list[Any]) -> None:
     found = breaches(
         mine,
         allowed_specs=allowed,
-        also_allowed=lambda pod, policy: (
-            policy["metadata"]["name"].startswith("netpol-domains.") and domain_policy_ok(policy)
+        also_allowed=lambda pod, policy: domain_policy_within(
+            policy, PUBLIC, [{"protocol": "TCP", "port": 443}]
         ),
     )
     assert found == []
