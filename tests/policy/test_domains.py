@@ -382,3 +382,19 @@ def test_any_text_gets_an_answer_and_a_suggestion_is_itself_valid(text: str) -> 
         problem = domain_problem(text, wildcards=wildcards)
         if problem is not None and problem.suggestion and "/" not in problem.suggestion:
             assert domain_problem(problem.suggestion, wildcards=True) is None
+
+
+def test_with_the_native_backend_its_bounds_apply() -> None:
+    entries = [{"domains": [f"n{i}.example.com"], "ports": [{"port": 443}]} for i in range(26)]
+    assert errors(restricted(*entries), domain_wildcards=True, max_domains=100) == [
+        f"{PATH}.egress: must have at most 25 entries with domains (a ClusterNetworkPolicy's "
+        "egress rules), not 26"
+    ]
+    ports = [{"port": 1000 + i} for i in range(26)]
+    assert errors(
+        restricted({"domains": ["a.example.com"], "ports": ports}), domain_wildcards=True
+    ) == [
+        f"{PATH}.egress[0].ports: must have at most 25 ports (a ClusterNetworkPolicy rule's "
+        "protocols), not 26"
+    ]
+    assert errors(restricted(*entries), max_domains=100) == []  # resolving: NetworkPolicy's

@@ -82,6 +82,7 @@ def view(**objects: list[dict[str, Any]]) -> Snapshot:
         "claims": kinds.SANDBOX_CLAIM,
         "pods": kinds.POD,
         "policies": kinds.NETWORK_POLICY,
+        "clusterpolicies": kinds.CLUSTER_NETWORK_POLICY,
     }
     return Snapshot({by_kind[k]: v for k, v in objects.items()})
 

@@ -16,7 +16,7 @@ from tests.reconciler.objects import (
     view,
 )
 from webhook.api import kinds
-from webhook.api.settings import Settings
+from webhook.api.settings import Limits, Settings
 from webhook.policy.domains import domain_entries, domain_set_key
 from webhook.reconciler.domaincache import NameState
 from webhook.reconciler.domainplan import selected_names, status_of
@@ -283,3 +283,119 @@ def test_audit_reads_a_shared_policy_by_what_it_holds_and_reports_its_names() ->
         Finding(NS, SHARED.name, "drifted", "its NetworkPolicy differs from the sandbox's policy")
         in found
     )
+
+
+# --- the native backend: ClusterNetworkPolicy ----------------------------------------------------
+
+CNP_SETTINGS = Settings(
+    domain_backend="cluster-network-policy", limits=Limits(domain_wildcards=True)
+)
+WILDCARD = {
+    "mode": "Restricted",
+    "egress": [
+        {"domains": ["api.github.com", "*.githubusercontent.com"], "ports": [{"port": 443}]},
+        {"domains": ["dns.example.com"], "ports": [{"protocol": "UDP", "port": 53},
+                                                   {"port": 8000, "endPort": 8100}]},
+    ],
+}  # fmt: skip
+WILDCARD_KEY = domain_set_key(NS, domain_entries(WILDCARD))
+CNP_REQUEST = ReconcileRequest(NS, f"netpol-domains.{WILDCARD_KEY}")
+
+
+def cnp_world(*names: str) -> dict[str, list[dict[str, Any]]]:
+    world = sandbox_world(*names)
+    world["interpreters"] = [interpreter("py", WILDCARD)]
+    out = []
+    for sandbox in world["sandboxes"]:
+        decided = plan(
+            ReconcileRequest(NS, sandbox["metadata"]["name"]), view(**world), CNP_SETTINGS
+        )
+        assert decided.desired is not None
+        out.append(stored(decided.desired))
+    world["policies"] = out
+    return world
+
+
+def test_the_native_backend_writes_one_cluster_network_policy_holding_the_names() -> None:
+    world = cnp_world("py-1", "py-2")
+    decided = plan(CNP_REQUEST, view(**world), CNP_SETTINGS)
+    assert decided.write == "create"
+    assert decided.target == (
+        kinds.CLUSTER_NETWORK_POLICY,
+        "",
+        f"netpol-domains.{NS}.{WILDCARD_KEY}",
+    )
+    assert decided.domain_names == frozenset()  # nothing to resolve
+    desired = decided.desired
+    assert desired is not None
+    assert desired["apiVersion"] == "policy.networking.k8s.io/v1beta1"
+    assert desired["metadata"]["labels"][kinds.LABEL_DOMAIN_NAMESPACE] == NS
+    assert desired["spec"] == {
+        "tier": "Admin",
+        "priority": 1000,
+        "subject": {
+            "pods": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                "podSelector": {
+                    "matchExpressions": [
+                        {"key": kinds.LABEL_SANDBOX_NAME, "operator": "In",
+                         "values": ["py-1", "py-2"]}
+                    ]
+                },
+            }
+        },
+        "egress": [
+            {
+                "name": "domains-0",
+                "action": "Accept",
+                "to": [{"domainNames": ["*.githubusercontent.com", "api.github.com"]}],
+                "protocols": [{"tcp": {"destinationPort": {"number": 443}}}],
+            },
+            {
+                "name": "domains-1",
+                "action": "Accept",
+                "to": [{"domainNames": ["dns.example.com"]}],
+                "protocols": [
+                    {"udp": {"destinationPort": {"number": 53}}},
+                    {"tcp": {"destinationPort": {"range": {"start": 8000, "end": 8100}}}},
+                ],
+            },
+        ],
+    }  # fmt: skip
+
+
+def test_with_the_native_backend_a_pod_waits_until_the_cluster_policy_selects_it() -> None:
+    world = cnp_world("py-1")
+    assert plan(ReconcileRequest(NS, "py-1"), view(**world), CNP_SETTINGS).ungate_pods == ()
+    shared = plan(CNP_REQUEST, view(**world), CNP_SETTINGS).desired
+    assert shared is not None
+    snapshot = view(**world, clusterpolicies=[stored(shared)])
+    decided = plan(ReconcileRequest(NS, "py-1"), snapshot, CNP_SETTINGS)
+    assert [p.name for p in decided.ungate_pods] == ["py-1-pod"]
+    # Its changes reach the shared request and the pods that wait on it.
+    assert requests_for(kinds.CLUSTER_NETWORK_POLICY, stored(shared), snapshot) == {
+        CNP_REQUEST,
+        ReconcileRequest(NS, "py-1"),
+    }
+    assert plan(CNP_REQUEST, snapshot, CNP_SETTINGS).write == "none"
+
+
+def test_switching_to_the_native_backend_deletes_the_resolved_shared_policy_first() -> None:
+    world = cnp_world("py-1")
+    before = Settings(limits=Limits(domain_wildcards=True))  # the resolving backend's shape
+    resolved = plan(CNP_REQUEST, view(**world), before, states({})).desired
+    assert resolved is not None
+    world["policies"].append(stored(resolved))
+    decided = plan(CNP_REQUEST, view(**world), CNP_SETTINGS)
+    assert decided.write == "delete"
+    assert decided.target == (kinds.NETWORK_POLICY, NS, CNP_REQUEST.name)
+
+
+def test_the_native_backend_s_policy_goes_with_the_last_sandbox() -> None:
+    world = cnp_world("py-1")
+    shared = plan(CNP_REQUEST, view(**world), CNP_SETTINGS).desired
+    assert shared is not None
+    gone = {"interpreters": world["interpreters"], "clusterpolicies": [stored(shared)]}
+    decided = plan(CNP_REQUEST, view(**gone), CNP_SETTINGS)
+    assert decided.write == "delete"
+    assert decided.target[0] == kinds.CLUSTER_NETWORK_POLICY

@@ -42,6 +42,11 @@ SANDBOX_CLAIM = Kind(SANDBOX_EXT_GROUP, "v1alpha1", "SandboxClaim", "sandboxclai
 SANDBOX_WARM_POOL = Kind(SANDBOX_EXT_GROUP, "v1alpha1", "SandboxWarmPool", "sandboxwarmpools")
 POD = Kind("", "v1", "Pod", "pods")
 NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
+# sigs.k8s.io/network-policy-api (v0.3.0, experimental channel for domainNames): the shared
+# domain policy with --domain-backend=cluster-network-policy.
+CLUSTER_NETWORK_POLICY = Kind(
+    "policy.networking.k8s.io", "v1beta1", "ClusterNetworkPolicy", "clusternetworkpolicies"
+)
 LEASE = Kind("coordination.k8s.io", "v1", "Lease", "leases")
 EVENT = Kind("events.k8s.io", "v1", "Event", "events")
 CONFIG_MAP = Kind("", "v1", "ConfigMap", "configmaps")
@@ -176,6 +181,7 @@ DOMAIN_POLICY_PREFIX = "netpol-domains."
 LABEL_DOMAIN_SET = "netpol.agentcube.io/domain-set"
 ANNOTATION_DOMAINS = "netpol.agentcube.io/domains"
 ANNOTATION_DOMAIN_STATUS = "netpol.agentcube.io/domain-status"
+LABEL_DOMAIN_NAMESPACE = "netpol.agentcube.io/namespace"  # a ClusterNetworkPolicy's sandboxes'
 
 
 def kind_of(group: str, kind: str) -> Kind | None:

@@ -31,6 +31,7 @@ from webhook.cli.serve import (
     listen_on,
     tls_of,
 )
+from webhook.policy.domains import BACKEND_CLUSTER_NETWORK_POLICY
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -335,7 +336,12 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
     rest = _rest(args)
     # An error here (unreachable, forbidden, ...) is one line and exit 4 (cli/main.py).
     served = discover_kinds(rest)
-    snapshot, policies, templates = list_cluster(rest, served, namespace=args.namespace)
+    snapshot, policies, templates = list_cluster(
+        rest,
+        served,
+        namespace=args.namespace,
+        cluster_network_policies=settings.domain_backend == BACKEND_CLUSTER_NETWORK_POLICY,
+    )
     from_flags = settings.claim_label_injection
     decided, why = decide_claim_label_injection(from_flags, rest, served)
     found = find(

@@ -42,6 +42,9 @@ METADATA_ADDRESSES = ("169.254.169.254", "fd00:ec2::254")
 _POLICY_FIELDS = ("mode", "ingress", "egress", "custom")
 _RULE_FIELDS = ("cidrs", "except", "ports")
 _DOMAIN_RULE_FIELDS = ("domains", "ports", "allowAnswersIn")
+# Where a ClusterNetworkPolicy holds the names (Limits.domain_wildcards): its bounds on
+# egress rules and on a rule's protocols.
+CLUSTER_NETWORK_POLICY_MAX = 25
 _PORT_FIELDS = ("protocol", "port", "endPort")
 _CUSTOM_FIELDS = ("ingress", "egress")
 
@@ -120,6 +123,16 @@ def _validate_simple_rules(rules: object, path: str, direction: str, limits: Lim
         if len(names) > limits.max_domains:
             found.errors.append(
                 too_many(path, count=len(names), limit=limits.max_domains, noun="domain names")
+            )
+        entries = sum(1 for rule in rules if isinstance(rule, Mapping) and "domains" in rule)
+        if limits.domain_wildcards and entries > CLUSTER_NETWORK_POLICY_MAX:
+            found.errors.append(
+                too_many(
+                    path,
+                    count=entries,
+                    limit=CLUSTER_NETWORK_POLICY_MAX,
+                    noun="entries with domains (a ClusterNetworkPolicy's egress rules)",
+                )
             )
     return found
 
@@ -235,6 +248,20 @@ def _validate_domain_rule(
             seen.setdefault(key, index)
     if "ports" in rule:
         found.errors.extend(_validate_simple_ports(rule["ports"], join(path, "ports"), limits))
+        ports = rule["ports"]
+        if (
+            limits.domain_wildcards
+            and isinstance(ports, list)
+            and len(ports) > CLUSTER_NETWORK_POLICY_MAX
+        ):
+            found.errors.append(
+                too_many(
+                    join(path, "ports"),
+                    count=len(ports),
+                    limit=CLUSTER_NETWORK_POLICY_MAX,
+                    noun="ports (a ClusterNetworkPolicy rule's protocols)",
+                )
+            )
     if not rule.get("ports"):
         found.warnings.append(
             f"{path}: no ports: every port of these names' addresses is allowed "

@@ -31,6 +31,7 @@ from webhook.kube import errors
 from webhook.kube.discovery import discover_kinds
 from webhook.kube.informer import Informer, interned
 from webhook.kube.rest import Rest
+from webhook.policy.domains import BACKEND_CLUSTER_NETWORK_POLICY
 from webhook.reconciler.sandboxes import BY_NAMESPACE, INDEXES, labels_of, uid_of
 from webhook.reconciler.snapshot import Snapshot
 
@@ -197,6 +198,7 @@ SLIM: dict[Kind, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     kinds.SANDBOX_CLAIM: slim_claim,
     kinds.POD: slim_pod,
     kinds.NETWORK_POLICY: slim_network_policy,
+    kinds.CLUSTER_NETWORK_POLICY: slim_network_policy,
 }
 
 
@@ -214,12 +216,14 @@ class Caches:
         self.in_use: dict[Kind, Kind] = {kind: kind for kind in kinds.AGENT_SANDBOX_KINDS}
         self.informers: dict[Kind, list[Informer]] = {}
         keep = set(SLIM) if watched is None else set(watched)
+        if settings.domain_backend != BACKEND_CLUSTER_NETWORK_POLICY:
+            keep.discard(kinds.CLUSTER_NETWORK_POLICY)  # the CRD may not even exist
         for kind, slim in SLIM.items():
             if kind not in keep:
                 continue
             if kind == kinds.POD:
                 selectors: tuple[str, ...] = POD_SELECTORS
-            elif kind == kinds.NETWORK_POLICY:
+            elif kind in (kinds.NETWORK_POLICY, kinds.CLUSTER_NETWORK_POLICY):
                 selectors = (MANAGED_SELECTOR,)
             else:
                 selectors = ("",)
@@ -347,7 +351,11 @@ def list_all(
 
 
 def list_cluster(
-    rest: Rest, served: Mapping[Kind, Kind], *, namespace: str | None = None
+    rest: Rest,
+    served: Mapping[Kind, Kind],
+    *,
+    namespace: str | None = None,
+    cluster_network_policies: bool = False,
 ) -> tuple[Snapshot, list[dict[str, Any]], list[dict[str, Any]]]:
     """For ``audit``: what the caches would hold, every NetworkPolicy, every SandboxTemplate,
     agent-sandbox's kinds read in the versions ``served`` (``discover_kinds``); with
@@ -355,7 +363,7 @@ def list_cluster(
     RBAC is enough)."""
     snapshot = Snapshot()
     for kind, slim in SLIM.items():
-        if kind == kinds.NETWORK_POLICY:
+        if kind in (kinds.NETWORK_POLICY, kinds.CLUSTER_NETWORK_POLICY):
             continue
         selectors = POD_SELECTORS if kind == kinds.POD else ("",)
         for selector in selectors:
@@ -368,6 +376,13 @@ def list_cluster(
     for policy in network_policies:
         if labels_of(policy).get(kinds.MANAGED_BY_LABEL) == kinds.MANAGED_BY_VALUE:
             snapshot.add(kinds.NETWORK_POLICY, slim_network_policy(policy))
+    if cluster_network_policies:  # --domain-backend=cluster-network-policy: ours, cluster-wide
+        for policy in list_all(rest, kinds.CLUSTER_NETWORK_POLICY, label_selector=MANAGED_SELECTOR):
+            if (
+                namespace is None
+                or labels_of(policy).get(kinds.LABEL_DOMAIN_NAMESPACE) == namespace
+            ):
+                snapshot.add(kinds.CLUSTER_NETWORK_POLICY, slim_network_policy(policy))
     templates = list_all(
         rest, served.get(kinds.SANDBOX_TEMPLATE, kinds.SANDBOX_TEMPLATE), namespace=namespace
     )

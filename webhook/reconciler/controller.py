@@ -303,51 +303,42 @@ class Reconciler:
 
     def _write(self, decided: Plan) -> None:
         request = decided.request
+        kind, namespace, name = decided.target
         what = (
             "baseline"
             if request.name.startswith(BASELINE_PREFIX)
-            else "domain policy"
+            else f"domain {kind.kind}"
             if is_domains_request(request)
             else "NetworkPolicy"
         )
+        shown = f"{namespace}/{name}" if namespace else name
         if decided.write == "create":
             assert decided.desired is not None
-            self._rest.create(kinds.NETWORK_POLICY, request.namespace, decided.desired)
+            self._rest.create(kind, namespace, decided.desired)
             self.metrics.writes.labels("create").inc()
-            logger.info("created %s %s/%s", what, *request)
-            self._report_write(decided, "NetworkPolicyCreated", f"created {what} {request.name}")
+            logger.info("created %s %s", what, shown)
+            self._report_write(decided, "NetworkPolicyCreated", f"created {what} {name}")
             return
         if decided.write == "update":
-            self._rest.patch(
-                kinds.NETWORK_POLICY,
-                request.namespace,
-                request.name,
-                decided.merge_patch,
-                patch_type="merge",
-            )
+            self._rest.patch(kind, namespace, name, decided.merge_patch, patch_type="merge")
             self.metrics.writes.labels("update").inc()
-            logger.info("updated %s %s/%s to the desired state", what, *request)
+            logger.info("updated %s %s to the desired state", what, shown)
             self._report_write(
                 decided,
                 "NetworkPolicyUpdated",
-                f"{what} {request.name} brought back to the sandbox's policy "
+                f"{what} {name} brought back to the sandbox's policy "
                 "(it was edited, or the policy changed)",
             )
             return
         if decided.write == "delete":
             assert decided.current is not None and is_managed(decided.current)
             try:
-                self._rest.delete(
-                    kinds.NETWORK_POLICY,
-                    request.namespace,
-                    request.name,
-                    uid=uid_of(decided.current),
-                )
+                self._rest.delete(kind, namespace, name, uid=uid_of(decided.current))
             except NotFound:
                 return
             self.metrics.writes.labels("delete").inc()
-            logger.info("deleted %s %s/%s: no longer needed", what, *request)
-            self._report_write(decided, "NetworkPolicyDeleted", f"deleted {what} {request.name}")
+            logger.info("deleted %s %s: no longer needed", what, shown)
+            self._report_write(decided, "NetworkPolicyDeleted", f"deleted {what} {name}")
             return
 
     def _patch_pod(self, patch: PodPatch) -> None:

@@ -23,9 +23,11 @@ from typing import Any
 import orjson
 
 from webhook.api import kinds
+from webhook.api.networking import NAMESPACE_NAME_LABEL
 from webhook.api.settings import Settings
 from webhook.policy.cidr import CidrProblem, Network, parse_cidr
 from webhook.policy.domains import (
+    BACKEND_CLUSTER_NETWORK_POLICY,
     DomainEntry,
     answer_problem,
     build_domain_rules,
@@ -104,7 +106,14 @@ def entries_of(network_policy: Mapping[str, Any] | None) -> tuple[DomainEntry, .
 
 
 def selected_names(network_policy: Mapping[str, Any]) -> list[str]:
-    selector = (network_policy.get("spec") or {}).get("podSelector") or {}
+    """The sandboxes a shared policy selects (a NetworkPolicy's podSelector, or a
+    ClusterNetworkPolicy's subject)."""
+    spec = network_policy.get("spec") or {}
+    selector = (
+        spec.get("podSelector")
+        or ((spec.get("subject") or {}).get("pods") or {}).get("podSelector")
+        or {}
+    )
     for term in selector.get("matchExpressions") or ():
         if term.get("key") == kinds.LABEL_SANDBOX_NAME and term.get("operator") == "In":
             return [str(v) for v in term.get("values") or ()]
@@ -155,9 +164,14 @@ def _members(request: ReconcileRequest, view: Any) -> list[str]:
 
 
 def _entries(
-    request: ReconcileRequest, members: Sequence[str], view: Any, settings: Settings
+    request: ReconcileRequest,
+    members: Sequence[str],
+    view: Any,
+    settings: Settings,
+    written: Mapping[str, Any] | None = None,
 ) -> tuple[DomainEntry, ...] | None:
-    """The set's entries: from a member sandbox's policy, else as last written."""
+    """The set's entries: from a member sandbox's policy, else as last written (in
+    ``written``, by default the shared NetworkPolicy)."""
     key = request.name.removeprefix(kinds.DOMAIN_POLICY_PREFIX)
     for name in members:
         ref = find_sandbox(view, request.namespace, name)
@@ -167,12 +181,16 @@ def _entries(
         entries = domain_entries(policy)
         if entries and domain_set_key(request.namespace, entries) == key:
             return entries
-    return entries_of(view.get(kinds.NETWORK_POLICY, request.namespace, request.name))
+    if written is None:
+        written = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
+    return entries_of(written)
 
 
 def plan_domains(
     request: ReconcileRequest, view: Any, settings: Settings, states: NameStates | None
 ) -> Plan:
+    if settings.domain_backend == BACKEND_CLUSTER_NETWORK_POLICY:
+        return plan_cluster_domains(request, view, settings)
     current = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
     members = _members(request, view)
     entries = _entries(request, members, view, settings) if members else None
@@ -300,10 +318,16 @@ def domain_reports(regarding: Mapping[str, Any], status: Mapping[str, Any]) -> l
 
 
 def sandbox_domains_ready(
-    view: Any, namespace: str, sandbox: str, key: str
+    view: Any, namespace: str, sandbox: str, key: str, settings: Settings
 ) -> tuple[bool, Mapping[str, Any] | None]:
     """Whether the shared policy for ``key`` selects ``sandbox`` and holds every name's
-    first answer; and that policy, if it exists."""
+    first answer; and that policy, if it exists. A ClusterNetworkPolicy holds the names
+    themselves: selecting the sandbox is enough."""
+    if settings.domain_backend == BACKEND_CLUSTER_NETWORK_POLICY:
+        name = cluster_policy_name(domains_request(namespace, key))
+        found = view.get(kinds.CLUSTER_NETWORK_POLICY, "", name)
+        ready = found is not None and is_managed(found) and sandbox in selected_names(found)
+        return ready, None
     shared = view.get(kinds.NETWORK_POLICY, namespace, kinds.DOMAIN_POLICY_PREFIX + key)
     if shared is None or not is_managed(shared):
         return False, None
@@ -326,3 +350,124 @@ def namespace_domain_policies(view: Any) -> list[Mapping[str, Any]]:
         for p in view.items(kinds.NETWORK_POLICY)
         if is_managed(p) and labels_of(p).get(LABEL_ROLE) == ROLE_DOMAINS and namespace_of(p)
     ]
+
+
+# --- the native backend: a ClusterNetworkPolicy with domainNames ----------------------------
+#
+# --domain-backend=cluster-network-policy, for a cluster whose network plugin implements
+# sigs.k8s.io/network-policy-api's ClusterNetworkPolicy with domainNames (the experimental
+# channel): the plugin matches names itself, wildcards included, and nothing is resolved
+# here. In the Admin tier, whose Accept is final, at the lowest priority (1000) so an
+# admin's own Deny at any other priority still wins; NetworkPolicies (the sandbox's own)
+# are never consulted for what it accepts, so it holds exactly the domain part of the
+# sandboxes' policies.
+
+CLUSTER_TIER = "Admin"
+CLUSTER_PRIORITY = 1000
+MAX_CLUSTER_NAMES_PER_PEER = 25  # the CRD's bound on a domainNames list
+
+
+def cluster_policy_name(request: ReconcileRequest) -> str:
+    """``netpol-domains.<namespace>.<key>``: cluster-scoped, so the namespace is in it."""
+    key = request.name.removeprefix(kinds.DOMAIN_POLICY_PREFIX)
+    return f"{kinds.DOMAIN_POLICY_PREFIX}{request.namespace}.{key}"
+
+
+def cluster_protocols(entry: DomainEntry) -> list[dict[str, Any]]:
+    protocols = []
+    for protocol, port, end in entry.ports:
+        destination: dict[str, Any] = (
+            {"number": port}
+            if end is None or end == port
+            else {"range": {"start": port, "end": end}}
+        )
+        protocols.append({protocol.lower(): {"destinationPort": destination}})
+    return protocols
+
+
+def build_cluster_network_policy(
+    request: ReconcileRequest, members: Sequence[str], entries: Sequence[DomainEntry]
+) -> dict[str, Any]:
+    egress = []
+    for index, entry in enumerate(entries):
+        names = list(entry.names)
+        chunks = [
+            names[i : i + MAX_CLUSTER_NAMES_PER_PEER]
+            for i in range(0, len(names), MAX_CLUSTER_NAMES_PER_PEER)
+        ]
+        rule: dict[str, Any] = {
+            "name": f"domains-{index}",
+            "action": "Accept",
+            "to": [{"domainNames": chunk} for chunk in chunks],
+        }
+        protocols = cluster_protocols(entry)
+        if protocols:
+            rule["protocols"] = protocols
+        egress.append(rule)
+    key = request.name.removeprefix(kinds.DOMAIN_POLICY_PREFIX)
+    return {
+        "apiVersion": kinds.CLUSTER_NETWORK_POLICY.api_version,
+        "kind": kinds.CLUSTER_NETWORK_POLICY.kind,
+        "metadata": {
+            "name": cluster_policy_name(request),
+            "labels": {
+                kinds.MANAGED_BY_LABEL: kinds.MANAGED_BY_VALUE,
+                LABEL_ROLE: ROLE_DOMAINS,
+                kinds.LABEL_DOMAIN_NAMESPACE: request.namespace,
+                kinds.LABEL_DOMAIN_SET: key,
+            },
+            "annotations": {
+                kinds.ANNOTATION_DOMAINS: orjson.dumps([e.as_json() for e in entries]).decode(),
+            },
+        },
+        "spec": {
+            "tier": CLUSTER_TIER,
+            "priority": CLUSTER_PRIORITY,
+            "subject": {
+                "pods": {
+                    "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: request.namespace}},
+                    "podSelector": {
+                        "matchExpressions": [
+                            {
+                                "key": kinds.LABEL_SANDBOX_NAME,
+                                "operator": "In",
+                                "values": list(members),
+                            }
+                        ]
+                    },
+                }
+            },
+            "egress": egress,
+        },
+    }
+
+
+def plan_cluster_domains(request: ReconcileRequest, view: Any, settings: Settings) -> Plan:
+    """The shared domain policy as a ClusterNetworkPolicy. A shared NetworkPolicy left by
+    the resolving backend goes first (its addresses are no longer kept up to date)."""
+    stale = view.get(kinds.NETWORK_POLICY, request.namespace, request.name)
+    if stale is not None and is_managed(stale):
+        return Plan(request, "delete", None, stale)
+    name = cluster_policy_name(request)
+    current = view.get(kinds.CLUSTER_NETWORK_POLICY, "", name)
+    members = _members(request, view)
+    entries = _entries(request, members, view, settings, current) if members else None
+    if not members or entries is None:
+        return Plan(
+            request,
+            choose_write(None, current),
+            None,
+            current,
+            kind=kinds.CLUSTER_NETWORK_POLICY,
+            object_name=name,
+        )
+    desired = build_cluster_network_policy(request, members, entries)
+    return Plan(
+        request,
+        choose_write(desired, current),
+        desired,
+        current,
+        domain_names=frozenset(),  # nothing to resolve: the network plugin matches names
+        kind=kinds.CLUSTER_NETWORK_POLICY,
+        object_name=name,
+    )

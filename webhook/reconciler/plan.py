@@ -125,6 +125,17 @@ class Plan:
     # A shared domain policy's plan: the names it needs resolved (the controller tells the
     # resolver's tracker); None for every other plan.
     domain_names: frozenset[str] | None = None
+    # The object written, when it is not the request's NetworkPolicy: a ClusterNetworkPolicy
+    # (--domain-backend=cluster-network-policy) is cluster-scoped and named otherwise.
+    kind: kinds.Kind = kinds.NETWORK_POLICY
+    object_name: str | None = None
+
+    @property
+    def target(self) -> tuple[kinds.Kind, str, str]:
+        """What the write addresses: kind, namespace ("" when cluster-scoped), name."""
+        if self.kind == kinds.CLUSTER_NETWORK_POLICY:
+            return self.kind, "", self.object_name or self.request.name
+        return self.kind, self.request.namespace, self.object_name or self.request.name
 
     @property
     def merge_patch(self) -> dict[str, Any]:
@@ -293,7 +304,9 @@ def plan_sandbox(request: ReconcileRequest, view: View, settings: Settings) -> P
             )
 
             desired["metadata"]["labels"][kinds.LABEL_DOMAIN_SET] = key
-            domains_ready, shared = sandbox_domains_ready(view, ref.namespace, ref.name, key)
+            domains_ready, shared = sandbox_domains_ready(
+                view, ref.namespace, ref.name, key, settings
+            )
             reports += domain_reports(regarding, status_of(shared))
     write = choose_write(desired, current)
     if write == "blocked":
@@ -501,6 +514,16 @@ def requests_for(
     if obj is None:
         return set()
     namespace = namespace_of(obj)
+    if kind == kinds.CLUSTER_NETWORK_POLICY:  # a shared domain policy, cluster-scoped
+        labels = labels_of(obj)
+        namespace = labels.get(kinds.LABEL_DOMAIN_NAMESPACE, "")
+        key = labels.get(kinds.LABEL_DOMAIN_SET)
+        if not (is_managed(obj) and namespace and key):
+            return set()
+        return {
+            ReconcileRequest(namespace, kinds.DOMAIN_POLICY_PREFIX + key),
+            *_gated_members(namespace, obj, view),
+        }
     if kind == kinds.NETWORK_POLICY:
         requests = {ReconcileRequest(namespace, name_of(obj))}
         key = labels_of(obj).get(kinds.LABEL_DOMAIN_SET)
@@ -532,9 +555,10 @@ def _gated_members(namespace: str, shared: Mapping[str, Any], view: View) -> set
 def all_requests(view: View) -> set[ReconcileRequest]:
     """Every NetworkPolicy that exists or should: for a full pass, or an audit."""
     requests: set[ReconcileRequest] = set()
-    for obj in view.items(kinds.NETWORK_POLICY):
-        if is_managed(obj):
-            requests |= requests_for(kinds.NETWORK_POLICY, obj, view)
+    for kind in (kinds.NETWORK_POLICY, kinds.CLUSTER_NETWORK_POLICY):
+        for obj in view.items(kind):
+            if is_managed(obj):
+                requests |= requests_for(kind, obj, view)
     for obj in view.items(kinds.SANDBOX):
         if is_direct_sandbox(obj):
             requests.add(ReconcileRequest(namespace_of(obj), name_of(obj)))
