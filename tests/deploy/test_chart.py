@@ -149,6 +149,42 @@ def test_crd_patches_off_drops_the_flag_and_its_grants() -> None:
     assert not [d for d in off if "crd-patches" in d["metadata"]["name"]]
 
 
+def test_domain_values_become_flags_and_the_native_backend_brings_its_grant() -> None:
+    default = helm_template()
+    assert not [a for a in container(default)["args"] if "domain" in a or "answers" in a]
+    assert not [d for d in default if "cluster-network-policies" in d["metadata"]["name"]]
+    docs = helm_template(
+        "domains.backend=cluster-network-policy",
+        "domains.denyAnswers={10.96.0.0/12,192.0.2.0/24}",
+        "domains.dnsServer=10.96.0.10",
+        "domains.ttlFloorSeconds=10",
+        "domains.ttlCeilingSeconds=120",
+        "domains.graceSeconds=600",
+    )
+    args = container(docs)["args"]
+    assert {
+        "--domain-backend=cluster-network-policy",
+        "--deny-answers=10.96.0.0/12",
+        "--deny-answers=192.0.2.0/24",
+        "--dns-server=10.96.0.10",
+        "--domain-ttl-floor=10",
+        "--domain-ttl-ceiling=120",
+        "--domain-grace=600",
+    } <= set(args)
+    parsed = build_parser().parse_args(args)
+    assert (parsed.domain_backend, parsed.domain_grace) == ("cluster-network-policy", 600.0)
+    # The grant deploy/overlays/cluster-network-policy adds, to the release's account.
+    [role] = [
+        d for d in docs if d["kind"] == "ClusterRole" and "cluster-network" in d["metadata"]["name"]
+    ]
+    assert role["rules"][0]["resources"] == ["clusternetworkpolicies"]
+    [binding] = [
+        d for d in docs
+        if d["kind"] == "ClusterRoleBinding" and "cluster-network" in d["metadata"]["name"]
+    ]  # fmt: skip
+    assert binding["subjects"][0]["namespace"] == only(docs, "Deployment")["metadata"]["namespace"]
+
+
 def test_a_digest_wins_over_the_tag() -> None:
     docs = helm_template("image.repository=r/acn", "image.digest=sha256:" + "a" * 64)
     assert container(docs)["image"] == "r/acn@sha256:" + "a" * 64

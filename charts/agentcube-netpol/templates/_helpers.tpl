@@ -78,4 +78,22 @@ install runs deploy/'s exact command.
 {{- if ne (toString $v.leaseSeconds) "15" }}
 - --lease-seconds={{ $v.leaseSeconds }}
 {{- end }}
+{{- if ne $v.domains.backend "resolve" }}
+- --domain-backend={{ $v.domains.backend }}
+{{- end }}
+{{- range $v.domains.denyAnswers }}
+- --deny-answers={{ . }}
+{{- end }}
+{{- if $v.domains.dnsServer }}
+- --dns-server={{ $v.domains.dnsServer }}
+{{- end }}
+{{- if ne (toString $v.domains.ttlFloorSeconds) "30" }}
+- --domain-ttl-floor={{ $v.domains.ttlFloorSeconds }}
+{{- end }}
+{{- if ne (toString $v.domains.ttlCeilingSeconds) "300" }}
+- --domain-ttl-ceiling={{ $v.domains.ttlCeilingSeconds }}
+{{- end }}
+{{- if ne (toString $v.domains.graceSeconds) "300" }}
+- --domain-grace={{ $v.domains.graceSeconds }}
+{{- end }}
 {{- end -}}
