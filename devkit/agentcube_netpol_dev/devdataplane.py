@@ -99,10 +99,20 @@ EXTERNAL_HOSTS: tuple[tuple[str, tuple[int, ...]], ...] = (
     (FORBIDDEN_HOST, (443,)),
     (METADATA_HOST, (80,)),
 )
+# The playground's DNS server (``dev`` starts it; ``run`` resolves egress domains with it):
+# a name for each host outside, one that domains.yaml lists and one it does not.
+ALLOWED_NAME = "pypi.dev.test"
+FORBIDDEN_NAME = "evil.dev.test"
+DNS_NAMES: tuple[tuple[str, str], ...] = (
+    (ALLOWED_NAME, ALLOWED_HOST),
+    (FORBIDDEN_NAME, FORBIDDEN_HOST),
+)
 DESTINATIONS = (
-    Destination(ALLOWED_HOST, 443, "192.0.2.0/24 on 443: warm-pool.yaml's egress"),
+    Destination(
+        ALLOWED_HOST, 443, f"{ALLOWED_NAME}, in 192.0.2.0/24, on 443: the examples' egress"
+    ),
     Destination(ALLOWED_HOST, 80, "same host, another port"),
-    Destination(FORBIDDEN_HOST, 443, "another CIDR"),
+    Destination(FORBIDDEN_HOST, 443, f"{FORBIDDEN_NAME}: another CIDR, another name"),
     Destination(METADATA_HOST, 80, "the metadata address"),
 )
 

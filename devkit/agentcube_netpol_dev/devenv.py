@@ -52,8 +52,9 @@ from agentcube_netpol_dev.controlplane import (
     tls_context,
 )
 from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, check_prerequisites
-from agentcube_netpol_dev.devdataplane import EXTERNAL_HOSTS, POD_PORT, DevNetwork
+from agentcube_netpol_dev.devdataplane import DNS_NAMES, EXTERNAL_HOSTS, POD_PORT, DevNetwork
 from agentcube_netpol_dev.kubelet import FakeKubelet
+from agentcube_netpol_dev.testdns import DnsServer
 from webhook.api.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from webhook.api.kinds import AGENTCUBE_GROUP
 from webhook.api.settings import Settings
@@ -115,10 +116,12 @@ def banner(
         hosts = ", ".join(
             f"{address} (:{', :'.join(str(p) for p in ports)})" for address, ports in EXTERNAL_HOSTS
         )
+        names = ", ".join(f"{name} {address}" for name, address in DNS_NAMES)
         sandbox_line += f"""
   dataplane   kube-router enforces the NetworkPolicies on pods that are network namespaces
               ({dataplane}*), each answering http on :{POD_PORT}; outside the cluster:
               {hosts}.
+              Names (egress domains resolve with them): {names}.
               A pod's commands to try are printed when it starts and when its policies change."""
     return f"""
 agentcube-netpol dev is ready.
@@ -237,6 +240,7 @@ class _Cluster:
     rest: Rest
     agent_sandbox: str | None  # its version, when its controller runs
     dataplane: str | None  # the prefix of the dataplane's network namespaces
+    dns: str | None = None  # the playground's DNS server (HOST:PORT), with the dataplane
 
 
 def _start_cluster(
@@ -269,10 +273,16 @@ def _start_cluster(
         )
     rest = Rest.from_config(control_plane.admin_kubeconfig)
     dataplane_prefix: str | None = None
+    dns: str | None = None
     if build is not None and with_dataplane:
         kubelet, network = _start_dataplane(stack, control_plane, rest, work_dir, stdout)
         stack.enter_context(kubelet)
         dataplane_prefix = network.dataplane.prefix
+        # Names for the hosts outside: what run resolves egress domains with.
+        server = stack.enter_context(DnsServer())
+        for name, address in DNS_NAMES:
+            server.set(name, a=[address], ttl=30)
+        dns = server.address
     elif build is not None:
         stack.enter_context(FakeKubelet(_core_v1(control_plane)))
     return _Cluster(
@@ -280,6 +290,7 @@ def _start_cluster(
         rest=rest,
         agent_sandbox=None if build is None else build.version,
         dataplane=dataplane_prefix,
+        dns=dns,
     )
 
 
@@ -296,7 +307,7 @@ def _serve(
     registers the webhooks once the server is ready, writes the kubeconfig and says so;
     until Ctrl-C or SIGTERM."""
     from webhook.runtime.manager import Manager, Task  # uvicorn only when serving
-    from webhook.runtime.programs import Lease, add_reconciler, add_webhook_server
+    from webhook.runtime.programs import DomainOptions, Lease, add_reconciler, add_webhook_server
     from webhook.server.metrics import AdmissionMetrics
     from webhook.server.serve import Admission, Listen, Tls
 
@@ -313,6 +324,7 @@ def _serve(
         settings=settings,
         registry=metrics.registry,
         lease=Lease(namespace=LEASE_NAMESPACE),
+        domains=DomainOptions(server=cluster.dns),
     )
     add_webhook_server(
         manager,

@@ -32,6 +32,7 @@ SESSION_WAIT_S = 60.0
 SESSION = "python-warm-s3ss10n1"  # examples/dev/session.yaml
 SESSION_SELECTOR = f"{kinds.LABEL_SANDBOX_NAME}={SESSION}"
 ENFORCED_WAIT_S = 60.0
+DOMAINS_POD = "python-pypi-d0m41n01"  # examples/dev/domains.yaml's direct Sandbox
 TRY_LINE = re.compile(r"^  (allowed|refused)  (ip netns exec .*?)\s+# (.*)$")
 
 
@@ -205,9 +206,12 @@ def test_dev_playground_starts_admits_and_cleans_up(binaries: Binaries, tmp_path
         assert not Path(f"/proc/{pid}").exists(), f"process {pid} left running"
 
 
-def printed_tries(log_text: str, pod: str) -> list[tuple[str, str, str]]:
+def printed_tries(
+    log_text: str, pod: str, selected_by: str = SESSION
+) -> list[tuple[str, str, str]]:
     """(allowed|refused, command, what) of the last block ``dev --dataplane`` printed for
-    pod ``default/<pod>`` once the session's NetworkPolicy selected it; [] before."""
+    pod ``default/<pod>`` once a NetworkPolicy named ``selected_by`` (by default the
+    session's) selected it; [] before."""
     tries: list[tuple[str, str, str]] = []
     block: list[str] | None = None
     for line in [*log_text.splitlines(), ""]:
@@ -216,7 +220,7 @@ def printed_tries(log_text: str, pod: str) -> list[tuple[str, str, str]]:
         elif block is not None and line.startswith("  "):
             block.append(line)
         elif block is not None:
-            if block and SESSION in block[0]:
+            if block and selected_by in block[0]:
                 tries = [(m[1], m[2], m[3]) for m in map(TRY_LINE.match, block[1:]) if m]
             block = None
     return tries
@@ -280,9 +284,31 @@ def test_dev_dataplane_refuses_and_answers_as_the_printed_commands_say(
         assert direct["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
         annotations = direct["metadata"]["annotations"]
         assert annotations[kinds.ANNOTATION_ISOLATION_CANARY] == "198.51.100.10:443"
+        # The README's egress-by-name session: dev's DNS server names the hosts outside.
+        subprocess.run(
+            [str(binaries.path(KUBECTL)), f"--kubeconfig={kubeconfig}",
+             f"--cache-dir={kubeconfig.parent / 'kubectl-cache'}",
+             "apply", "-f", "examples/dev/domains.yaml"],
+            capture_output=True, text=True, timeout=60, check=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+        while not (by_name := printed_tries(log_path.read_text(), DOMAINS_POD, "netpol-domains.")):
+            assert time.monotonic() < deadline + SESSION_WAIT_S, log_path.read_text()
+            time.sleep(0.5)
+        assert [(verdict, command.split()[-1]) for verdict, command, _ in by_name] == [
+            ("allowed", "http://192.0.2.10:443/"),  # pypi.dev.test on 443
+            ("refused", "http://192.0.2.10/"),
+            ("refused", "http://198.51.100.10:443/"),  # evil.dev.test: not listed
+            ("refused", "http://169.254.169.254/"),
+        ]
+        wrong = as_printed(by_name)
+        while wrong and time.monotonic() < deadline + SESSION_WAIT_S:
+            time.sleep(0.5)
+            wrong = as_printed(by_name)
+        assert wrong == {}
         children = children_of(dev)
         # the control plane (3), the agent-sandbox controller, kube-router, and the http
-        # servers: three hosts outside the cluster, one per pod (the claimed and a new warm one)
+        # servers: three hosts outside the cluster, one per pod (the claimed, a new warm one,
+        # the direct sandbox and the egress-by-name one)
         assert len(children) >= 4 + 1 + 3 + 2
         assert [line for line in _netns() if line.startswith(prefix)], "no namespace of dev's"
     finally:
