@@ -230,6 +230,7 @@ def test_monitoring_is_off_by_default_and_renders_when_asked() -> None:
         "AgentcubeNetpolSandboxHeldAtGate",
         "AgentcubeNetpolNoLeader",
         "AgentcubeNetpolCRDSchemaMissing",
+        "AgentcubeNetpolDomainLookupsFailing",
         "AgentcubeNetpolCertificateExpiresSoon",
     }
 
