@@ -495,3 +495,75 @@ def test_render_refuses_options_that_make_an_invalid_network_policy(
         "error: --dns-peer[0].ipBlock.cidr: must be a canonical CIDR with no host bits set "
         '(did you mean "169.254.20.0/24"?): "169.254.20.10/24"',
     ]
+
+
+# --- egress domains -------------------------------------------------------------------------
+
+DOMAINS_TEMPLATE = """\
+apiVersion: runtime.agentcube.volcano.sh/v1alpha1
+kind: CodeInterpreter
+metadata: {name: py, namespace: team-a}
+spec:
+  template:
+    networkPolicy:
+      mode: Restricted
+      egress:
+      - domains: [pypi.test, "*.pypi-cdn.test"]
+        ports: [{port: 443}]
+"""
+
+
+def test_render_with_domains_prints_the_shared_policy_as_the_names_resolve_now(
+    tmp_path: Path,
+) -> None:
+    from webhook.reconciler.domaincache import Resolution
+
+    path = tmp_path / "ci.yaml"
+    path.write_text(DOMAINS_TEMPLATE.replace(', "*.pypi-cdn.test"', ", mirror.test"))
+    answers = {
+        "pypi.test": Resolution(("203.0.113.7",), 30),
+        "mirror.test": Resolution(("10.1.2.3", "169.254.169.254"), 30),
+    }
+    out, err = io.StringIO(), io.StringIO()
+    code = offline.render(
+        str(path), sandbox="py-1", namespace=None, settings=Settings(),
+        stdout=out, stderr=err, resolve=answers.__getitem__,
+    )  # fmt: skip
+    assert code == 0
+    own, shared = yaml.safe_load_all(out.getvalue())
+    assert own["metadata"]["labels"]["netpol.agentcube.io/domain-set"] == (
+        shared["metadata"]["name"].removeprefix("netpol-domains.")
+    )
+    assert shared["spec"]["egress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": 443}],
+            "to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}],
+        }
+    ]
+    lines = err.getvalue().splitlines()
+    assert lines[:2] == [
+        "Warning: mirror.test answered 10.1.2.3, a private address (RFC 1918): not allowed "
+        "(allowAnswersIn on the entry admits a private range; the metadata address never)",
+        "Warning: mirror.test answered 169.254.169.254, the cloud metadata address: not allowed "
+        "(allowAnswersIn on the entry admits a private range; the metadata address never)",
+    ]
+    assert "resolve to now" in lines[2]
+
+
+def test_render_a_wildcard_needs_the_native_backend_which_prints_a_cluster_network_policy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "ci.yaml"
+    path.write_text(DOMAINS_TEMPLATE)
+    code, _, err = run(capsys, "render", str(path), "--sandbox", "py-1", "--no-resolve")
+    assert code == 1
+    assert "spec.template.networkPolicy.egress[0].domains[1]: a wildcard cannot be resolved" in err
+    code, out, err = run(
+        capsys, "render", str(path), "--sandbox", "py-1",
+        "--domain-backend=cluster-network-policy",
+    )  # fmt: skip
+    assert code == 0
+    _, shared = yaml.safe_load_all(out)
+    assert shared["kind"] == "ClusterNetworkPolicy"
+    assert shared["spec"]["egress"][0]["to"] == [{"domainNames": ["*.pypi-cdn.test", "pypi.test"]}]
+    assert "the network plugin matches them" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import dns.resolver as dns_resolver
 import pytest
 from agentcube_netpol_dev.testdns import DnsServer
 
@@ -111,3 +112,15 @@ def test_the_refresher_thread_asks_a_new_name_when_woken(dns: DnsServer) -> None
         refresher.stop()
     state = tracker.state("new.test")
     assert state is not None and state.addresses == ("203.0.113.9",)
+
+
+def test_without_a_resolver_configuration_every_name_fails_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_configuration(self: object, *args: object, **kwargs: object) -> None:
+        raise dns_resolver.NoResolverConfiguration("no nameservers")
+
+    monkeypatch.setattr(dns_resolver.Resolver, "read_resolv_conf", no_configuration)
+    resolver = DnsResolver()  # the process starts
+    assert resolver.unconfigured is not None
+    assert resolver.resolve("pypi.org") == Resolution(error="servfail")

@@ -41,7 +41,13 @@ from webhook.policy.builder import (
     settings_errors,
     template_policy,
 )
-from webhook.policy.domains import DomainEntry, domain_entries, domain_set_key, names_of
+from webhook.policy.domains import (
+    BACKEND_CLUSTER_NETWORK_POLICY,
+    DomainEntry,
+    domain_entries,
+    domain_set_key,
+    names_of,
+)
 from webhook.policy.k8srules import (
     dns1123_label_problems,
     dns1123_subdomain_problems,
@@ -271,8 +277,16 @@ def render(
 
     for report in domain_reports(shared, status_of(shared)):
         print(f"Warning: {report.message}", file=stderr)
+    names = ", ".join(sorted(names_of(entries)))
+    if settings.domain_backend == BACKEND_CLUSTER_NETWORK_POLICY:
+        print(
+            f"note: {shared['metadata']['name']} names {names}: the network plugin matches "
+            "them; shared by every sandbox of the namespace with these entries",
+            file=stderr,
+        )
+        return EXIT_OK
     print(
-        f"note: {shared['metadata']['name']} holds what {', '.join(sorted(names_of(entries)))} "
+        f"note: {shared['metadata']['name']} holds what {names} "
         f"{'resolve to now' if resolve else 'resolve to (not asked: --no-resolve)'}; in a "
         "cluster the reconciler keeps it following DNS, shared by every sandbox of the "
         "namespace with these entries",
@@ -289,9 +303,18 @@ def render_domain_policy(
     settings: Settings,
     resolve: Callable[[str], Resolution] | None,
 ) -> dict[str, Any]:
-    """The shared domain policy as the reconciler would write it for one sandbox."""
+    """The shared domain policy as the reconciler would write it for one sandbox: with
+    --domain-backend=cluster-network-policy, the ClusterNetworkPolicy (nothing resolved)."""
     from webhook.reconciler.domaincache import NameState
-    from webhook.reconciler.domainplan import desired_domain_policy, domains_request
+    from webhook.reconciler.domainplan import (
+        build_cluster_network_policy,
+        desired_domain_policy,
+        domains_request,
+    )
+
+    if settings.domain_backend == BACKEND_CLUSTER_NETWORK_POLICY:
+        request = domains_request(namespace, domain_set_key(namespace, entries))
+        return build_cluster_network_policy(request, [sandbox], entries)
 
     states: dict[str, NameState] = {}
     if resolve is not None:

@@ -50,8 +50,18 @@ def parse_server(text: str) -> tuple[str, int]:
 
 class DnsResolver:
     def __init__(self, server: str | None = None, *, lifetime: float = LIFETIME_SECONDS) -> None:
+        self.unconfigured: str | None = None
         if server is None:
-            self._resolver = dns.resolver.Resolver(configure=True)
+            try:
+                self._resolver = dns.resolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration as exc:
+                # No /etc/resolv.conf, or no nameserver in it: every name fails closed (and
+                # says why) rather than the process failing to start.
+                self._resolver = dns.resolver.Resolver(configure=False)
+                self.unconfigured = f"no resolver: /etc/resolv.conf: {exc}"
+                logger.warning(
+                    "%s; egress domains open nothing (--dns-server names one)", self.unconfigured
+                )
         else:
             host, port = parse_server(server)
             self._resolver = dns.resolver.Resolver(configure=False)
@@ -61,6 +71,8 @@ class DnsResolver:
         self._resolver.cache = None  # every refresh asks; the tracker keeps what was seen
 
     def resolve(self, name: str) -> Resolution:
+        if self.unconfigured is not None:
+            return Resolution(error=SERVFAIL)
         qname = dns.name.from_text(name)  # absolute: no search domains
         addresses: list[str] = []
         ttls: list[float] = []
