@@ -398,3 +398,20 @@ def test_with_the_native_backend_its_bounds_apply() -> None:
         "protocols), not 26"
     ]
     assert errors(restricted(*entries), max_domains=100) == []  # resolving: NetworkPolicy's
+
+
+def test_the_override_annotation_takes_domains_with_the_same_rules() -> None:
+    import json
+
+    from webhook.policy.override import parse_override
+
+    good = json.dumps(restricted({"domains": ["pypi.org"], "ports": [{"port": 443}]}))
+    policy, found = parse_override(good, limits=Limits())
+    assert policy is not None and found.errors == []
+    bad = json.dumps(restricted({"domains": ["https://pypi.org/simple"]}))
+    policy, found = parse_override(bad, limits=Limits())
+    assert policy is None
+    assert [str(e) for e in found.errors] == [
+        "metadata.annotations[runtime.agentcube.io/network-policy].egress[0].domains[0]: "
+        'must be a domain name, not a URL (did you mean "pypi.org"?): "https://pypi.org/simple"'
+    ]
