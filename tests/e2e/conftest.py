@@ -35,6 +35,7 @@ from agentcube_netpol_dev.controlplane import (
     load_manifests,
     network_policy_api_crds,
 )
+from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, running_node
 from agentcube_netpol_dev.kubelet import FakeKubelet
 
 from tests.e2e.harness import CRD_DIR, DEPLOY_DIR, Kubectl, WebhookServer, agent_sandbox_running
@@ -152,3 +153,30 @@ def kubelet(control_plane: ControlPlane) -> Iterator[FakeKubelet]:
             yield fake
     finally:
         api_client.close()
+
+
+# --- the dataplane tier: a node of the module's own control plane (its ``cluster`` fixture) ---
+
+
+@pytest.fixture(scope="module")
+def node(
+    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Dataplane, FakeKubelet]]:
+    """The node namespace with kube-router, and the fake kubelet running pods on it, on the
+    requesting module's ``cluster``; the tier fails (never skips) on a machine that lacks
+    what it needs."""
+    try:
+        with running_node(cluster, tmp_path_factory.mktemp("dataplane")) as node_and_kubelet:
+            yield node_and_kubelet
+    except DataplaneError as exc:
+        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def dataplane(node: tuple[Dataplane, FakeKubelet]) -> Dataplane:
+    return node[0]
+
+
+@pytest.fixture(scope="module")
+def kubelet_of_the_plane(node: tuple[Dataplane, FakeKubelet]) -> FakeKubelet:
+    return node[1]

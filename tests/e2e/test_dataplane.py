@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from agentcube_netpol_dev.agentsandbox import AgentSandboxBuild, AgentSandboxController
 from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
-from agentcube_netpol_dev.dataplane import Dataplane, DataplaneError, Host, Probed, running_node
+from agentcube_netpol_dev.dataplane import Dataplane, Host, Probed
 from agentcube_netpol_dev.kubelet import FakeKubelet
 
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
@@ -109,28 +109,6 @@ def run(
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def node(
-    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Dataplane, FakeKubelet]]:
-    """The node namespace with kube-router, and the fake kubelet running pods on it."""
-    try:
-        with running_node(cluster, tmp_path_factory.mktemp("dataplane")) as node_and_kubelet:
-            yield node_and_kubelet
-    except DataplaneError as exc:
-        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def dataplane(node: tuple[Dataplane, FakeKubelet]) -> Dataplane:
-    return node[0]
-
-
-@pytest.fixture(scope="module")
-def kubelet_of_the_plane(node: tuple[Dataplane, FakeKubelet]) -> FakeKubelet:
-    return node[1]
 
 
 def eventually_true(check: Callable[[], bool], timeout_s: float) -> bool:

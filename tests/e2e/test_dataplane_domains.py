@@ -26,18 +26,21 @@ import pytest
 from agentcube_netpol_dev.controlplane import Binaries, ControlPlane, install_crds
 from agentcube_netpol_dev.dataplane import (
     Dataplane,
-    DataplaneError,
     Host,
-    running_node,
     socket_in,
 )
-from agentcube_netpol_dev.kubelet import FakeKubelet
 from agentcube_netpol_dev.testdns import DnsServer
 
 from tests.e2e.deployed import deploy_manifests, install_rbac, install_webhooks
 from tests.e2e.harness import CRD_DIR, Kubectl, WebhookServer, as_json
 from tests.e2e.invariant import Recorder, breaches, domain_policy_within
-from tests.e2e.test_dataplane import Probe, plain_pod, running_pod, sandbox_in, wait_until_as
+from tests.e2e.test_dataplane import (
+    Probe,
+    plain_pod,
+    running_pod,
+    sandbox_in,
+    wait_until_as,
+)
 from tests.e2e.test_reconciler import grant_agentcube, start_run
 from webhook.api import kinds
 from webhook.kube.rest import Rest
@@ -102,22 +105,6 @@ def run(
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def node(
-    cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Dataplane, FakeKubelet]]:
-    try:
-        with running_node(cluster, tmp_path_factory.mktemp("dataplane")) as node_and_kubelet:
-            yield node_and_kubelet
-    except DataplaneError as exc:
-        pytest.fail(f"the dataplane tier cannot run: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def dataplane(node: tuple[Dataplane, FakeKubelet]) -> Dataplane:
-    return node[0]
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from webhook.policy.fielderrors import FieldError, join, type_name
+from webhook.policy.fielderrors import FieldError, Problem, join, type_name
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -30,15 +29,7 @@ _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
 IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-@dataclass(frozen=True)
-class CidrProblem:
-    detail: str
-    suggestion: str | None = None
-
-    def message(self) -> str:
-        if self.suggestion is None:
-            return self.detail
-        return f'{self.detail} (did you mean "{self.suggestion}"?)'
+CidrProblem = Problem  # what is wrong with a CIDR, with the canonical form to copy
 
 
 # Parsed CIDRs are immutable, and a policy names the same few again and again

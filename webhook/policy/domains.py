@@ -26,6 +26,7 @@ import orjson
 
 from webhook.api.networking import DEFAULT_PROTOCOL
 from webhook.policy.cidr import CidrProblem, Network, parse_cidr
+from webhook.policy.fielderrors import Problem
 
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
@@ -40,15 +41,7 @@ _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _LOOSE_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 
 
-@dataclass(frozen=True)
-class NameProblem:
-    detail: str
-    suggestion: str | None = None
-
-    def message(self) -> str:
-        if self.suggestion is None:
-            return self.detail
-        return f'{self.detail} (did you mean "{self.suggestion}"?)'
+NameProblem = Problem  # what is wrong with a domain name, with the name to write instead
 
 
 def domain_problem(value: object, *, wildcards: bool) -> NameProblem | None:

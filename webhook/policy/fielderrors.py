@@ -30,6 +30,19 @@ class FieldError:
         return f"{self.path}: {self.detail}: {show_value(self.value)}"
 
 
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with one value, and the value to write instead when there is one."""
+
+    detail: str
+    suggestion: str | None = None
+
+    def message(self) -> str:
+        if self.suggestion is None:
+            return self.detail
+        return f'{self.detail} (did you mean "{self.suggestion}"?)'
+
+
 def show_value(value: Any, *, limit: int = 80) -> str:
     """A value as JSON, cut short so one bad field cannot flood a message."""
     try:
