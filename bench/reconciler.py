@@ -3,6 +3,7 @@
     python bench/reconciler.py burst     # 1,000 Sandboxes at once vs a bare client's 1,000 creates
     python bench/reconciler.py latency   # 20 Sandboxes/s: create answered -> policy ADDED
     python bench/reconciler.py memory    # VmRSS of run with 10,000 sandboxes, pods, policies
+    python bench/reconciler.py domains   # 1,000 sandboxes share a name; its address rotates
     python bench/reconciler.py all
 
 Each command starts its own control plane (etcd + kube-apiserver from the build cache,
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ from agentcube_netpol_dev.controlplane import (
     stop_process_group,
     tls_context,
 )
+from agentcube_netpol_dev.testdns import DnsServer
 from lib.load import percentile, process_cpu_seconds
 
 from webhook.api import kinds
@@ -57,6 +59,9 @@ from webhook.api.settings import Settings
 from webhook.kube.errors import Gone
 from webhook.kube.rest import Rest
 from webhook.policy.builder import build_network_policy
+from webhook.policy.domains import domain_entries, domain_set_key
+from webhook.reconciler.controller import WORKERS
+from webhook.reconciler.domainplan import selected_names
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = REPO_ROOT / "deploy"
@@ -282,10 +287,15 @@ class PolicyWatch:
     """A watch of NetworkPolicies (one namespace, or all): when each name was first ADDED,
     on this process's monotonic clock. Resumes after the server ends the watch."""
 
-    def __init__(self, rest: Rest, namespace: str | None = None) -> None:
+    def __init__(self, rest: Rest, namespace: str | None = None, *, keep: bool = False) -> None:
         self._rest = rest
         self._namespace = namespace
         self.added: dict[tuple[str, str], float] = {}
+        # With ``keep`` (for a watch of one namespace: by name): every event, (time, type,
+        # name, object), and each name's latest object.
+        self._keep = keep
+        self.events: list[tuple[float, str, str, dict[str, Any]]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._stopping = False
         self._watch: Any = None
@@ -305,6 +315,15 @@ class PolicyWatch:
                         at = time.perf_counter()
                         metadata = event["object"]["metadata"]
                         self._version = metadata.get("resourceVersion", self._version)
+                        if self._keep and event["type"] != "BOOKMARK":
+                            with self._changed:
+                                name = metadata["name"]
+                                self.events.append((at, event["type"], name, event["object"]))
+                                if event["type"] == "DELETED":
+                                    self.latest.pop(name, None)
+                                else:
+                                    self.latest[name] = event["object"]
+                                self._changed.notify_all()
                         if event["type"] == "ADDED":
                             with self._changed:
                                 key = (metadata["namespace"], metadata["name"])
@@ -320,6 +339,17 @@ class PolicyWatch:
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while self.count(namespace) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 1.0))
+        return True
+
+    def wait_until(self, check: Callable[[], bool], timeout_s: float) -> bool:
+        """Waits until ``check`` (called under the watch's lock, after each event) holds."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not check():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -808,12 +838,390 @@ def warm(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+# --- 6. egress by domain name: a rotation ----------------------------------------------------
+
+DOMAINS_NS = "domains"
+ROTATED = "pypi.test"  # its address rotates
+STEADY = "files.pypi.test"  # resolved as often, never changes: no write
+FIRST_ADDRESS = "203.0.113.7"
+STEADY_ADDRESS = "198.51.100.9"
+DOMAINS_POLICY: dict[str, Any] = {
+    "mode": "Restricted",
+    "egress": [
+        {"cidrs": ["10.8.0.0/16"], "ports": [{"protocol": "TCP", "port": 443}]},
+        {"domains": [ROTATED, STEADY], "ports": [{"port": 443}]},
+    ],
+}
+DOMAIN_TTL_S = 1
+DOMAIN_TIMING = ("--domain-ttl-floor=1", "--domain-ttl-ceiling=2", "--domain-grace=3")
+QUIET_S = 2.5  # after the old address is gone: the TTL ceiling and a little, nothing more due
+BASELINE_ANNOTATION = "bench.agentcube.io/round"
+RUN_LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"  # webhook.cli.main's LOG_FORMAT asctime
+
+
+def host_blocks(policy: Mapping[str, Any] | None) -> set[str]:
+    """The addresses of a NetworkPolicy's egress ipBlocks."""
+    spec = (policy or {}).get("spec") or {}
+    return {
+        peer["ipBlock"]["cidr"].split("/")[0]
+        for rule in spec.get("egress") or ()
+        for peer in rule.get("to") or ()
+        if "ipBlock" in peer
+    }
+
+
+def written_since(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """run's writes by kind between two reads of ``writes(run)`` (the kinds that moved)."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def reconciles(run: RunProcess) -> tuple[float, float]:
+    """run's reconciles so far (every result) and the seconds they took, summed."""
+    metrics = run.metrics()
+    count = sum(v for k, v in metrics.items() if k.startswith("agentcube_netpol_reconcile_total{"))
+    return count, metrics.get("agentcube_netpol_reconcile_duration_seconds_sum", 0.0)
+
+
+def lookups(run: RunProcess) -> dict[str, float]:
+    """run's DNS lookups so far, by result."""
+    return {
+        key.split('"')[1]: value
+        for key, value in run.metrics().items()
+        if key.startswith("agentcube_netpol_domain_lookups_total{")
+    }
+
+
+def reconciled_since(before: tuple[float, float], after: tuple[float, float]) -> dict[str, float]:
+    return {"reconciles": after[0] - before[0], "reconcile s": after[1] - before[1]}
+
+
+def count_events(
+    events: Sequence[tuple[float, str, str, Any]], which: Callable[[str], bool]
+) -> dict[str, int]:
+    """Watch events by type, of the NetworkPolicies whose name ``which`` accepts."""
+    counted: dict[str, int] = {}
+    for _, kind, name, _ in events:
+        if which(name):
+            counted[kind] = counted.get(kind, 0) + 1
+    return counted
+
+
+def own_versions(rest: Rest, ns: str) -> dict[str, str]:
+    """Each sandbox's own NetworkPolicy in ``ns``: its resourceVersion."""
+    listed = rest.list(kinds.NETWORK_POLICY, namespace=ns,
+                       label_selector="netpol.agentcube.io/role=sandbox")  # fmt: skip
+    return {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in listed["items"]}
+
+
+def seen_in_log(run: RunProcess, address: str, since: float) -> float | None:
+    """When run's log says ``ROTATED now holds`` ``address`` (unix time), the first such
+    line at or after ``since``; None if there is none."""
+    for line in run.log_path.read_text(errors="replace").splitlines():
+        if f" {ROTATED} now holds " not in line or address not in line.split(" now holds ")[1]:
+            continue
+        with contextlib.suppress(ValueError):
+            at = datetime.strptime(line[:23], RUN_LOG_TIME).timestamp()
+            if at >= since - 0.01:
+                return at
+    return None
+
+
+def settled(run: RunProcess, watch: PolicyWatch, quiet_s: float, timeout_s: float) -> None:
+    """Until run's queue is empty and for ``quiet_s`` neither the watch has seen anything nor
+    run's writes have moved (its Events trail its writes: a thread of their own sends them)."""
+    deadline = time.monotonic() + timeout_s
+    wrote, since = writes(run), time.perf_counter()
+    while time.monotonic() < deadline:
+        now = writes(run)
+        if now != wrote:
+            wrote, since = now, time.perf_counter()
+        last = max(watch.events[-1][0] if watch.events else 0.0, since)
+        if time.perf_counter() - last >= quiet_s and queue_drained(run):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"run did not settle in {timeout_s:.0f}s")
+
+
+def rotation(
+    round_: int, *, dns: DnsServer, run: RunProcess, rest: Rest, watch: PolicyWatch, shared: str,
+    own: Sequence[str], old: str,
+) -> dict[str, Any]:  # fmt: skip
+    """``ROTATED`` moved from ``old`` to a new address: seconds until the shared policy
+    (as watched) holds it and until ``old`` is gone (after the grace), and everything
+    written from the change until run is quiet again."""
+    new = f"203.0.113.{10 + round_}"
+    versions = own_versions(rest, DOMAINS_NS)
+    writes_before, cpu_before, mark = writes(run), run.cpu_seconds(), len(watch.events)
+    lookups_before, reconciles_before = lookups(run), reconciles(run)
+    changed_unix = time.time()
+    dns.set(ROTATED, a=[new], ttl=DOMAIN_TTL_S)
+    changed = time.perf_counter()
+
+    def first(check: Callable[[dict[str, Any]], bool]) -> float | None:
+        for at, _, name, obj in watch.events[mark:]:
+            if name == shared and check(obj):
+                return at - changed
+        return None
+
+    if not watch.wait_until(lambda: new in host_blocks(watch.latest.get(shared)), 60.0):
+        raise TimeoutError(f"round {round_ + 1}: {new} never reached {shared}")
+    if not watch.wait_until(lambda: old not in host_blocks(watch.latest.get(shared)), 60.0):
+        raise TimeoutError(f"round {round_ + 1}: {old} never left {shared}")
+    settled(run, watch, QUIET_S, 120.0)
+    window = watch.events[mark:]
+    after = writes(run)
+    seen = seen_in_log(run, new, changed_unix)
+    by_name: dict[str, dict[str, int]] = {}
+    for _, kind, name, _ in window:
+        by_name.setdefault(name, {}).setdefault(kind, 0)
+        by_name[name][kind] += 1
+    moved = sorted(n for n, v in own_versions(rest, DOMAINS_NS).items() if versions.get(n) != v)
+    return {
+        "new": new,
+        "new_s": first(lambda p: new in host_blocks(p)),
+        "old_gone_s": first(lambda p: old not in host_blocks(p)),
+        "noticed_s": None if seen is None else seen - changed_unix,
+        "window_s": window[-1][0] - changed if window else 0.0,
+        "run writes": written_since(writes_before, after),
+        "policy writes": sum(
+            after.get(k, 0.0) - writes_before.get(k, 0.0) for k in ("create", "update", "delete")
+        ),
+        "watched": by_name,
+        "watched writes": len(window),
+        "own policies watched": sum(1 for n in by_name if n != shared),
+        "own versions changed": len(moved) + len(set(own) - set(versions)),
+        "run cpu": run.cpu_seconds() - cpu_before,
+        "lookups": written_since(lookups_before, lookups(run)),
+        **reconciled_since(reconciles_before, reconciles(run)),
+    }
+
+
+def naive_rewrite(
+    round_: int, *, run: RunProcess, rest: Rest, watch: PolicyWatch, own: Sequence[str],
+    threads: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The naive design's cost: every sandbox's own NetworkPolicy written once (a merge
+    patch of an annotation, a fresh value each round), from ``threads`` threads; seconds
+    from the first patch until the watch has seen all of them, and what run wrote meanwhile
+    (it sees the changes: nothing to write is expected)."""
+    value = f"r{round_}"
+    writes_before, cpu_before, mark = writes(run), run.cpu_seconds(), len(watch.events)
+    reconciles_before = reconciles(run)
+    body = {"metadata": {"annotations": {BASELINE_ANNOTATION: value}}}
+
+    def patch(name: str) -> None:
+        rest.patch(kinds.NETWORK_POLICY, DOMAINS_NS, name, body, patch_type="merge")
+
+    def annotated(obj: Mapping[str, Any]) -> bool:
+        return (obj["metadata"].get("annotations") or {}).get(BASELINE_ANNOTATION) == value
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(patch, own))
+    answered = time.perf_counter()
+    wanted = set(own)
+
+    def seen() -> list[float]:
+        return [at for at, kind, name, obj in watch.events[mark:]
+                if kind == "MODIFIED" and name in wanted and annotated(obj)]  # fmt: skip
+
+    if not watch.wait_until(lambda: len(seen()) >= len(wanted), 120.0):
+        raise TimeoutError(f"round {round_ + 1}: not every patch was watched")
+    last = max(seen())
+    settled(run, watch, 1.0, 120.0)
+    after = writes(run)
+    return {
+        "seconds": last - started,
+        "answered_s": answered - started,
+        "writes": len(own),
+        "run writes": written_since(writes_before, after),
+        "run cpu": run.cpu_seconds() - cpu_before,  # seeing the N changes, writing nothing
+        **reconciled_since(reconciles_before, reconciles(run)),
+    }
+
+
+def domains(args: argparse.Namespace) -> dict[str, Any]:
+    """N sandboxes sharing one domain set; the name's address rotated ``--rotations``
+    times. Each round, in an order that turns: one rotation (what run writes) and the
+    naive design's cost (a bare client writing all N own policies)."""
+    ns, count = DOMAINS_NS, args.sandboxes
+    shared = kinds.DOMAIN_POLICY_PREFIX + domain_set_key(ns, domain_entries(DOMAINS_POLICY))
+    own = names(count)
+    rounds: list[dict[str, Any]] = []
+    with (
+        cluster() as (control_plane, service_account),
+        tempfile.TemporaryDirectory() as work,
+        DnsServer() as dns,
+    ):
+        dns.set(ROTATED, a=[FIRST_ADDRESS], ttl=DOMAIN_TTL_S)
+        dns.set(STEADY, a=[STEADY_ADDRESS], ttl=DOMAIN_TTL_S)
+        rest = client(control_plane, args.threads)
+        # The naive design's writer: run's connection pool (a connection per worker and per
+        # watch, and a few to spare) and its workers.
+        naive = Rest.from_config(control_plane.admin_kubeconfig, max_connections=WORKERS + 12)
+        create_namespace(rest, ns, with_interpreter=False)
+        watch = PolicyWatch(rest, ns, keep=True)
+        run_args = (f"--dns-server={dns.address}", *DOMAIN_TIMING)
+        with run_process(service_account, Path(work), *run_args) as run:
+            try:
+                body = interpreter(ns)
+                body["spec"]["template"]["networkPolicy"] = DOMAINS_POLICY
+                rest.create(kinds.CODE_INTERPRETER, ns, body)
+
+                def create_pair(name: str) -> None:
+                    created = rest.create(kinds.SANDBOX, ns, sandbox(ns, name))
+                    rest.create(kinds.POD, ns, sandbox_pod(created))
+
+                started = time.perf_counter()
+                with ThreadPoolExecutor(args.threads) as pool:
+                    list(pool.map(create_pair, own))
+                created_s = time.perf_counter() - started
+
+                def complete() -> bool:
+                    policy = watch.latest.get(shared)
+                    return (
+                        all(n in watch.latest for n in own)
+                        and policy is not None
+                        and len(selected_names(policy)) == count
+                        and {FIRST_ADDRESS, STEADY_ADDRESS} <= host_blocks(policy)
+                    )
+
+                if not watch.wait_until(complete, SYNC_TIMEOUT_S):
+                    raise TimeoutError(f"{ns}: the {count} own policies and {shared}")
+                complete_s = time.perf_counter() - started
+                settled(run, watch, QUIET_S, 300.0)
+                setup: dict[str, Any] = {
+                    "created_s": created_s,
+                    "complete_s": complete_s,
+                    "shared writes": sum(1 for e in watch.events if e[2] == shared),
+                    "own watched": count_events(watch.events, lambda n: n != shared),
+                    "run writes": writes(run),
+                }
+                print(f"  {count} Sandboxes and pods created in {created_s:.1f}s; the {count} "
+                      f"own policies and {shared} (selecting all, holding {FIRST_ADDRESS}) after "
+                      f"{complete_s:.1f}s; the shared policy written {setup['shared writes']} "
+                      f"times meanwhile, the own policies {setup['own watched']}; run's writes "
+                      f"{written_since({}, setup['run writes'])}", flush=True)  # fmt: skip
+
+                old = FIRST_ADDRESS
+                for round_ in range(args.rotations):
+                    row: dict[str, Any] = {"round": round_ + 1}
+                    for side in ("ours", "naive") if round_ % 2 == 0 else ("naive", "ours"):
+                        if side == "ours":
+                            row["ours"] = rotation(round_, dns=dns, run=run, rest=rest,
+                                                   watch=watch, shared=shared, own=own, old=old)  # fmt: skip
+                            old = row["ours"]["new"]
+                        else:
+                            row["naive"] = naive_rewrite(round_, run=run, rest=naive, watch=watch,
+                                                         own=own, threads=WORKERS)  # fmt: skip
+                    rounds.append(row)
+                    o, b = row["ours"], row["naive"]
+                    print(f"  round {round_ + 1}: ours: {o['new']} in the shared policy after "
+                          f"{o['new_s']:.2f}s (run's log: noticed after "
+                          f"{o['noticed_s'] if o['noticed_s'] is None else round(o['noticed_s'], 2)}s), "
+                          f"the old address gone after {o['old_gone_s']:.2f}s; run wrote "
+                          f"{o['run writes']}; watched {o['watched']}; own policies changed "
+                          f"{o['own versions changed']}; run CPU {o['run cpu']:.2f}s, "
+                          f"{o['reconciles']:.0f} reconciles ({o['reconcile s']:.2f}s) | naive: "
+                          f"{b['writes']} patches in {b['seconds']:.2f}s (answered "
+                          f"{b['answered_s']:.2f}s), run wrote {b['run writes']}, run CPU "
+                          f"{b['run cpu']:.2f}s, {b['reconciles']:.0f} reconciles "
+                          f"({b['reconcile s']:.2f}s)", flush=True)  # fmt: skip
+            finally:
+                watch.stop()
+                log = run.log_path.read_text(errors="replace").splitlines()
+                if args.json:  # run's log beside the results, to read what it did
+                    args.json.with_suffix(".run.log").write_text("\n".join(log) + "\n")
+        naive.close()
+    problems = [line for line in log if " WARNING " in line or " ERROR " in line
+                or "Traceback" in line]  # fmt: skip
+    summary = domains_summary(rounds, count, WORKERS)
+    summary["setup"] = setup
+    summary["run log warnings"] = problems[:50]
+    if problems:
+        print(f"\n  run's log: {len(problems)} WARNING/ERROR lines, the first:")
+        for line in problems[:10]:
+            print(f"    {line}")
+    return {"rounds": rounds, "summary": summary}
+
+
+def domains_summary(rounds: Sequence[dict[str, Any]], count: int, threads: int) -> dict[str, Any]:
+    """Medians over the rounds. Each of our shared-policy writes is, in the naive design, a
+    pass writing all ``count`` own policies: the naive writes a rotation are ``count`` times
+    ours; its seconds, one measured pass (the DNS change seen at the same moment as ours)."""
+
+    def median(values: Iterable[float | None]) -> float:
+        found = [v for v in values if v is not None]
+        return statistics.median(found) if found else float("nan")
+
+    ours = [r["ours"] for r in rounds]
+    naive = [r["naive"] for r in rounds]
+    pairs = list(zip(ours, naive, strict=True))
+    noticed = [(o, b) for o, b in pairs if o["noticed_s"] is not None]
+    ours_writes = median(o["policy writes"] for o in ours)
+    s = {
+        "sandboxes": count,
+        "rotations": len(rounds),
+        "ours policy writes": ours_writes,
+        "ours events": median(o["run writes"].get("event", 0.0) for o in ours),
+        "ours watched writes": median(float(o["watched writes"]) for o in ours),
+        "ours own changed": max(o["own versions changed"] for o in ours),
+        "ours lookups": median(sum(o["lookups"].values()) for o in ours),
+        "ours new s": median(o["new_s"] for o in ours),
+        "ours new s rounds": [round(o["new_s"], 2) for o in ours],
+        "ours noticed s": median(o["noticed_s"] for o, _ in noticed),
+        "ours write s": median(o["new_s"] - o["noticed_s"] for o, _ in noticed),
+        "ours old gone s": median(o["old_gone_s"] for o in ours),
+        "ours run cpu s": median(o["run cpu"] for o in ours),
+        "naive writes": count * ours_writes,
+        "naive pass writes": count,
+        "naive s": median(b["seconds"] for b in naive),
+        "naive s rounds": [round(b["seconds"], 2) for b in naive],
+        "naive run writes": [b["run writes"] for b in naive],
+        "naive run cpu s": median(b["run cpu"] for b in naive),
+        "naive run reconciles": median(b["reconciles"] for b in naive),
+        "naive run reconcile s": median(b["reconcile s"] for b in naive),
+        "writes ratio": count,
+        # The write itself: one pass of N against ours (run's log line -> watched).
+        "write s ratio": median(
+            b["seconds"] / max(o["new_s"] - o["noticed_s"], 1e-3) for o, b in noticed
+        ),
+        # The new address in place: the same wait for the refresh, then N writes or one.
+        "new s ratio": median((o["noticed_s"] + b["seconds"]) / o["new_s"] for o, b in noticed),
+    }
+    print(f"\ndomains: {count} sandboxes sharing one domain set, {len(rounds)} rotations of "
+          f"{ROTATED} (TTL {DOMAIN_TTL_S}s, {' '.join(DOMAIN_TIMING)}), medians")  # fmt: skip
+    print("  ours: DNS change -> the shared policy holds the new address (this process's watch; "
+          "'noticed': run's log line saying so); writes from the change until run is quiet, the "
+          "old address's removal after the grace included")  # fmt: skip
+    print(f"  naive: a bare client patches the {count} own policies ({threads} threads, run's "
+          "connection pool), first patch -> the last one watched; each write of ours is one such "
+          "pass")  # fmt: skip
+    print(f"  ours:  {s['ours policy writes']:.0f} NetworkPolicy writes a rotation (+"
+          f"{s['ours events']:.0f} Events; {s['ours watched writes']:.0f} watched; own policies "
+          f"changed: {s['ours own changed']}); new address after {s['ours new s']:.2f}s (rounds "
+          f"{s['ours new s rounds']}): noticed after {s['ours noticed s']:.2f}s, written and "
+          f"watched {s['ours write s']:.3f}s later; old address gone after "
+          f"{s['ours old gone s']:.2f}s; run CPU {s['ours run cpu s']:.2f}s, "
+          f"{s['ours lookups']:.0f} lookups")  # fmt: skip
+    print(f"  naive: {s['naive writes']:.0f} writes a rotation ({count} a pass); a pass "
+          f"{s['naive s']:.2f}s (rounds {s['naive s rounds']}); run CPU meanwhile (seeing the "
+          f"changes) {s['naive run cpu s']:.2f}s, {s['naive run reconciles']:.0f} reconciles "
+          f"taking {s['naive run reconcile s']:.2f}s")  # fmt: skip
+    print(f"  ratios: writes x{s['writes ratio']}; the write, naive pass / ours "
+          f"x{s['write s ratio']:.0f}; the new address in place, (noticed + naive pass) / ours "
+          f"x{s['new s ratio']:.2f}")  # fmt: skip
+    return s
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("benchmark", choices=["burst", "latency", "memory", "warm", "all"])
+    parser.add_argument(
+        "benchmark", choices=["burst", "latency", "memory", "warm", "domains", "all"]
+    )
     parser.add_argument("--claims", type=int, default=100, help="warm: claims (and pool size)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=1000, help="burst: Sandboxes per round")
@@ -828,16 +1236,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="memory: seconds of creating before the last checkpoints are skipped")  # fmt: skip
     parser.add_argument("--code", type=Path, nargs="+", default=[REPO_ROOT],
                         help="memory: checkouts whose run to measure side by side (first leads)")  # fmt: skip
+    parser.add_argument("--sandboxes", type=int, default=1000,
+                        help="domains: sandboxes sharing the domain set")  # fmt: skip
+    parser.add_argument("--rotations", type=int, default=5,
+                        help="domains: rotations of the name's address")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    chosen = ["burst", "latency", "memory", "warm"] if args.benchmark == "all" else [args.benchmark]
+    every = ["burst", "latency", "memory", "warm", "domains"]
+    chosen = every if args.benchmark == "all" else [args.benchmark]
     report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                               "load": os.getloadavg()}  # fmt: skip
     for name in chosen:
         print(f"== {name}", flush=True)
-        report[name] = {"burst": burst, "latency": latency, "memory": memory, "warm": warm}[name](
-            args
-        )
+        commands = {"burst": burst, "latency": latency, "memory": memory, "warm": warm,
+                    "domains": domains}  # fmt: skip
+        report[name] = commands[name](args)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
