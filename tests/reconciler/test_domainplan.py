@@ -399,3 +399,27 @@ def test_the_native_backend_s_policy_goes_with_the_last_sandbox() -> None:
     decided = plan(CNP_REQUEST, view(**gone), CNP_SETTINGS)
     assert decided.write == "delete"
     assert decided.target[0] == kinds.CLUSTER_NETWORK_POLICY
+
+
+def test_a_member_s_own_policy_changing_in_its_spec_only_does_not_replan_the_shared_one() -> None:
+    import copy
+
+    from webhook.reconciler.plan import requests_for_change
+
+    world = sandbox_world("py-1")
+    (own,) = own_policies(world)
+    snapshot = view(**{**world, "policies": [own]})
+    edited = copy.deepcopy(own)
+    edited["spec"]["egress"] = []  # drift: its own reconcile puts it back; the set is the same
+    assert requests_for_change(kinds.NETWORK_POLICY, own, edited, snapshot) == {
+        ReconcileRequest(NS, "py-1")
+    }
+    # Created, deleted or moved to another set: the shared policies hear of it.
+    assert SHARED in requests_for_change(kinds.NETWORK_POLICY, None, own, snapshot)
+    assert SHARED in requests_for_change(kinds.NETWORK_POLICY, own, None, snapshot)
+    moved = copy.deepcopy(own)
+    moved["metadata"]["labels"][kinds.LABEL_DOMAIN_SET] = "0000000000"
+    assert requests_for_change(kinds.NETWORK_POLICY, own, moved, snapshot) >= {
+        SHARED,
+        ReconcileRequest(NS, "netpol-domains.0000000000"),
+    }

@@ -40,7 +40,7 @@ from webhook.reconciler.plan import (
     claim_label_reports,
     is_managed,
     plan,
-    requests_for,
+    requests_for_change,
 )
 from webhook.reconciler.sandboxes import name_of, namespace_of, uid_of
 
@@ -130,9 +130,7 @@ class Reconciler:
     def _on_change(
         self, kind: Kind, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
     ) -> None:
-        for request in requests_for(kind, old, self._caches) | requests_for(
-            kind, new, self._caches
-        ):
+        for request in requests_for_change(kind, old, new, self._caches):
             self.queue.add(request)
         if kind == kinds.POD:
             for report in claim_label_reports(old, new, self._caches, self._settings):
@@ -323,12 +321,12 @@ class Reconciler:
             self._rest.patch(kind, namespace, name, decided.merge_patch, patch_type="merge")
             self.metrics.writes.labels("update").inc()
             logger.info("updated %s %s to the desired state", what, shown)
-            self._report_write(
-                decided,
-                "NetworkPolicyUpdated",
-                f"{what} {name} brought back to the sandbox's policy "
-                "(it was edited, or the policy changed)",
+            why = (
+                "now holds its names' current addresses and sandboxes (or it was edited)"
+                if is_domains_request(request)
+                else "brought back to the sandbox's policy (it was edited, or the policy changed)"
             )
+            self._report_write(decided, "NetworkPolicyUpdated", f"{what} {name} {why}")
             return
         if decided.write == "delete":
             assert decided.current is not None and is_managed(decided.current)

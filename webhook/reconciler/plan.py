@@ -538,6 +538,38 @@ def requests_for(
     return requests
 
 
+_MEMBERSHIP_LABELS = (
+    kinds.MANAGED_BY_LABEL,
+    LABEL_ROLE,
+    kinds.LABEL_SANDBOX_NAME,
+    kinds.LABEL_DOMAIN_SET,
+)
+
+
+def requests_for_change(
+    kind: kinds.Kind,
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+    view: View,
+) -> set[ReconcileRequest]:
+    """What a change from ``old`` to ``new`` bears on: ``requests_for`` both, except that a
+    sandbox's own NetworkPolicy changed in its spec only (not in what makes it a member of a
+    domain set) does not queue that set's shared policy: with a thousand sandboxes sharing
+    it, each such change would re-plan it over all of them for nothing."""
+    requests = requests_for(kind, old, view) | requests_for(kind, new, view)
+    if (
+        kind == kinds.NETWORK_POLICY
+        and old is not None
+        and new is not None
+        and not name_of(new).startswith(kinds.DOMAIN_POLICY_PREFIX)
+    ):
+        key = labels_of(new).get(kinds.LABEL_DOMAIN_SET)
+        same = all(labels_of(old).get(k) == labels_of(new).get(k) for k in _MEMBERSHIP_LABELS)
+        if key and same:
+            requests.discard(ReconcileRequest(namespace_of(new), kinds.DOMAIN_POLICY_PREFIX + key))
+    return requests
+
+
 def _gated_members(namespace: str, shared: Mapping[str, Any], view: View) -> set[ReconcileRequest]:
     """The sandboxes a shared domain policy selects whose pods still wait on it."""
     from webhook.reconciler.domainplan import selected_names
