@@ -87,7 +87,7 @@ bench-apiserver: install controlplane
 bench-dataplane: install controlplane dataplane-packages
 	$(PY) bench/dataplane.py $(BENCH_ARGS)
 
-## bench-soak: the soak of tests/e2e/test_soak.py for 10 minutes (60 s in make test), its figures printed
+## bench-soak: the soak of tests/e2e/test_soak.py for 10 minutes (40 s in make test), its figures printed
 bench-soak: install controlplane
 	AGENTCUBE_NETPOL_SOAK_SECONDS=$${AGENTCUBE_NETPOL_SOAK_SECONDS:-600} $(PY) -m pytest -p no:cacheprovider -s -q tests/e2e/test_soak.py
 

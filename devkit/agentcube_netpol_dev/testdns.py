@@ -87,6 +87,31 @@ def answer(query: bytes, zone: Mapping[str, Mapping[str, Any]]) -> bytes | None:
     return response.to_wire()
 
 
+BIND_ATTEMPTS = 20
+
+
+def _bind_pair(
+    host: str,
+    port: int,
+    udp_handler: type[socketserver.BaseRequestHandler],
+    tcp_handler: type[socketserver.BaseRequestHandler],
+) -> tuple[socketserver.ThreadingUDPServer, socketserver.ThreadingTCPServer]:
+    """A UDP and a TCP server on one port (``port``, or a free one when 0): a port free for
+    UDP may be taken for TCP, so a free one is tried again until both bind."""
+    last: OSError | None = None
+    for _ in range(BIND_ATTEMPTS if port == 0 else 1):
+        udp = socketserver.ThreadingUDPServer((host, port), udp_handler)
+        try:
+            tcp = socketserver.ThreadingTCPServer((host, udp.server_address[1]), tcp_handler)
+        except OSError as exc:
+            udp.server_close()
+            last = exc
+            continue
+        return udp, tcp
+    assert last is not None
+    raise last
+
+
 class DnsServer:
     """In-process: ``with DnsServer() as server: server.set("pypi.test", a=["203.0.113.7"])``."""
 
@@ -117,11 +142,8 @@ class DnsServer:
                     self.wfile.write(struct.pack("!H", len(reply)) + reply)
 
         self._handlers = (Udp, Tcp)
-        socketserver.UDPServer.allow_reuse_address = True
-        self._udp = socketserver.ThreadingUDPServer((host, port), Udp)
+        self._udp, self._tcp = _bind_pair(host, port, Udp, Tcp)
         self.host, self.port = str(self._udp.server_address[0]), int(self._udp.server_address[1])
-        socketserver.TCPServer.allow_reuse_address = True
-        self._tcp = socketserver.ThreadingTCPServer((host, self.port), Tcp)
         self._servers: list[socketserver.BaseServer] = [self._udp, self._tcp]
         self._threads: list[threading.Thread] = []
         self._started = False
