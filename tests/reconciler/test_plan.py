@@ -582,3 +582,22 @@ def test_a_policy_outlives_its_deleted_sandbox_while_its_pod_exists() -> None:
         SETTINGS,
     )
     assert gone.write == "delete"
+
+
+def test_an_update_s_event_says_why_it_was_written() -> None:
+    from webhook.reconciler.plan import update_reason
+
+    sandbox = direct_sandbox()
+    before = stored(expected_policy("py-abcd1234", RESTRICTED, sandbox, kinds.SANDBOX))
+    pods = [pod("py-abcd1234", {kinds.LABEL_SANDBOX_NAME: "py-abcd1234"})]
+    world = view(interpreters=[interpreter()], sandboxes=[sandbox], pods=pods, policies=[before])
+    decided = plan(ReconcileRequest(NS, "py-abcd1234"), world, SETTINGS)
+    assert decided.write == "update"  # its pod came: an owner more, nothing else
+    assert update_reason(decided) == "now owned by the sandbox's pods too: it stays while they run"
+    edited = json.loads(json.dumps(before))
+    edited["spec"]["egress"] = []
+    world = view(interpreters=[interpreter()], sandboxes=[sandbox], policies=[edited])
+    decided = plan(ReconcileRequest(NS, "py-abcd1234"), world, SETTINGS)
+    assert update_reason(decided) == (
+        "brought back to the sandbox's policy (it was edited, or the policy changed)"
+    )

@@ -41,6 +41,7 @@ from webhook.reconciler.plan import (
     is_managed,
     plan,
     requests_for_change,
+    update_reason,
 )
 from webhook.reconciler.sandboxes import name_of, namespace_of, uid_of
 
@@ -321,11 +322,7 @@ class Reconciler:
             self._rest.patch(kind, namespace, name, decided.merge_patch, patch_type="merge")
             self.metrics.writes.labels("update").inc()
             logger.info("updated %s %s to the desired state", what, shown)
-            why = (
-                "now holds its names' current addresses and sandboxes (or it was edited)"
-                if is_domains_request(request)
-                else "brought back to the sandbox's policy (it was edited, or the policy changed)"
-            )
+            why = update_reason(decided)
             self._report_write(decided, "NetworkPolicyUpdated", f"{what} {name} {why}")
             return
         if decided.write == "delete":

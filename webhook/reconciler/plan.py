@@ -181,6 +181,21 @@ def in_sync(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     )
 
 
+def update_reason(decided: Plan) -> str:
+    """Why an update was written, for its Event: the owners only (a sandbox's pods came or
+    went), a shared domain policy following its names and sandboxes, or drift."""
+    if decided.request.name.startswith(kinds.DOMAIN_POLICY_PREFIX):
+        return "now holds its names' current addresses and sandboxes (or it was edited)"
+    desired, current = decided.desired or {}, decided.current or {}
+    owners_only = in_sync(
+        {**desired, "metadata": {**(desired.get("metadata") or {}), "ownerReferences": None}},
+        {**current, "metadata": {**(current.get("metadata") or {}), "ownerReferences": None}},
+    )
+    if owners_only:
+        return "now owned by the sandbox's pods too: it stays while they run"
+    return "brought back to the sandbox's policy (it was edited, or the policy changed)"
+
+
 def choose_write(desired: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> Write:
     if current is not None and not is_managed(current):
         # Someone else's NetworkPolicy has the name: never take it over or delete it.
