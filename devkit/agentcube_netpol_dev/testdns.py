@@ -1,11 +1,9 @@
 """A small DNS server whose answers a test sets: names, CNAMEs, TTLs, and failures.
 
-It answers UDP and TCP on one address (loopback, or one inside a test's network
-namespace) from a zone held in memory, as a recursive resolver would: a CNAME chain with
-the records at its end in one answer. A test changes the zone while it runs
-(``set``/``cname``/``fail``); ``python -m agentcube_netpol_dev.testdns`` runs it as a
-process that reloads a JSON zone file when it changes, for a server inside a network
-namespace (``ip netns exec NS python -m ...``).
+It answers UDP and TCP on loopback (and on sockets made inside a test's network namespace,
+``add_listeners``) from a zone held in memory, as a recursive resolver would: a CNAME chain
+with the records at its end in one answer. A test changes the zone while it runs
+(``set``/``cname``/``fail``).
 
 Zone: ``{"name": {"a": [...], "aaaa": [...], "cname": "target", "ttl": 30,
 "fail": "servfail" | "refused" | "drop" | "garbage"}}``; a name not in it is NXDOMAIN.
@@ -13,18 +11,13 @@ Zone: ``{"name": {"a": [...], "aaaa": [...], "cname": "target", "ttl": 30,
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import socket
 import socketserver
 import struct
-import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -214,43 +207,3 @@ class DnsServer:
         for server in self._servers:
             server.shutdown()
             server.server_close()
-
-
-def write_zone(path: Path, zone: Mapping[str, Any]) -> None:
-    """Replace a served zone file whole (the server never reads half of one)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(zone))
-    os.replace(tmp, path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:53")
-    parser.add_argument("--zone", type=Path, required=True, help="JSON zone file, reloaded")
-    args = parser.parse_args(argv)
-    host, _, port = args.listen.rpartition(":")
-    server = DnsServer(host, int(port))
-    loaded = [0.0]
-
-    def reload() -> None:
-        with contextlib.suppress(OSError, ValueError):
-            mtime = args.zone.stat().st_mtime_ns
-            if mtime != loaded[0]:
-                zone = json.loads(args.zone.read_text())
-                with server._lock:
-                    server.zone = zone
-                loaded[0] = mtime
-
-    reload()
-    with server:
-        print(f"serving {server.address}", flush=True)
-        try:
-            while True:
-                time.sleep(0.1)
-                reload()
-        except KeyboardInterrupt:
-            return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,6 @@ from webhook.policy.fielderrors import Problem
 
 MAX_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
-WILDCARD_PREFIX = "*."
 
 # Where a domain entry's names are enforced (``--domain-backend``).
 BACKEND_RESOLVE = "resolve"  # names resolved into ipBlocks: every NetworkPolicy implementation
@@ -148,10 +147,6 @@ def _suggestion(candidate: str) -> str | None:
     if candidate and domain_problem(candidate, wildcards=True) is None:
         return candidate
     return None
-
-
-def is_wildcard(name: str) -> bool:
-    return name.startswith(WILDCARD_PREFIX)
 
 
 # --- the entries of a policy ---------------------------------------------------------------

@@ -27,7 +27,7 @@ from webhook.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, Unr
 from webhook.kube.rest import PatchType, Rest
 from webhook.kube.workqueue import WorkQueue
 from webhook.reconciler.caches import Caches
-from webhook.reconciler.domainplan import is_domains_request, status_of
+from webhook.reconciler.domainplan import status_of
 from webhook.reconciler.domains import DomainRefresher
 from webhook.reconciler.metrics import ReconcilerMetrics
 from webhook.reconciler.plan import (
@@ -284,7 +284,7 @@ class Reconciler:
             return plan(request, self._caches, self._settings)
         tracker = self._domains.tracker
         decided = plan(request, self._caches, self._settings, tracker.state)
-        if decided.domain_names is None and not is_domains_request(request):
+        if decided.domain_names is None and not request.is_domains:
             return decided
         # A shared domain policy: the tracker keeps its names resolved from now on (and
         # forgets them when no sandbox needs them). Names new to it start from what the
@@ -307,7 +307,7 @@ class Reconciler:
             "baseline"
             if request.name.startswith(BASELINE_PREFIX)
             else f"domain {kind.kind}"
-            if is_domains_request(request)
+            if request.is_domains
             else "NetworkPolicy"
         )
         shown = f"{namespace}/{name}" if namespace else name

@@ -161,7 +161,7 @@ class DomainTracker:
             entry = self._names.get(name)
             if entry is None:
                 return False  # no longer wanted
-            before = self._visible(entry, now)
+            before = self._visible(entry)
             timing = self.timing
             if resolution.error is None and resolution.addresses:
                 for address in resolution.addresses:
@@ -188,7 +188,7 @@ class DomainTracker:
             entry.resolved = True
             entry.next_at = now + interval * (1 - timing.jitter * self._random())
             self._expire(entry, now)
-            return self._visible(entry, now) != before
+            return self._visible(entry) != before
 
     def seed(self, name: str, status: Mapping[str, object], now: float) -> None:
         """A name's last known state from its shared policy's status (a new leader starts
@@ -251,7 +251,7 @@ class DomainTracker:
         leaving = {a: int(entry.last_seen[a]) for a in addresses if a not in entry.latest}
         return NameState(tuple(addresses), leaving, entry.error, entry.cnames)
 
-    def _visible(self, entry: _Name, now: float) -> object:
+    def _visible(self, entry: _Name) -> object:
         if not entry.resolved:
             return None
         return self._state(entry)

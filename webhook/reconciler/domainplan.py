@@ -52,7 +52,6 @@ from webhook.reconciler.sandboxes import (
     annotations_of,
     find_sandbox,
     labels_of,
-    namespace_of,
     ns_key,
 )
 
@@ -65,15 +64,6 @@ NameStates = Callable[[str], NameState | None]
 
 def domains_request(namespace: str, key: str) -> ReconcileRequest:
     return ReconcileRequest(namespace, kinds.DOMAIN_POLICY_PREFIX + key)
-
-
-def is_domains_request(request: ReconcileRequest) -> bool:
-    return request.name.startswith(kinds.DOMAIN_POLICY_PREFIX)
-
-
-def sandbox_domain_key(namespace: str, policy: Mapping[str, Any] | None) -> str | None:
-    entries = domain_entries(policy)
-    return domain_set_key(namespace, entries) if entries else None
 
 
 def status_of(network_policy: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -342,14 +332,6 @@ def sandbox_domains_ready(
         )
     )
     return ready, shared
-
-
-def namespace_domain_policies(view: Any) -> list[Mapping[str, Any]]:
-    return [
-        p
-        for p in view.items(kinds.NETWORK_POLICY)
-        if is_managed(p) and labels_of(p).get(LABEL_ROLE) == ROLE_DOMAINS and namespace_of(p)
-    ]
 
 
 # --- the native backend: a ClusterNetworkPolicy with domainNames ----------------------------

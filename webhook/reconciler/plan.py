@@ -79,6 +79,11 @@ class ReconcileRequest(NamedTuple):
     def is_baseline(self) -> bool:
         return self.name.startswith(BASELINE_PREFIX)
 
+    @property
+    def is_domains(self) -> bool:
+        """A namespace's shared domain policy (``netpol-domains.<key>``)."""
+        return self.name.startswith(kinds.DOMAIN_POLICY_PREFIX)
+
 
 def baseline_request(namespace: str, code_interpreter: str) -> ReconcileRequest:
     return ReconcileRequest(namespace, BASELINE_PREFIX + code_interpreter)
@@ -184,7 +189,7 @@ def in_sync(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
 def update_reason(decided: Plan) -> str:
     """Why an update was written, for its Event: the owners only (a sandbox's pods came or
     went), a shared domain policy following its names and sandboxes, or drift."""
-    if decided.request.name.startswith(kinds.DOMAIN_POLICY_PREFIX):
+    if decided.request.is_domains:
         return "now holds its names' current addresses and sandboxes (or it was edited)"
     desired, current = decided.desired or {}, decided.current or {}
     owners_only = in_sync(
@@ -227,7 +232,7 @@ def plan(
     shared domain policy is planned from what it holds (``audit``)."""
     if request.is_baseline:
         return plan_baseline(request, view, settings)
-    if request.name.startswith(kinds.DOMAIN_POLICY_PREFIX):
+    if request.is_domains:
         from webhook.reconciler.domainplan import plan_domains  # it builds on this module
 
         return plan_domains(request, view, settings, states)
